@@ -1,0 +1,36 @@
+"""Plain `nn.Module`s: no Lightning here, so samplers can use any of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from featvis.nets.alexnet import AlexNet, from_torchvision_alexnet
+from featvis.nets.layers import activations, layer_names, tap
+
+__all__ = ["AlexNet", "activations", "build_alexnet", "layer_names", "tap"]
+
+
+def build_alexnet(weights: str | None = None, **kwargs) -> AlexNet:
+    """An `AlexNet`, optionally initialized from a local weights file.
+
+    `weights` may be a torchvision AlexNet state dict (e.g. `alexnet-owt-7be5be79.pth`,
+    for the `caffenet` preset) or a state dict in this layout's own names.
+    Nothing is ever downloaded.
+    """
+    from featvis.checkpoints import read_checkpoint
+    from featvis.errors import ConfigError
+
+    net = AlexNet(**kwargs)
+    if weights is None:
+        return net
+    state = read_checkpoint(Path(weights))
+    state = state.get("state_dict", state)
+    if any(k.startswith("features.") for k in state):
+        state = from_torchvision_alexnet(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"model.weights={weights}: does not fit this network ({first}); "
+                          "expected matching layer sizes") from None
+    return net

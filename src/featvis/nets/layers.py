@@ -1,0 +1,64 @@
+"""Address any layer of any network by name and read its activations.
+
+Names are torchvision feature-extraction node names: a module path (`conv5`,
+`fc6.linear`, `features.10`, `layer4.1.relu`) or any traced operation.  A path to
+a container module means the output of its last operation, so for our AlexNet
+`fc6` is the post-ReLU fc6 code and `fc6.linear` the pre-ReLU one.  The
+extractor is truncated after the deepest requested layer, so asking for `conv3`
+does not run conv4..fc8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from featvis.errors import ConfigError
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every name `tap` accepts for this model, in forward order (eval-mode graph)."""
+    _, eval_nodes = get_graph_node_names(model)
+    containers = {name for name, module in model.named_modules() if name and len(module._modules)}
+    named = list(eval_nodes)
+    seen = set(named)
+    for node in eval_nodes:
+        parts = node.split(".")
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth])
+            if prefix in containers and prefix not in seen:
+                seen.add(prefix)
+                named.append(prefix)
+    return named
+
+
+def _check_names(model: nn.Module, names: Sequence[str]) -> None:
+    if not names:
+        raise ConfigError("layers: no layer names given; expected at least one (e.g. fc8)")
+    known = set(layer_names(model))
+    for name in names:
+        if name not in known:
+            top = [n for n, _ in model.named_children()]
+            raise ConfigError(
+                f"layer {name!r} not found in {type(model).__name__}; expected one of {top} "
+                f"or a module path inside them")
+
+
+def tap(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """A module sharing `model`'s weights whose forward returns {name: activation}.
+
+    Gradients flow through it, so samplers can differentiate a unit with respect
+    to the input image.
+    """
+    names = list(dict.fromkeys(names))
+    _check_names(model, names)
+    return create_feature_extractor(model, return_nodes={n: n for n in names})
+
+
+@torch.no_grad()
+def activations(model: nn.Module, images: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Activations of the named layers for a batch of images (no gradients)."""
+    return tap(model, names)(images)
