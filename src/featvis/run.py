@@ -78,6 +78,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return TASKS[name](cfg)
 
 
+def featvis_cause(err: BaseException) -> FeatvisError | None:
+    """The FeatvisError behind `err`, if any (Hydra's instantiate wraps what constructors raise)."""
+    while err is not None:
+        if isinstance(err, FeatvisError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def report_errors(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Wrap a Hydra task so a FeatvisError exits 2 with one line instead of a traceback."""
 
@@ -85,8 +94,11 @@ def report_errors(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
     def wrapped(cfg: DictConfig) -> Any:
         try:
             return job(cfg)
-        except FeatvisError as err:
-            print(f"featvis: error: {err}", file=sys.stderr)
+        except Exception as err:
+            cause = featvis_cause(err)
+            if cause is None:
+                raise
+            print(f"featvis: error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapped

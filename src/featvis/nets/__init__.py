@@ -30,7 +30,7 @@ def build_alexnet(weights: str | None = None, **kwargs) -> AlexNet:
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        first = str(err).splitlines()[1].strip()  # line 0 only says "Error(s) in loading"
         raise ConfigError(f"model.weights={weights}: does not fit this network ({first}); "
                           "expected matching layer sizes") from None
     return net

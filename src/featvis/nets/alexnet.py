@@ -90,8 +90,9 @@ class AlexNet(nn.Module):
         }
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)
-        self.register_buffer("input_mean", torch.tensor(input_mean).view(1, 3, 1, 1))
-        self.register_buffer("input_std", torch.tensor(input_std).view(1, 3, 1, 1))
+        # Not persistent: they are part of `spec`, so weights files stay plain layer weights.
+        self.register_buffer("input_mean", torch.tensor(input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(input_std).view(1, 3, 1, 1), persistent=False)
 
         c_in = [3, *channels[:-1]]
         conv = [_conv_block(c_in[i], channels[i], kernels[i], strides[i], paddings[i], groups[i],
@@ -101,11 +102,15 @@ class AlexNet(nn.Module):
         self.conv3, self.conv4, self.conv5 = conv[2], conv[3], conv[4]
         self.pool5 = nn.MaxPool2d(3, 2)
 
-        with torch.no_grad():
-            spatial = self._features(torch.zeros(1, 3, image_size, image_size)).shape
-        if spatial[-1] < 1:
-            raise ConfigError(f"model.image_size={image_size}; too small for this layout")
-        self.fc6 = _fc_block(spatial[1] * spatial[2] * spatial[3], fc6_dim)
+        side = image_size
+        for i in range(5):
+            side = (side + 2 * paddings[i] - kernels[i]) // strides[i] + 1
+            if i in (0, 1, 4):  # pool1, pool2, pool5
+                side = (side - 3) // 2 + 1
+            if side < 1:
+                raise ConfigError(f"model.image_size={image_size}; too small for this layout "
+                                  f"(conv{i + 1} would have no pixels left)")
+        self.fc6 = _fc_block(channels[-1] * side * side, fc6_dim)
         self.drop6 = nn.Dropout(dropout)
         self.fc7 = _fc_block(fc6_dim, fc7_dim)
         self.drop7 = nn.Dropout(dropout)

@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small and fast: one short epoch, no experiment logger, a few hundred shapes.
+FAST = ["trainer.max_epochs=1", "logger=none"]
+FAST_SHAPES = ["data.train_size=256", "data.val_size=64", "data.batch_size=64"]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(*overrides) -> the composed config, writing under tmp_path."""
+
+    def _compose(*overrides, fast=True):
+        other_data = any(o.startswith("data=") and o != "data=shapes" for o in overrides)
+        speedups = [*FAST, *([] if other_data else FAST_SHAPES)] if fast else []
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=[f"output_dir={tmp_path}", *speedups, *overrides])
+
+    return _compose

@@ -1,0 +1,69 @@
+"""Every option of every config group composes and instantiates."""
+
+import pytest
+from hydra.utils import instantiate
+from lightning import Trainer
+from PIL import Image
+
+from featvis.data import ImageDataModule
+from featvis.errors import DataError
+from featvis.run import build_trainer
+
+from .conftest import CONF
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_options():
+    assert {"shapes", "imagefolder", "cifar10"} <= set(_options("data"))
+    assert {"alexnet_mini", "caffenet"} <= set(_options("model"))
+    assert {"wandb", "csv", "none"} <= set(_options("logger"))
+
+
+@pytest.mark.parametrize("data", _options("data"))
+def test_data_options_instantiate(compose_cfg, tmp_path, data):
+    overrides = [f"data={data}"]
+    if data == "imagefolder":
+        for split in ("train", "val"):
+            (tmp_path / "tree" / split / "a").mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / "tree" / split / "a" / "x.png")
+        overrides.append(f"data.root={tmp_path / 'tree'}")
+    if data == "cifar10":  # no CIFAR-10 on disk: composing works, building names the root
+        cfg = compose_cfg(*overrides, f"data.root={tmp_path}")
+        with pytest.raises(Exception) as err:
+            instantiate(cfg.data)
+        assert isinstance(err.value.__cause__, DataError)
+        return
+    datamodule = instantiate(compose_cfg(*overrides).data)
+    assert isinstance(datamodule, ImageDataModule) and datamodule.num_classes >= 1
+
+
+@pytest.mark.parametrize("model, size", [("alexnet_mini", 64), ("caffenet", 227)])
+def test_model_options_instantiate(compose_cfg, model, size):
+    cfg = compose_cfg(f"model={model}", f"image_size={size}")
+    net = instantiate(cfg.model, num_classes=7)
+    assert net.spec["image_size"] == size and net.fc8.out_features == 7
+
+
+@pytest.mark.parametrize("logger", _options("logger"))
+@pytest.mark.parametrize("callbacks", _options("callbacks"))
+def test_trainer_logger_callbacks_instantiate(compose_cfg, logger, callbacks):
+    trainer = build_trainer(compose_cfg(f"logger={logger}", f"callbacks={callbacks}"))
+    assert isinstance(trainer, Trainer)
+    assert (len(trainer.loggers) > 0) == (logger != "none")
+    assert bool(trainer.checkpoint_callback.save_last) == (callbacks != "none")
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_experiment_presets_compose(compose_cfg, experiment):
+    cfg = compose_cfg(f"experiment={experiment}")
+    assert cfg.image_size == cfg.data.image_size == cfg.model.image_size
+
+
+def test_task_module_instantiates(compose_cfg):
+    cfg = compose_cfg()
+    net = instantiate(cfg.model, num_classes=15)
+    module = instantiate(cfg.task.module, net=net, class_names=[str(i) for i in range(15)])
+    assert module.net is net

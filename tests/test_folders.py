@@ -1,0 +1,76 @@
+import pytest
+import torch
+from PIL import Image
+
+from featvis.data import CIFAR10DataModule, ImageFolderDataModule
+from featvis.errors import DataError
+
+
+def _write_images(folder, count, size=(40, 30), colour=(200, 10, 10)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", size, colour).save(folder / f"{i}.png")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    for split in ("train", "val"):
+        _write_images(tmp_path / split / "cat", 3, colour=(200, 10, 10))
+        _write_images(tmp_path / split / "dog", 2, colour=(10, 10, 200))
+    return tmp_path
+
+
+def test_imagefolder_loads_resized_cropped_images_in_unit_range(tree):
+    dm = ImageFolderDataModule(root=str(tree), image_size=24, resize=28, batch_size=4)
+    dm.setup("fit")
+    assert dm.class_names == ["cat", "dog"]
+    images, labels = next(iter(dm.val_dataloader()))
+    assert images.shape == (4, 3, 24, 24) and 0 <= images.min() and images.max() <= 1
+    assert labels.tolist() == [0, 0, 0, 1]
+    assert torch.allclose(images[0, :, 12, 12], torch.tensor([200, 10, 10]) / 255, atol=0.02)
+
+
+def test_non_image_files_with_other_extensions_are_skipped(tree):
+    (tree / "train" / "cat" / "notes.txt").write_text("not an image")
+    assert len(ImageFolderDataModule(root=str(tree)).train_set) == 5
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ("missing_root", "is not a directory"),
+    ("empty_root", "is not a directory"),
+    ("no_class_folders", "has no class folders"),
+    ("class_without_images", "a class folder with no images"),
+    ("corrupt_image", "cannot read image"),
+    ("val_classes_differ", "differ"),
+])
+def test_bad_folders_are_one_line_errors_naming_the_path(tree, tmp_path, breakage, expected):
+    root = tree
+    if breakage == "missing_root":
+        root = tmp_path / "nowhere"
+    elif breakage == "empty_root":
+        root = tmp_path / "empty"
+        root.mkdir()
+    elif breakage == "no_class_folders":
+        root = tmp_path / "flat"
+        _write_images(root / "train", 2)
+        _write_images(root / "val", 2)
+    elif breakage == "class_without_images":
+        (tree / "train" / "bird").mkdir()
+        (tree / "val" / "bird").mkdir()
+    elif breakage == "corrupt_image":
+        (tree / "val" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    elif breakage == "val_classes_differ":
+        _write_images(tree / "val" / "bird", 1)
+    with pytest.raises(DataError, match=expected) as err:
+        ImageFolderDataModule(root=str(root))
+    message = str(err.value)
+    assert "\n" not in message and str(root) in message
+    if breakage == "corrupt_image":
+        assert "broken.jpg" in message
+
+
+def test_cifar10_never_downloads_and_names_the_root(tmp_path):
+    with pytest.raises(DataError, match="no CIFAR-10 found at") as err:
+        CIFAR10DataModule(root=str(tmp_path / "cifar"))
+    assert str(tmp_path / "cifar") in str(err.value)
+    assert not (tmp_path / "cifar").exists()
