@@ -1,0 +1,52 @@
+"""train.py as a user runs it: Hydra multirun, wandb offline runs, one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from featvis.checkpoints import read_checkpoint
+
+from .conftest import ROOT
+
+TINY = ["data.train_size=128", "data.val_size=32", "data.batch_size=64", "trainer.max_epochs=1"]
+
+
+def _train(tmp_path, *args, wandb_mode="disabled"):
+    env = {**os.environ, "WANDB_MODE": wandb_mode, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_multirun_runs_one_job_per_point_with_its_own_wandb_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _train(tmp_path, "-m", "task=classifier", "model.fc6_dim=256,512", *TINY,
+                  f"hydra.sweep.dir={sweep}", wandb_mode="offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    run_ids = set()
+    for job, fc6 in zip(jobs, (256, 512)):
+        record = read_checkpoint(job / "checkpoints" / "last.ckpt")["featvis"]
+        assert record["net"]["fc6_dim"] == fc6
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs
+        run_ids.add(runs[0].name.rsplit("-", 1)[-1])
+    assert len(run_ids) == 2
+
+
+@pytest.mark.parametrize("args, named", [
+    (["data=imagefolder", "data.root=/no/such/folder"], "/no/such/folder/train"),
+    (["model.fc6_dim=0"], "model.fc6_dim=0"),
+    (["data.channel_order=[0,0,1]"], "channel_order=[0, 0, 1]"),
+    (["model=caffenet", "image_size=227", "model.weights=/no/such/alexnet.pth"], "/no/such/alexnet.pth"),
+])
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, named):
+    tiny = [] if "data=imagefolder" in args else TINY
+    proc = _train(tmp_path, "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *tiny, *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("featvis: error:")]
+    assert len(errors) == 1 and named in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from featvis.checkpoints import load_classifier, read_checkpoint
+from featvis.data import ShapesDataset
+from featvis.errors import CheckpointError
+from featvis.nets import activations
+from featvis.run import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short classifier run on 1500 shapes at 32 px, shared by the tests below."""
+    from hydra import compose, initialize_config_dir
+
+    from .conftest import CONF
+
+    out = tmp_path_factory.mktemp("classifier")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"output_dir={out}", "logger=csv", "image_size=32", "data.train_size=1500",
+            "data.val_size=300", "data.batch_size=50", "trainer.max_epochs=5", "model.fc6_dim=128",
+            "model.channels=[16,32,48,48,32]", "model.fc7_dim=128", "model.dropout=0.2"])
+    return cfg, train(cfg)
+
+
+def test_short_training_learns_and_writes_checkpoints(trained):
+    cfg, result = trained
+    # 15 classes: chance is 0.067; five short epochs on 1500 images reach well above it.
+    assert result["metrics"]["val/acc"] > 0.3, result["metrics"]
+    assert result["metrics"]["train/loss"] < 2.0
+    assert result["last_checkpoint"].endswith("last.ckpt")
+    assert (cfg.output_dir + "/checkpoints") in result["best_checkpoint"]
+    csv = next(Path(cfg.output_dir, "csv").rglob("metrics.csv"))
+    assert "val/acc" in csv.read_text().splitlines()[0]
+
+
+def test_checkpoint_describes_itself_and_loads_safely(trained):
+    cfg, result = trained
+    net, record = load_classifier(result["best_checkpoint"])
+    assert record["kind"] == "classifier"
+    assert record["net"]["fc6_dim"] == 128 and record["net"]["image_size"] == 32
+    assert record["class_names"][0] == "red circle" and len(record["class_names"]) == 15
+    # The loaded network reproduces the validation accuracy recorded for that checkpoint.
+    val = ShapesDataset(300, 32, split="val")
+    images = torch.stack([val[i][0] for i in range(300)])
+    labels = torch.tensor([val[i][1] for i in range(300)])
+    with torch.no_grad():
+        accuracy = (net(images).argmax(1) == labels).float().mean().item()
+    best_score = read_checkpoint(result["best_checkpoint"])["callbacks"]
+    assert accuracy > 0.3
+    assert any(abs(state.get("best_model_score", -1) - accuracy) < 1e-4
+               for state in best_score.values() if isinstance(state, dict))
+    assert activations(net, images[:2], ["fc6"])["fc6"].shape == (2, 128)
+
+
+def test_wrong_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
+    missing = tmp_path / "nothing.ckpt"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_classifier(missing)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_classifier(corrupt)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "featvis": {"kind": "generator"}}, other)
+    with pytest.raises(CheckpointError, match="is a generator checkpoint; expected a classifier"):
+        load_classifier(other)
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(CheckpointError, match="not a featvis checkpoint"):
+        load_classifier(plain)
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"featvis": Exploit()}, evil)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_classifier(evil)
+    assert not marker.exists()
