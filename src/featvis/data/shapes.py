@@ -181,3 +181,4 @@ class ShapesDataset(Dataset):
             points = outline @ rotation.T * radius + centre
             draw.polygon([tuple(p) for p in points], fill=255)
         return np.asarray(mask.resize((s, s), Image.BOX), dtype=np.float64) / 255
+
