@@ -26,3 +26,23 @@ def compose_cfg(tmp_path):
             return compose("config", overrides=[f"output_dir={tmp_path}", *speedups, *overrides])
 
     return _compose
+
+
+def compose_in(out, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"output_dir={out}", *overrides])
+
+
+# A 32 px classifier that the training and prior tests share (about 10 s to train).
+SMALL_CLASSIFIER = ["logger=csv", "image_size=32", "data.train_size=1500", "data.val_size=300",
+                    "data.batch_size=50", "trainer.max_epochs=5", "model.fc6_dim=128",
+                    "model.channels=[16,32,48,48,32]", "model.fc7_dim=128", "model.dropout=0.2"]
+
+
+@pytest.fixture(scope="session")
+def small_classifier(tmp_path_factory):
+    """(config, result) of one short classifier run on 1500 shapes at 32 px."""
+    from featvis.run import train
+
+    cfg = compose_in(tmp_path_factory.mktemp("classifier"), *SMALL_CLASSIFIER)
+    return cfg, train(cfg)

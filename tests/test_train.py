@@ -7,27 +7,10 @@ from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.data import ShapesDataset
 from featvis.errors import CheckpointError
 from featvis.nets import activations
-from featvis.run import train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One short classifier run on 1500 shapes at 32 px, shared by the tests below."""
-    from hydra import compose, initialize_config_dir
-
-    from .conftest import CONF
-
-    out = tmp_path_factory.mktemp("classifier")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            f"output_dir={out}", "logger=csv", "image_size=32", "data.train_size=1500",
-            "data.val_size=300", "data.batch_size=50", "trainer.max_epochs=5", "model.fc6_dim=128",
-            "model.channels=[16,32,48,48,32]", "model.fc7_dim=128", "model.dropout=0.2"])
-    return cfg, train(cfg)
-
-
-def test_short_training_learns_and_writes_checkpoints(trained):
-    cfg, result = trained
+def test_short_training_learns_and_writes_checkpoints(small_classifier):
+    cfg, result = small_classifier
     # 15 classes: chance is 0.067; five short epochs on 1500 images reach well above it.
     assert result["metrics"]["val/acc"] > 0.3, result["metrics"]
     assert result["metrics"]["train/loss"] < 2.0
@@ -37,8 +20,8 @@ def test_short_training_learns_and_writes_checkpoints(trained):
     assert "val/acc" in csv.read_text().splitlines()[0]
 
 
-def test_checkpoint_describes_itself_and_loads_safely(trained):
-    cfg, result = trained
+def test_checkpoint_describes_itself_and_loads_safely(small_classifier):
+    cfg, result = small_classifier
     net, record = load_classifier(result["best_checkpoint"])
     assert record["kind"] == "classifier"
     assert record["net"]["fc6_dim"] == 128 and record["net"]["image_size"] == 32

@@ -18,9 +18,12 @@ from torch import nn
 
 from featvis.errors import CheckpointError
 from featvis.nets.alexnet import AlexNet
+from featvis.nets.codes import CodeDAE, CodeStatistics
+from featvis.nets.generator import Discriminator, Generator
 
 FORMAT_VERSION = 1
-NETS: dict[str, type[nn.Module]] = {AlexNet.arch: AlexNet}
+NETS: dict[str, type[nn.Module]] = {
+    cls.arch: cls for cls in (AlexNet, Generator, Discriminator, CodeDAE)}
 
 
 def classifier_record(net: nn.Module, class_names: list[str]) -> dict[str, Any]:
@@ -29,6 +32,29 @@ def classifier_record(net: nn.Module, class_names: list[str]) -> dict[str, Any]:
         raise CheckpointError(f"{type(net).__name__} has no featvis spec; expected one of {sorted(NETS)}")
     return {"kind": "classifier", "format": FORMAT_VERSION, "net": dict(spec),
             "class_names": list(class_names)}
+
+
+def encoder_record(checkpoint: str | None, net: nn.Module, class_names: list[str], code_layer: str,
+                   comparator_layer: str, code_dim: int) -> dict[str, Any]:
+    """What a prior needs to know about the encoder it was trained on."""
+    spec = getattr(net, "spec", {})
+    return {"checkpoint": str(checkpoint) if checkpoint else None, "net": dict(spec),
+            "class_names": list(class_names), "code_layer": code_layer,
+            "comparator_layer": comparator_layer, "code_dim": int(code_dim),
+            "image_size": spec.get("image_size"), "input_mean": spec.get("input_mean"),
+            "input_std": spec.get("input_std")}
+
+
+def generator_record(generator: nn.Module, discriminator: nn.Module, encoder: dict[str, Any],
+                     ema: bool) -> dict[str, Any]:
+    return {"kind": "generator", "format": FORMAT_VERSION, "generator": dict(generator.spec),
+            "discriminator": dict(discriminator.spec), "ema": bool(ema), "encoder": dict(encoder),
+            "code_dim": generator.spec["code_dim"], "image_size": generator.image_size}
+
+
+def prior_record(dae: nn.Module, encoder: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "prior", "format": FORMAT_VERSION, "dae": dict(dae.spec), "encoder": dict(encoder),
+            "code_dim": dae.spec["code_dim"]}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -76,8 +102,45 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A classifier checkpoint's network (eval mode, CPU) and its record."""
     record, checkpoint = load_record(path, "classifier")
     net = build_net(record["net"])
-    try:
-        net.load_state_dict(submodule_state(checkpoint["state_dict"], "net"))
-    except (KeyError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path}: weights do not fit its own spec ({str(err)[:160]})") from None
+    _load_into(net, submodule_state(checkpoint.get("state_dict", {}), "net"), path, "classifier")
     return net.eval(), record
+
+
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        detail = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise CheckpointError(f"checkpoint {path}: {what} weights do not fit its own spec ({detail[:160]})") from None
+
+
+def _code_stats(checkpoint: dict[str, Any], code_dim: int, path: str | Path) -> CodeStatistics:
+    stats = CodeStatistics(code_dim)
+    _load_into(stats, submodule_state(checkpoint["state_dict"], "code_stats"), path, "code statistics")
+    return stats
+
+
+def load_generator(path: str | Path) -> tuple[nn.Module, CodeStatistics, dict[str, Any]]:
+    """A generator checkpoint's G (its EMA weights when it kept them), code statistics and record."""
+    record, checkpoint = load_record(path, "generator")
+    generator = build_net(record["generator"])
+    prefix = "generator_ema.module" if record.get("ema") else "generator"
+    _load_into(generator, submodule_state(checkpoint["state_dict"], prefix), path, "generator")
+    return generator.eval(), _code_stats(checkpoint, record["code_dim"], path), record
+
+
+def load_prior(path: str | Path) -> tuple[CodeDAE, CodeStatistics, dict[str, Any]]:
+    """A prior checkpoint's DAE, code statistics and record."""
+    record, checkpoint = load_record(path, "prior")
+    dae = build_net(record["dae"])
+    _load_into(dae, submodule_state(checkpoint["state_dict"], "dae"), path, "DAE")
+    return dae.eval(), _code_stats(checkpoint, record["code_dim"], path), record
+
+
+def check_same_code(generator: dict[str, Any], prior: dict[str, Any]) -> None:
+    """A generator and a code prior must speak the same code (layer and size)."""
+    g, p = generator["encoder"], prior["encoder"]
+    if (g["code_dim"], g["code_layer"]) != (p["code_dim"], p["code_layer"]):
+        raise CheckpointError(
+            f"prior code {p['code_layer']} of size {p['code_dim']} does not match the generator's "
+            f"{g['code_layer']} of size {g['code_dim']}; expected priors trained on the same code")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from featvis.nets.alexnet import AlexNet, from_torchvision_alexnet
+from featvis.nets.codes import CodeDAE, CodeStatistics
+from featvis.nets.encoder import Encoder
+from featvis.nets.generator import Discriminator, Generator
 from featvis.nets.layers import activations, layer_names, tap
 
-__all__ = ["AlexNet", "activations", "build_alexnet", "layer_names", "tap"]
+__all__ = ["AlexNet", "CodeDAE", "CodeStatistics", "Discriminator", "Encoder", "Generator",
+           "activations", "build_alexnet", "layer_names", "tap"]
 
 
 def build_alexnet(weights: str | None = None, **kwargs) -> AlexNet:

@@ -1,0 +1,104 @@
+"""Training the image prior G (and its discriminator D) to invert a frozen encoder (DeePSiM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from featvis.checkpoints import generator_record
+from featvis.nets.codes import CodeStatistics
+from featvis.nets.encoder import Encoder
+from featvis.training.classifier import OptimizerFactory
+from featvis.training.losses import GanBalance, LossWeights, discriminator_loss, generator_losses
+
+
+class GeneratorModule(L.LightningModule):
+    """Manual optimization: one D step (unless paused by the balance), then one G step."""
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        encoder: Encoder,
+        code_stats: CodeStatistics,
+        encoder_record: dict[str, Any],
+        optimizer: OptimizerFactory,
+        discriminator_optimizer: OptimizerFactory | None = None,
+        loss_weights: dict[str, float] | None = None,
+        balance: dict[str, float] | None = None,
+        ema_decay: float | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = generator
+        self.discriminator = discriminator
+        self.encoder = encoder
+        self.code_stats = code_stats
+        self.encoder_record = encoder_record
+        self.optimizer_factory = optimizer
+        self.discriminator_optimizer_factory = discriminator_optimizer or optimizer
+        self.weights = LossWeights(**(loss_weights or {}))
+        self.balance = GanBalance(**(balance or {}))
+        # The averaged G is what samplers should use when it exists: smoother, fewer artefacts.
+        self.generator_ema = (AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+                              if ema_decay else None)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer_factory(self.generator.parameters()),
+                self.discriminator_optimizer_factory(self.discriminator.parameters())]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images = batch[0]
+        opt_g, opt_d = self.optimizers()
+
+        self.toggle_optimizer(opt_g)
+        losses = generator_losses(self.generator, self.discriminator, self.encoder, images, self.weights)
+        if self.balance.train_g:
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(losses["total"])
+            opt_g.step()
+            if self.generator_ema is not None:
+                self.generator_ema.update_parameters(self.generator)
+        self.untoggle_optimizer(opt_g)
+
+        self.toggle_optimizer(opt_d)
+        with torch.set_grad_enabled(self.balance.train_d):
+            d_loss = discriminator_loss(self.discriminator, images, losses["fake"], losses["target"]["code"])
+        if self.balance.train_d:
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        self.balance.update(d_loss.item(), losses["adversarial"].item())
+        self.log_dict({f"train/loss_{k}": losses[k] for k in ("image", "feature", "adversarial")},
+                      prog_bar=False)
+        self.log_dict({"train/loss_g": losses["total"], "train/loss_d": d_loss,
+                       "train/d_active": float(self.balance.train_d),
+                       "train/g_active": float(self.balance.train_g)}, prog_bar=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images = batch[0]
+        losses = generator_losses(self.sampling_generator, self.discriminator, self.encoder, images,
+                                  self.weights)
+        # Does the encoder's own classifier see the reconstruction as the same class?
+        agreement = (losses["fake_logits"].argmax(1) == losses["target"]["logits"].argmax(1)).float().mean()
+        self.log_dict({"val/loss_image": losses["image"], "val/loss_feature": losses["feature"],
+                       "val/agreement": agreement}, prog_bar=True)
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["featvis"] = generator_record(self.generator, self.discriminator, self.encoder_record,
+                                                 ema=self.generator_ema is not None)
+        checkpoint["gan_balance"] = self.balance.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "gan_balance" in checkpoint:
+            self.balance.load_state_dict(checkpoint["gan_balance"])

@@ -1,0 +1,78 @@
+"""The DeePSiM objective as plain functions, shared by the LightningModule and plain loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featvis.nets.adapters import fit_images
+
+
+@dataclass
+class LossWeights:
+    image: float = 1.0
+    feature: float = 0.01
+    adversarial: float = 0.01
+
+
+def generator_losses(generator: nn.Module, discriminator: nn.Module, encoder: nn.Module,
+                     images: torch.Tensor, weights: LossWeights,
+                     target: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """lambda_img ||G(E(x)) - x||^2 + lambda_feat ||C(G(E(x))) - C(x)||^2 + lambda_adv GAN.
+
+    Returns every term, the weighted `total`, the reconstructions (`fake`) and
+    the encoder's outputs on the real images (`target`, reusable by the D step).
+    """
+    if target is None:
+        with torch.no_grad():
+            target = encoder(images)
+    fake = fit_images(generator(target["code"]), images.shape[-1])
+    fake_out = encoder(fake)
+    image = F.mse_loss(fake, images)
+    feature = F.mse_loss(fake_out["features"], target["features"])
+    logits = discriminator(fake, target["code"])
+    adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    total = weights.image * image + weights.feature * feature + weights.adversarial * adversarial
+    return {"total": total, "image": image, "feature": feature, "adversarial": adversarial,
+            "fake": fake, "fake_logits": fake_out["logits"], "target": target}
+
+
+def discriminator_loss(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                       code: torch.Tensor) -> torch.Tensor:
+    """Real images (with their codes) labelled 1, reconstructions labelled 0."""
+    real_logits = discriminator(real, code)
+    fake_logits = discriminator(fake.detach(), code)
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+@dataclass
+class GanBalance:
+    """DeePSiM's D/G schedule from the ratio r = D loss / G adversarial loss.
+
+    Pause D when r < pause_d (D wins too easily), resume it when r > resume_d,
+    and pause G when r > pause_g (D has lost track; let it catch up).
+    """
+
+    pause_d: float = 0.1
+    resume_d: float = 0.5
+    pause_g: float = 10.0
+    train_d: bool = True
+    train_g: bool = True
+
+    def update(self, d_loss: float, g_adversarial: float) -> None:
+        ratio = d_loss / max(g_adversarial, 1e-8)
+        if ratio < self.pause_d:
+            self.train_d, self.train_g = False, True
+        elif ratio > self.resume_d:
+            self.train_d = True
+            self.train_g = ratio <= self.pause_g
+
+    def state_dict(self) -> dict[str, bool]:
+        return {"train_d": self.train_d, "train_g": self.train_g}
+
+    def load_state_dict(self, state: dict[str, bool]) -> None:
+        self.train_d, self.train_g = bool(state["train_d"]), bool(state["train_g"])

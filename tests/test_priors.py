@@ -1,0 +1,148 @@
+"""Generator and DAE priors: networks, code statistics, the Gaussian score check, training jobs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from featvis.checkpoints import (check_same_code, load_classifier, load_generator, load_prior,
+                                 read_checkpoint)
+from featvis.checks import dae_gaussian_score_check
+from featvis.errors import CheckpointError, ConfigError
+from featvis.nets import CodeStatistics, Discriminator, Encoder, Generator
+from featvis.run import train
+from featvis.training.losses import GanBalance
+
+from .conftest import compose_in
+
+# G at 32 px (3 up-stages) on the 32 px test classifier; one short epoch.
+SMALL_PRIOR = ["logger=csv", "image_size=32", "data.train_size=256", "data.val_size=64",
+               "data.batch_size=64", "trainer.max_epochs=1",
+               "generator.net.stages=[[32,0],[16,0],[8,0]]", "generator.net.fc_dims=[128]",
+               "generator.net.start_channels=32", "generator.discriminator.channels=[8,16,32]",
+               "dae.hidden=[64,32,64]"]
+SAMPLES_EVERY_2_STEPS = ["task.callbacks.samples.every_n_steps=2"]
+
+
+def test_generator_sizes_follow_the_stages():
+    tiny = Generator(1024)
+    assert tiny.image_size == 64 and tiny(torch.rand(2, 1024)).shape == (2, 3, 64, 64)
+    deepsim = Generator(4096, fc_dims=[4096, 4096], start_channels=256,
+                        stages=[[256, 512], [256, 256], [128, 128], [64, 0], [32, 0], [16, 0]])
+    assert deepsim.image_size == 256
+    with pytest.raises(ConfigError, match="generator.stages"):
+        Generator(16, stages=[[8]])
+
+
+@pytest.mark.parametrize("code_dim", [0, 24])
+def test_discriminator_with_and_without_code_branch(code_dim):
+    d = Discriminator(32, code_dim=code_dim, channels=[8, 16])
+    code = torch.rand(3, code_dim) if code_dim else None
+    assert d(torch.rand(3, 3, 32, 32), code).shape == (3,)
+
+
+def test_code_statistics_match_torch():
+    codes = torch.rand(1000, 7) * torch.arange(1, 8)
+    stats = CodeStatistics(7).fit(codes)
+    assert torch.allclose(stats.mean, codes.mean(0)) and torch.allclose(stats.std, codes.std(0))
+    assert torch.allclose(stats.quantile(0.99), codes.quantile(0.99, dim=0))
+    drawn = stats.sample(500, torch.Generator().manual_seed(0))
+    assert drawn.shape == (500, 7) and drawn.min() >= 0
+    with pytest.raises(ConfigError, match="code quantile 0.42"):
+        stats.quantile(0.42)
+
+
+def test_dae_score_points_where_the_analytic_gaussian_score_points():
+    result = dae_gaussian_score_check(dim=8, samples=8000, epochs=8, sigma=0.5)
+    assert result["cosine_to_true_score"] >= 0.9, result
+
+
+@pytest.mark.parametrize("ratios, expected", [
+    ([1.0], (True, True)),
+    ([0.05], (False, True)),         # D far ahead: pause D
+    ([0.05, 0.3], (False, True)),    # hysteresis: stays paused between 0.1 and 0.5
+    ([0.05, 0.8], (True, True)),     # resumes above 0.5
+    ([20.0], (True, False)),         # D lost: pause G
+    ([20.0, 2.0], (True, True)),
+])
+def test_gan_balance_schedule(ratios, expected):
+    balance = GanBalance()
+    for ratio in ratios:
+        balance.update(d_loss=ratio, g_adversarial=1.0)
+    assert (balance.train_d, balance.train_g) == expected
+
+
+def test_encoder_is_frozen_but_passes_gradients(small_classifier):
+    net, _ = load_classifier(small_classifier[1]["best_checkpoint"])
+    encoder = Encoder(net.train())
+    encoder.train()
+    assert not encoder.training and not any(m.training for m in encoder.modules())
+    assert not any(p.requires_grad for p in encoder.parameters())
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = encoder(images)
+    assert out["code"].shape == (2, 128) and out["logits"].shape == (2, 15)
+    out["features"].sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def priors(small_classifier, tmp_path_factory):
+    encoder = small_classifier[1]["best_checkpoint"]
+    runs = {}
+    for task in ("generator", "prior"):
+        extra = SAMPLES_EVERY_2_STEPS if task == "generator" else []
+        cfg = compose_in(tmp_path_factory.mktemp(task), f"task={task}", f"encoder.ckpt={encoder}",
+                         *SMALL_PRIOR, *extra)
+        runs[task] = (cfg, train(cfg))
+    return runs
+
+
+def test_generator_job_writes_a_self_describing_checkpoint(priors, small_classifier):
+    cfg, result = priors["generator"]
+    generator, stats, record = load_generator(result["last_checkpoint"])
+    assert record["kind"] == "generator" and record["code_dim"] == 128 and record["ema"]
+    assert record["encoder"]["checkpoint"] == small_classifier[1]["best_checkpoint"]
+    assert record["encoder"]["code_layer"] == "fc6" and record["encoder"]["image_size"] == 32
+    assert generator(stats.sample(2)).shape == (2, 3, 32, 32)
+    assert stats.count == 256 and stats.quantile(0.99).max() > 0
+    checkpoint = read_checkpoint(result["last_checkpoint"])
+    assert len(checkpoint["optimizer_states"]) == 2 and "gan_balance" in checkpoint
+    assert 0 <= result["metrics"]["val/agreement"] <= 1
+    samples = sorted((Path(cfg.output_dir) / "samples").glob("step*.png"))
+    assert len(samples) >= 2, "the samples callback writes a grid every 2 steps and at the end"
+
+
+def test_generator_resumes_with_its_optimizers_and_balance(priors):
+    cfg, result = priors["generator"]
+    before = read_checkpoint(result["last_checkpoint"])
+    cfg.trainer.max_epochs = 2
+    cfg.ckpt_path = result["last_checkpoint"]
+    after = read_checkpoint(train(cfg)["last_checkpoint"])
+    assert after["epoch"] > before["epoch"]
+    assert after["global_step"] == 2 * before["global_step"]
+    g_steps = [s["state"][0]["step"].item() for s in (before["optimizer_states"][0], after["optimizer_states"][0])]
+    assert g_steps[1] == 2 * g_steps[0] > 0, g_steps  # Adam state carried on, not restarted
+
+
+def test_prior_job_and_code_compatibility(priors):
+    _, result = priors["prior"]
+    dae, stats, record = load_prior(result["last_checkpoint"])
+    assert record["kind"] == "prior" and record["code_dim"] == 128 == dae.code_dim
+    assert dae.score(stats.sample(3)).shape == (3, 128)
+    _, _, generator_record = load_generator(priors["generator"][1]["last_checkpoint"])
+    check_same_code(generator_record, record)
+    other = dict(record, encoder=dict(record["encoder"], code_dim=64))
+    with pytest.raises(CheckpointError, match="size 64 does not match the generator's fc6 of size 128"):
+        check_same_code(generator_record, other)
+
+
+def test_wrong_kinds_and_missing_encoder_are_clear(priors, small_classifier, tmp_path):
+    with pytest.raises(CheckpointError, match="is a classifier checkpoint; expected a generator"):
+        load_generator(small_classifier[1]["best_checkpoint"])
+    with pytest.raises(CheckpointError, match="is a generator checkpoint; expected a prior"):
+        load_prior(priors["generator"][1]["last_checkpoint"])
+    with pytest.raises(ConfigError, match="encoder.ckpt is not set"):
+        train(compose_in(tmp_path, "task=generator", *SMALL_PRIOR))
+    encoder = small_classifier[1]["best_checkpoint"]
+    with pytest.raises(ConfigError, match="data.image_size=64 but the encoder"):
+        train(compose_in(tmp_path, "task=prior", f"encoder.ckpt={encoder}", *SMALL_PRIOR, "image_size=64"))
