@@ -46,3 +46,27 @@ def small_classifier(tmp_path_factory):
 
     cfg = compose_in(tmp_path_factory.mktemp("classifier"), *SMALL_CLASSIFIER)
     return cfg, train(cfg)
+
+
+# Priors on the small classifier: G at 32 px (3 up-stages) and a small DAE; one short epoch each.
+SMALL_PRIOR = ["logger=csv", "image_size=32", "data.train_size=256", "data.val_size=64",
+               "data.batch_size=64", "trainer.max_epochs=1",
+               "generator.net.stages=[[32,0],[16,0],[8,0]]", "generator.net.fc_dims=[128]",
+               "generator.net.start_channels=32", "generator.discriminator.channels=[8,16,32]",
+               "dae.hidden=[64,32,64]"]
+SAMPLES_EVERY_2_STEPS = ["task.callbacks.samples.every_n_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def small_priors(small_classifier, tmp_path_factory):
+    """{"generator": (cfg, result), "prior": (cfg, result)} trained on the small classifier."""
+    from featvis.run import train
+
+    encoder = small_classifier[1]["best_checkpoint"]
+    runs = {}
+    for task in ("generator", "prior"):
+        extra = SAMPLES_EVERY_2_STEPS if task == "generator" else []
+        cfg = compose_in(tmp_path_factory.mktemp(task), f"task={task}", f"encoder.ckpt={encoder}",
+                         *SMALL_PRIOR, *extra)
+        runs[task] = (cfg, train(cfg))
+    return runs

@@ -1,5 +1,6 @@
 """Generator and DAE priors: networks, code statistics, the Gaussian score check, training jobs."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,7 @@ from featvis.nets import CodeStatistics, Discriminator, Encoder, Generator
 from featvis.run import train
 from featvis.training.losses import GanBalance
 
-from .conftest import compose_in
-
-# G at 32 px (3 up-stages) on the 32 px test classifier; one short epoch.
-SMALL_PRIOR = ["logger=csv", "image_size=32", "data.train_size=256", "data.val_size=64",
-               "data.batch_size=64", "trainer.max_epochs=1",
-               "generator.net.stages=[[32,0],[16,0],[8,0]]", "generator.net.fc_dims=[128]",
-               "generator.net.start_channels=32", "generator.discriminator.channels=[8,16,32]",
-               "dae.hidden=[64,32,64]"]
-SAMPLES_EVERY_2_STEPS = ["task.callbacks.samples.every_n_steps=2"]
-
+from .conftest import SMALL_PRIOR, compose_in
 
 def test_generator_sizes_follow_the_stages():
     tiny = Generator(1024)
@@ -86,15 +78,8 @@ def test_encoder_is_frozen_but_passes_gradients(small_classifier):
 
 
 @pytest.fixture(scope="module")
-def priors(small_classifier, tmp_path_factory):
-    encoder = small_classifier[1]["best_checkpoint"]
-    runs = {}
-    for task in ("generator", "prior"):
-        extra = SAMPLES_EVERY_2_STEPS if task == "generator" else []
-        cfg = compose_in(tmp_path_factory.mktemp(task), f"task={task}", f"encoder.ckpt={encoder}",
-                         *SMALL_PRIOR, *extra)
-        runs[task] = (cfg, train(cfg))
-    return runs
+def priors(small_priors):
+    return small_priors
 
 
 def test_generator_job_writes_a_self_describing_checkpoint(priors, small_classifier):
@@ -112,9 +97,11 @@ def test_generator_job_writes_a_self_describing_checkpoint(priors, small_classif
     assert len(samples) >= 2, "the samples callback writes a grid every 2 steps and at the end"
 
 
-def test_generator_resumes_with_its_optimizers_and_balance(priors):
+def test_generator_resumes_with_its_optimizers_and_balance(priors, tmp_path):
     cfg, result = priors["generator"]
     before = read_checkpoint(result["last_checkpoint"])
+    cfg = copy.deepcopy(cfg)  # the run is shared with other tests: resume into a new dir
+    cfg.output_dir = str(tmp_path)
     cfg.trainer.max_epochs = 2
     cfg.ckpt_path = result["last_checkpoint"]
     after = read_checkpoint(train(cfg)["last_checkpoint"])

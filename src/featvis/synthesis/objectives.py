@@ -1,0 +1,105 @@
+"""What activation maximization maximizes: weighted units of named layers (the survey's Table 1).
+
+A *term* is (layer, unit index, weight); an *objective* is a list of terms, so
+"activate A" is one term, "activate A and B" two positive terms and "activate A,
+suppress B" a positive and a negative one.  A conv unit is one channel, read at
+the spatial centre (the DGN-AM convention) or averaged over space.  `mode` picks
+the survey's three variants: the raw activation, its softmax across the layer,
+or the log of that softmax.
+
+Objectives for a whole batch are turned into one dense weight matrix per layer,
+so evaluating them is a few tensor ops, with no Python loop over units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from featvis.errors import ConfigError
+
+MODES = ("raw", "softmax", "log_softmax")
+SPATIAL = ("center", "mean")
+
+
+@dataclass(frozen=True)
+class Term:
+    layer: str
+    unit: int
+    weight: float = 1.0
+
+
+def reduce_units(activation: torch.Tensor, spatial: str = "center") -> torch.Tensor:
+    """(B, C, H, W) -> (B, C) by the centre pixel or the spatial mean; (B, C) passes through."""
+    if activation.ndim == 2:
+        return activation
+    if activation.ndim != 4:
+        return activation.flatten(1)
+    if spatial == "center":
+        return activation[:, :, activation.shape[2] // 2, activation.shape[3] // 2]
+    return activation.mean((2, 3))
+
+
+class ObjectiveBatch:
+    """B objectives over one network, evaluated together."""
+
+    def __init__(self, objectives: list[list[Term]], layer_sizes: dict[str, int],
+                 mode: str = "raw", spatial: str = "center"):
+        if mode not in MODES:
+            raise ConfigError(f"objective mode {mode!r}; expected one of {list(MODES)}")
+        if spatial not in SPATIAL:
+            raise ConfigError(f"objective spatial {spatial!r}; expected one of {list(SPATIAL)}")
+        if not objectives or any(not terms for terms in objectives):
+            raise ConfigError("objectives: an empty objective; expected at least one unit each")
+        self.mode, self.spatial = mode, spatial
+        self.layers = list(dict.fromkeys(t.layer for terms in objectives for t in terms))
+        self.weights: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            if layer not in layer_sizes:
+                raise ConfigError(f"layer {layer!r} not available; expected one of {sorted(layer_sizes)}")
+            self.weights[layer] = torch.zeros(len(objectives), layer_sizes[layer])
+        for row, terms in enumerate(objectives):
+            for term in terms:
+                size = layer_sizes[term.layer]
+                if not 0 <= term.unit < size:
+                    raise ConfigError(f"unit {term.unit} out of range for layer {term.layer!r}; "
+                                      f"expected 0 to {size - 1}")
+                self.weights[term.layer][row, term.unit] += term.weight
+        # The unit each objective is "about" (its first positive term), for metrics.
+        self.primary = [next((t for t in terms if t.weight > 0), terms[0]) for terms in objectives]
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def to(self, device: torch.device) -> ObjectiveBatch:
+        self.weights = {k: w.to(device) for k, w in self.weights.items()}
+        return self
+
+    def transform(self, units: torch.Tensor) -> torch.Tensor:
+        if self.mode == "softmax":
+            return units.softmax(1)
+        if self.mode == "log_softmax":
+            return units.log_softmax(1)
+        return units
+
+    def __call__(self, activations: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The objective value of each sample, (B,); `rows` selects objectives for a sub-batch."""
+        total = 0
+        for layer in self.layers:
+            weights = self.weights[layer] if rows is None else self.weights[layer][rows]
+            units = self.transform(reduce_units(activations[layer], self.spatial))
+            total = total + (weights * units).sum(1)
+        return total
+
+    @torch.no_grad()
+    def unit_metrics(self, activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per sample: the primary unit's raw activation, softmax probability and rank in its layer."""
+        out = {"activation": [], "probability": [], "rank": []}
+        for row, term in enumerate(self.primary):
+            units = reduce_units(activations[term.layer][row:row + 1], self.spatial)[0]
+            value = units[term.unit]
+            out["activation"].append(value)
+            out["probability"].append(units.softmax(0)[term.unit])
+            out["rank"].append((units > value).sum())
+        return {k: torch.stack(v).cpu() for k, v in out.items()}

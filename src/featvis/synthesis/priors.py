@@ -1,0 +1,92 @@
+"""The eps2 term of the update: grad log p(z), or an operator r(z) applied after each step.
+
+Gradient-style priors return a tensor shaped like z that the sampler adds with
+weight eps2; operators transform z in place of a gradient (the hand-designed
+image priors of the survey and DGN-AM's code clipping).  All work on a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from featvis.nets.adapters import fit_images
+
+
+class GaussianPrior:
+    """p(z) = N(0, I) up to scale: grad log p = -z (L2 decay)."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return -z
+
+
+class CenteredGaussianPrior:
+    """L2 decay toward a centre (mid-grey for images in [0, 1])."""
+
+    def __init__(self, center: float = 0.5):
+        self.center = center
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.center - z
+
+
+class TotalVariationPrior:
+    """-grad of the total variation of an image batch (favours piecewise-smooth images)."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = z.detach().requires_grad_(True)
+            tv = (x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum()
+            (grad,) = torch.autograd.grad(tv, x)
+        return -grad
+
+
+class DAEPrior:
+    """The learned code prior of PPGN: grad log p(h) ~ (R(h) - h) / sigma^2."""
+
+    def __init__(self, dae: nn.Module):
+        self.dae = dae
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dae.score(z)
+
+
+class EncoderLoopPrior:
+    """The released PPGN sampler's prior term E(G(h)) - h: the encoder/generator pair as an autoencoder."""
+
+    def __init__(self, generator: nn.Module, encoder: nn.Module):
+        self.generator, self.encoder = generator, encoder
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        size = self.encoder.image_size
+        return self.encoder.code(fit_images(self.generator(z), size).clamp(0, 1)) - z
+
+
+class ImageOperators:
+    """Hand-designed image priors applied as operators r(x) after a step (Yosinski et al. 2015).
+
+    blur_every/blur_sigma: Gaussian blur every few steps; clip_percentile: zero (set to grey)
+    the pixels whose norm is in the lowest percentile; all images stay in [0, 1].
+    """
+
+    def __init__(self, blur_every: int = 0, blur_sigma: float = 0.5, clip_percentile: float = 0.0):
+        self.blur_every, self.blur_sigma, self.clip_percentile = blur_every, blur_sigma, clip_percentile
+
+    def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        if self.blur_every and step % self.blur_every == 0 and self.blur_sigma > 0:
+            kernel = 2 * int(3 * self.blur_sigma) + 1
+            x = gaussian_blur(x, [kernel, kernel], [self.blur_sigma, self.blur_sigma])
+        if self.clip_percentile > 0:
+            norms = (x - 0.5).norm(dim=1, keepdim=True)
+            cut = torch.quantile(norms.flatten(1), self.clip_percentile, dim=1).view(-1, 1, 1, 1)
+            x = torch.where(norms < cut, torch.full_like(x, 0.5), x)
+        return x.clamp(0, 1)
+
+
+def jitter(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Roll the whole batch by a random offset (a robustness prior: features must survive shifts)."""
+    if pixels <= 0:
+        return images
+    dx, dy = torch.randint(-pixels, pixels + 1, (2,), generator=generator).tolist()
+    return torch.roll(images, shifts=(dy, dx), dims=(2, 3))

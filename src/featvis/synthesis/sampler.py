@@ -1,0 +1,205 @@
+"""One sampler for every method of the survey (Eq. 11 / Eq. 13).
+
+    z <- z + lr_t * (eps1 * d/dz objective(target(render(z))) + eps2 * prior(z)) + N(0, eps3^2)
+
+then the operators: code clipping to [0, ub] and decay (DGN-AM), image operators
+(pixel AM).  `render` is the identity (z is the image: pixel AM) or a frozen
+generator (z is the code h: DGN-AM, PPGN).  Notation follows the survey:
+eps1 = condition, eps2 = prior, eps3 = noise (the PPGN paper and its code swap
+eps1 and eps2).
+
+The whole batch (units x seeds) moves in one tensor step: one forward, one
+backward, no Python loop over units, no graph kept between steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from featvis.errors import ConfigError, FeatvisError
+from featvis.nets.adapters import fit_images
+from featvis.synthesis.objectives import ObjectiveBatch
+from featvis.synthesis.priors import ImageOperators, jitter
+
+
+@dataclass
+class SamplerSettings:
+    steps: int = 200
+    lr: float = 1.0                  # step size at the first step
+    lr_end: float | None = None      # linear schedule to this value at the last step; None = constant
+    eps1: float = 1.0                # condition
+    eps2: float = 0.0                # prior
+    eps3: float = 0.0                # noise
+    normalize_gradient: bool = False  # divide the condition gradient by its mean |.| per sample
+    clip_quantile: float | None = None  # code clipping to [0, ub], ub = this quantile of the codes
+    decay: float = 1.0               # multiply z after every step (DGN-AM: 0.99)
+    jitter: int = 0                  # pixel AM: random roll of up to this many pixels per step
+    record_every: int = 0            # keep a frame every n steps (0: none)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps >= 1,
+            "lr": self.lr >= 0,
+            "lr_end": self.lr_end is None or self.lr_end >= 0,
+            "eps1": self.eps1 >= 0, "eps2": self.eps2 >= 0, "eps3": self.eps3 >= 0,
+            "decay": 0 < self.decay <= 1,
+            "jitter": self.jitter >= 0,
+            "record_every": self.record_every >= 0,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            # NaN fails every comparison, so it lands here too
+            if not ok or (isinstance(value, float) and value != value):
+                raise ConfigError(f"method.{name}={value}; expected "
+                                  + ("a positive integer" if name == "steps" else
+                                     "a value in (0, 1]" if name == "decay" else "a non-negative number"))
+        if self.clip_quantile is not None and not 0 < self.clip_quantile <= 1:
+            raise ConfigError(f"method.clip_quantile={self.clip_quantile}; expected a value in (0, 1]")
+
+    def lr_at(self, step: int) -> float:
+        if self.lr_end is None or self.steps == 1:
+            return self.lr
+        return self.lr + (self.lr_end - self.lr) * step / (self.steps - 1)
+
+
+@dataclass
+class SamplerResult:
+    last: torch.Tensor           # images of the last iterate, (B, 3, S, S) in [0, 1]
+    best: torch.Tensor           # images of the best iterate by objective
+    last_value: torch.Tensor     # objective values, (B,)
+    best_value: torch.Tensor
+    best_step: torch.Tensor      # step of the best iterate, (B,)
+    last_z: torch.Tensor
+    best_z: torch.Tensor
+    frames: list[torch.Tensor] = field(default_factory=list)  # recorded images, each (B, 3, S, S)
+    frame_steps: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no parameter grads inside; every module's mode and flags restored after."""
+    modules = [m for m in modules if m is not None]
+    modes = [[(sub, sub.training) for sub in m.modules()] for m in modules]
+    flags = [[(p, p.requires_grad) for p in m.parameters()] for m in modules]
+    try:
+        for m in modules:
+            m.eval().requires_grad_(False)
+        yield
+    finally:
+        for saved in modes:
+            for sub, mode in saved:
+                sub.training = mode
+        for saved in flags:
+            for p, flag in saved:
+                p.requires_grad_(flag)
+
+
+class Sampler:
+    """Activation maximization in image space (`generator=None`) or code space."""
+
+    def __init__(
+        self,
+        target: nn.Module,
+        objectives: ObjectiveBatch,
+        settings: SamplerSettings,
+        generator: nn.Module | None = None,
+        prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        code_upper: torch.Tensor | None = None,
+        image_operators: ImageOperators | None = None,
+        target_size: int | None = None,
+    ):
+        from featvis.nets.layers import tap
+
+        self.target = target
+        self.taps = tap(target, objectives.layers)
+        self.objectives = objectives
+        self.settings = settings
+        self.generator = generator
+        self.prior = prior
+        self.code_upper = code_upper
+        self.image_operators = image_operators
+        self.target_size = target_size or int(getattr(target, "image_size", 0)) or None
+        if self.target_size is None:
+            raise ConfigError("target has no image_size; expected target_size to be given")
+        if settings.eps2 > 0 and prior is None:
+            raise ConfigError(f"method.eps2={settings.eps2} but no prior is configured; "
+                              "expected method.prior or eps2=0")
+
+    def render(self, z: torch.Tensor) -> torch.Tensor:
+        """z -> images in [0, 1] at the target's input size."""
+        images = z if self.generator is None else self.generator(z)
+        return fit_images(images, self.target_size).clamp(0, 1)
+
+    def _values(self, z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images = jitter(self.render(z), self.settings.jitter, generator)
+        return self.objectives(self.taps(images)), images
+
+    def run(self, z0: torch.Tensor, seed: int = 0, progress: bool = False) -> SamplerResult:
+        """Optimize every row of z0 for `settings.steps` steps; nets and global RNG untouched."""
+        s = self.settings
+        device = z0.device
+        self.objectives.to(device)
+        noise = torch.Generator(device=device).manual_seed(seed)
+        z = z0.detach().clone()
+        best_value = torch.full((len(z),), -torch.inf, device=device)
+        best_z, best_step = z.clone(), torch.zeros(len(z), dtype=torch.long)
+        frames, frame_steps = [], []
+        upper = self.code_upper.to(device) if self.code_upper is not None else None
+
+        # The taps are a traced copy with their own train/eval graphs: freeze them too.
+        with frozen(self.target, self.taps, self.generator, getattr(self.prior, "dae", None),
+                    getattr(self.prior, "encoder", None)):
+            for step in tqdm(range(s.steps), desc="synthesis", disable=not progress, leave=False):
+                z.requires_grad_(True)
+                with torch.enable_grad():
+                    values, images = self._values(z, noise)
+                    (grad,) = torch.autograd.grad(values.sum(), z)
+                z = z.detach()
+                values = values.detach()
+                if not torch.isfinite(values).all() or not torch.isfinite(grad).all():
+                    raise FeatvisError(f"synthesis: non-finite objective or gradient at step {step}; "
+                                       "expected finite values (lower method.lr?)")
+                improved = values > best_value
+                best_value = torch.where(improved, values, best_value)
+                best_z[improved] = z[improved]
+                best_step[improved.cpu()] = step
+                if s.record_every and step % s.record_every == 0:
+                    frames.append(images.detach().cpu())
+                    frame_steps.append(step)
+
+                if s.normalize_gradient:
+                    scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12)
+                    grad = grad / scale.view(-1, *([1] * (grad.ndim - 1)))
+                update = s.eps1 * grad
+                if s.eps2 > 0:
+                    with torch.no_grad():
+                        update = update + s.eps2 * self.prior(z)
+                z = z + s.lr_at(step) * update
+                if s.eps3 > 0:
+                    z = z + s.eps3 * torch.randn(z.shape, generator=noise, device=device)
+                if upper is not None:
+                    z = torch.minimum(z.clamp(min=0), upper)
+                if s.decay < 1:
+                    z = z * s.decay
+                if self.image_operators is not None:
+                    z = self.image_operators(z, step)
+
+            with torch.no_grad():
+                last_value = self.objectives(self.taps(self.render(z)))
+                improved = last_value > best_value
+                best_value = torch.where(improved, last_value, best_value)
+                best_z[improved] = z[improved]
+                best_step[improved.cpu()] = s.steps
+                last_images, best_images = self.render(z), self.render(best_z)
+        if s.record_every:
+            frames.append(last_images.cpu())
+            frame_steps.append(s.steps)
+        return SamplerResult(last=last_images.cpu(), best=best_images.cpu(), last_value=last_value.cpu(),
+                             best_value=best_value.cpu(), best_step=best_step, last_z=z.cpu(),
+                             best_z=best_z.cpu(), frames=frames, frame_steps=frame_steps)

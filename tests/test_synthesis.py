@@ -1,0 +1,178 @@
+"""The sampler, its objectives and priors, and visualize.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from featvis.checkpoints import load_classifier, load_generator
+from featvis.errors import CheckpointError, ConfigError
+from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.visualize import parse_units, visualize
+
+from .conftest import CONF, ROOT
+
+
+def test_objective_modes_follow_table_1():
+    acts = {"fc8": torch.tensor([[1.0, 2.0, 3.0]]), "conv": torch.arange(18.0).view(1, 2, 3, 3)}
+    for mode, expected in (("raw", 2.0), ("softmax", torch.tensor([1.0, 2, 3]).softmax(0)[1].item()),
+                           ("log_softmax", torch.tensor([1.0, 2, 3]).log_softmax(0)[1].item())):
+        batch = ObjectiveBatch([[Term("fc8", 1)]], {"fc8": 3, "conv": 2}, mode=mode)
+        assert batch(acts).item() == pytest.approx(expected)
+    both = ObjectiveBatch([[Term("fc8", 0), Term("fc8", 2)], [Term("fc8", 2), Term("fc8", 0, -1.0)]],
+                          {"fc8": 3})
+    assert both({"fc8": acts["fc8"].repeat(2, 1)}).tolist() == [4.0, 2.0]  # A+B, A-B
+    centre = ObjectiveBatch([[Term("conv", 1)]], {"conv": 2})
+    mean = ObjectiveBatch([[Term("conv", 1)]], {"conv": 2}, spatial="mean")
+    assert centre(acts).item() == 13.0 and mean(acts).item() == 13.0  # channel 1 holds 9..17
+    acts["conv"][0, 1, 1, 1] = 100.0
+    assert centre(acts).item() == 100.0 and mean(acts).item() == pytest.approx((9 + 10 + 11 + 12 + 14 + 15 + 16 + 17 + 100) / 9)
+
+
+@pytest.mark.parametrize("objectives, sizes, kwargs, message", [
+    ([[Term("fc8", 3)]], {"fc8": 3}, {}, "unit 3 out of range for layer 'fc8'; expected 0 to 2"),
+    ([[Term("fc9", 0)]], {"fc8": 3}, {}, "layer 'fc9' not available"),
+    ([[Term("fc8", 0)]], {"fc8": 3}, {"mode": "prob"}, "objective mode 'prob'"),
+    ([[]], {"fc8": 3}, {}, "empty objective"),
+])
+def test_bad_objectives(objectives, sizes, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ObjectiveBatch(objectives, sizes, **kwargs)
+
+
+@pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("steps", 0),
+                                          ("eps3", -0.1), ("decay", 0.0)])
+def test_bad_sampler_settings_name_the_value(field, value):
+    with pytest.raises(ConfigError, match=f"method.{field}="):
+        SamplerSettings(**{field: value})
+
+
+def test_units_by_index_name_and_combination():
+    names = ["red circle", "green circle", "blue circle"]
+    units = parse_units([0, "blue circle", "0+2", "1-0.5*2"], "fc8", names, 3)
+    assert [[(t.unit, t.weight) for t in u.terms] for u in units] == [
+        [(0, 1.0)], [(2, 1.0)], [(0, 1.0), (2, 1.0)], [(1, 1.0), (2, -0.5)]]
+    with pytest.raises(ConfigError, match="'purple star' is not an index or a class name"):
+        parse_units(["purple star"], "fc8", names, 3)
+
+
+@pytest.fixture(scope="module")
+def target(small_classifier):
+    net, record = load_classifier(small_classifier[1]["best_checkpoint"])
+    return net, record
+
+
+def _pixel_sampler(net, units, steps=30, **settings):
+    objectives = ObjectiveBatch([[Term("fc8", u)] for u in units], {"fc8": 15})
+    return Sampler(net, objectives, SamplerSettings(steps=steps, lr=0.02, normalize_gradient=True, **settings))
+
+
+def test_pixel_am_raises_the_unit_and_leaves_the_network_alone(target):
+    net, _ = target
+    net.train()  # the caller's mode must survive
+    flags = [p.requires_grad for p in net.parameters()]
+    weights = [p.detach().clone() for p in net.parameters()]
+    rng = torch.get_rng_state()
+    z0 = torch.full((3, 3, 32, 32), 0.5)
+    result = _pixel_sampler(net, [0, 5, 9]).run(z0)
+    with torch.no_grad():
+        start = net.eval()(z0)[torch.arange(3), torch.tensor([0, 5, 9])]
+    net.train()
+    assert (result.best_value > start + 1.0).all(), (start, result.best_value)
+    assert (result.best_value >= result.last_value).all()
+    assert result.last.min() >= 0 and result.last.max() <= 1
+    assert net.training and all(m.training for m in net.modules())
+    assert [p.requires_grad for p in net.parameters()] == flags
+    assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters()))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_one_batched_step_equals_one_unit_at_a_time(target):
+    net, _ = target
+    z0 = 0.5 + 0.05 * torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    batched = _pixel_sampler(net, [1, 4, 7], steps=5).run(z0)
+    for row, unit in enumerate([1, 4, 7]):
+        alone = _pixel_sampler(net, [unit], steps=5).run(z0[row:row + 1])
+        assert torch.allclose(alone.last_z, batched.last_z[row:row + 1], atol=1e-5)
+
+
+def test_dgn_am_keeps_codes_clipped_and_ppgn_noise_diversifies(target, small_priors):
+    net, _ = target
+    generator, stats, _ = load_generator(small_priors["generator"][1]["last_checkpoint"])
+    upper = stats.quantile(0.99)
+    objectives = ObjectiveBatch([[Term("fc8", 2)]] * 2, {"fc8": 15})
+    z0 = stats.sample(1, torch.Generator().manual_seed(0)).repeat(2, 1)
+    dgn = Sampler(net, objectives, SamplerSettings(steps=20, lr=1.0, lr_end=0.1, normalize_gradient=True,
+                                                   clip_quantile=0.99, decay=0.99),
+                  generator=generator, code_upper=upper).run(z0)
+    assert dgn.last_z.min() >= 0 and (dgn.last_z <= upper + 1e-6).all()
+    assert dgn.last.shape == (2, 3, 32, 32)
+    assert torch.equal(dgn.last_z[0], dgn.last_z[1])  # no noise: identical starts stay identical
+    noisy = Sampler(net, objectives, SamplerSettings(steps=20, lr=1.0, normalize_gradient=True, eps3=0.1,
+                                                     clip_quantile=0.99), generator=generator,
+                    code_upper=upper).run(z0)
+    assert not torch.equal(noisy.last_z[0], noisy.last_z[1])
+    assert dgn.best_value.mean() > objectives({"fc8": net(generator(z0).clamp(0, 1))}).mean()
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("visualize", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("method", ["pixel_noprior", "pixel", "dgn_am", "ppgn"])
+def test_visualize_writes_grid_images_gifs_and_metrics(method, small_classifier, small_priors, tmp_path):
+    cfg = _compose(f"method={method}", f"output_dir={tmp_path}",
+                   f"target.ckpt={small_classifier[1]['best_checkpoint']}",
+                   f"generator.ckpt={small_priors['generator'][1]['last_checkpoint']}",
+                   f"prior.ckpt={small_priors['prior'][1]['last_checkpoint']}",
+                   "units=[0,'blue star','1+2']", "seeds=2", "steps=12", "record_every=4", "device=cpu")
+    summary = visualize(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(summary))
+    assert len(metrics["results"]) == 6 and metrics["method"] == method
+    first = metrics["results"][0]
+    assert first["best"]["objective"] >= first["last"]["objective"]
+    assert 0 <= first["last"]["probability"] <= 1 and 0 <= first["last"]["rank"] < 15
+    for record in metrics["results"]:
+        assert all((tmp_path / f).is_file() for f in record["files"].values())
+    assert (tmp_path / "grid.png").is_file()
+    assert len(list((tmp_path / "gifs").glob("*.gif"))) == 3
+    assert not list(tmp_path.rglob(".*partial*"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["layer=fc10"], "layer 'fc10' not found"),
+    (["units=[15]"], "unit 15 out of range"),
+    (["method.lr=-1"], "method.lr=-1"),
+    (["method=dgn_am", "generator.ckpt=null"], "expected generator.ckpt"),
+    (["method=ppgn", "prior.ckpt=null"], "needs prior.ckpt"),
+    (["target.ckpt=GENERATOR"], "is a generator checkpoint; expected a classifier"),
+    (["steps=0"], "method.steps=0"),
+])
+def test_visualize_bad_input_writes_nothing(overrides, message, small_classifier, small_priors, tmp_path):
+    generator = small_priors["generator"][1]["last_checkpoint"]
+    base = ["method=pixel", f"output_dir={tmp_path / 'out'}",
+            f"target.ckpt={small_classifier[1]['best_checkpoint']}", f"generator.ckpt={generator}",
+            "units=[0]", "seeds=1", "device=cpu"]
+    cfg = _compose(*base, *[o.replace("GENERATOR", generator) for o in overrides])
+    with pytest.raises((ConfigError, CheckpointError), match=message):
+        visualize(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_visualize_cli_one_line_error(tmp_path, small_classifier):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "visualize.py"), "method=pixel",
+                           f"target.ckpt={small_classifier[1]['best_checkpoint']}", "layer=conv9",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("featvis: error:")]
+    assert len(errors) == 1 and "conv9" in errors[0], proc.stderr[-1500:]
+    assert not Path(tmp_path / "run" / "metrics.json").exists()
