@@ -67,3 +67,22 @@ def test_task_module_instantiates(compose_cfg):
     net = instantiate(cfg.model, num_classes=15)
     module = instantiate(cfg.task.module, net=net, class_names=[str(i) for i in range(15)])
     assert module.net is net
+
+
+@pytest.mark.parametrize("generator", _options("generator"))
+def test_generator_options_instantiate(compose_cfg, generator):
+    cfg = compose_cfg(f"generator={generator}")
+    g = instantiate(cfg.generator.net, code_dim=64)
+    d = instantiate(cfg.generator.discriminator, image_size=g.image_size, code_dim=64)
+    assert g.spec["code_dim"] == 64 and d.spec["image_size"] == g.image_size
+
+
+@pytest.mark.parametrize("dae", _options("dae"))
+def test_dae_options_instantiate(compose_cfg, dae):
+    assert instantiate(compose_cfg(f"dae={dae}").dae, code_dim=32).code_dim == 32
+
+
+@pytest.mark.parametrize("task", _options("task"))
+def test_task_options_compose(compose_cfg, task):
+    cfg = compose_cfg(f"task={task}")
+    assert cfg.task.name == task and cfg.task.module._target_.startswith("featvis.training.")

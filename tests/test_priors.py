@@ -11,6 +11,7 @@ from featvis.checkpoints import (check_same_code, load_classifier, load_generato
 from featvis.checks import dae_gaussian_score_check
 from featvis.errors import CheckpointError, ConfigError
 from featvis.nets import CodeStatistics, Discriminator, Encoder, Generator
+from featvis.nets.adapters import fit_images
 from featvis.run import train
 from featvis.training.losses import GanBalance
 
@@ -133,3 +134,26 @@ def test_wrong_kinds_and_missing_encoder_are_clear(priors, small_classifier, tmp
     encoder = small_classifier[1]["best_checkpoint"]
     with pytest.raises(ConfigError, match="data.image_size=64 but the encoder"):
         train(compose_in(tmp_path, "task=prior", f"encoder.ckpt={encoder}", *SMALL_PRIOR, "image_size=64"))
+
+
+def test_deepsim_generator_and_caffenet_encoder_from_torchvision_weights(tmp_path):
+    import torchvision
+
+    from featvis.run import load_encoder
+
+    weights = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
+    cfg = compose_in(tmp_path, "task=generator", "encoder=caffenet", f"encoder.weights={weights}",
+                     "generator=deepsim", "dae=ppgn_h", "image_size=227")
+    encoder, record = load_encoder(cfg)
+    assert encoder.code_dim == 4096 and record["image_size"] == 227 and record["checkpoint"] == str(weights)
+    from hydra.utils import instantiate
+
+    generator = instantiate(cfg.generator.net, code_dim=4096)
+    assert generator.image_size == 256
+    with torch.no_grad():
+        image = generator(torch.rand(1, 4096))
+        assert image.shape == (1, 3, 256, 256)
+        assert encoder(fit_images(image, 227))["code"].shape == (1, 4096)
+    dae = instantiate(cfg.dae, code_dim=4096)
+    assert [m.out_features for m in dae.net if isinstance(m, torch.nn.Linear)] == [2048, 1024, 500, 1024, 2048, 4096]

@@ -81,10 +81,15 @@ def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningData
 def load_encoder(cfg: DictConfig) -> tuple[Encoder, dict[str, Any]]:
     """The frozen encoder named by `cfg.encoder` and the record priors keep of it."""
     path = cfg.encoder.get("ckpt")
-    if not path:
+    weights = cfg.encoder.get("weights")
+    if path:
+        net, record = load_classifier(path)
+    elif weights:  # encoder=caffenet: a torchvision AlexNet weights file
+        net = instantiate(cfg.encoder.net, weights=weights).eval()
+        record, path = {"class_names": [str(i) for i in range(net.num_classes)]}, weights
+    else:
         raise ConfigError(f"encoder.ckpt is not set; expected a classifier checkpoint for "
                           f"task={cfg.task.name} (train one with task=classifier)")
-    net, record = load_classifier(path)
     encoder = Encoder(net, cfg.encoder.code_layer, cfg.encoder.comparator_layer, cfg.encoder.logits_layer)
     if cfg.data.image_size != encoder.image_size:
         raise ConfigError(f"data.image_size={cfg.data.image_size} but the encoder {path} takes "
