@@ -55,6 +55,7 @@ def test_bad_sampler_settings_name_the_value(field, value):
 def test_units_by_index_name_and_combination():
     names = ["red circle", "green circle", "blue circle"]
     units = parse_units([0, "blue circle", "0+2", "1-0.5*2"], "fc8", names, 3)
+    assert [u.label for u in units] == ["0 red circle", "blue circle", "0+2", "1-0.5*2"]
     assert [[(t.unit, t.weight) for t in u.terms] for u in units] == [
         [(0, 1.0)], [(2, 1.0)], [(0, 1.0), (2, 1.0)], [(1, 1.0), (2, -0.5)]]
     with pytest.raises(ConfigError, match="'purple star' is not an index or a class name"):

@@ -51,6 +51,8 @@ def parse_units(spec: list[Any], layer: str, class_names: list[str], layer_size:
 
     def index(token: str) -> int:
         if re.fullmatch(r"\d+", token):
+            if int(token) >= layer_size:
+                raise ConfigError(f"unit {token} out of range for layer {layer!r}; expected 0 to {layer_size - 1}")
             return int(token)
         if class_names and len(class_names) == layer_size and token in class_names:
             return class_names.index(token)
@@ -66,6 +68,9 @@ def parse_units(spec: list[Any], layer: str, class_names: list[str], layer_size:
             terms.append(Term(layer, index(token.strip()), -value if sign == "-" else value))
         if not terms:
             raise ConfigError(f"unit {text!r} could not be read; expected e.g. 3, 'red circle', '3+7' or '3-7'")
+        named = class_names and len(class_names) == layer_size
+        if named and len(terms) == 1 and re.fullmatch(r"\d+", text.strip()):
+            text = f"{text} {class_names[terms[0].unit]}"  # the grid shows what the unit is
         units.append(Unit(text, terms))
     return units
 
