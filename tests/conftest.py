@@ -70,3 +70,12 @@ def small_priors(small_classifier, tmp_path_factory):
                          *SMALL_PRIOR, *extra)
         runs[task] = (cfg, train(cfg))
     return runs
+
+
+@pytest.fixture(scope="session")
+def small_judge(tmp_path_factory):
+    """An independent 32 px classifier (other seed, other fc6 width) to judge syntheses."""
+    from featvis.run import train
+
+    cfg = compose_in(tmp_path_factory.mktemp("judge"), *SMALL_CLASSIFIER, "seed=1", "model.fc6_dim=96")
+    return cfg, train(cfg)

@@ -132,7 +132,8 @@ def test_visualize_writes_grid_images_gifs_and_metrics(method, small_classifier,
                    f"target.ckpt={small_classifier[1]['best_checkpoint']}",
                    f"generator.ckpt={small_priors['generator'][1]['last_checkpoint']}",
                    f"prior.ckpt={small_priors['prior'][1]['last_checkpoint']}",
-                   "units=[0,'blue star','1+2']", "seeds=2", "steps=12", "record_every=4", "device=cpu")
+                   "units=[0,'blue star','1+2']", "seeds=2", "steps=12", "record_every=4", "device=cpu",
+                   "evaluation.real_images=64")
     summary = visualize(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(summary))
@@ -160,7 +161,7 @@ def test_visualize_bad_input_writes_nothing(overrides, message, small_classifier
     generator = small_priors["generator"][1]["last_checkpoint"]
     base = ["method=pixel", f"output_dir={tmp_path / 'out'}",
             f"target.ckpt={small_classifier[1]['best_checkpoint']}", f"generator.ckpt={generator}",
-            "units=[0]", "seeds=1", "device=cpu"]
+            "units=[0]", "seeds=1", "device=cpu", "evaluation.real_images=16"]
     cfg = _compose(*base, *[o.replace("GENERATOR", generator) for o in overrides])
     with pytest.raises((ConfigError, CheckpointError), match=message):
         visualize(cfg)
@@ -177,3 +178,41 @@ def test_visualize_cli_one_line_error(tmp_path, small_classifier):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("featvis: error:")]
     assert len(errors) == 1 and "conv9" in errors[0], proc.stderr[-1500:]
     assert not Path(tmp_path / "run" / "metrics.json").exists()
+
+
+def test_diversity_and_real_top_activations():
+    from featvis.synthesis.evaluation import pairwise_diversity, real_top_activations
+
+    features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0]])
+    assert pairwise_diversity(features, groups=2).tolist() == [5.0, 0.0]
+
+    class Identity(torch.nn.Module):
+        image_size = 2
+
+        def forward(self, x):
+            return x.flatten(1)
+
+    images = torch.arange(20 * 12, dtype=torch.float).view(20, 3, 2, 2)
+    top1, top9, seen = real_top_activations(Identity(), [Term("flatten", 0)], [(images[:10],), (images[10:],)])
+    column = images.flatten(1)[:, 0]
+    assert top1.item() == column.max().item()
+    assert top9.item() == column.topk(9).values.mean().item() and len(seen) == 20
+
+
+def test_visualize_reports_faithfulness_with_a_judge(small_classifier, small_priors, small_judge, tmp_path):
+    target = small_classifier[1]["best_checkpoint"]
+    cfg = _compose("method=dgn_am", f"output_dir={tmp_path}", f"target.ckpt={target}",
+                   f"generator.ckpt={small_priors['generator'][1]['last_checkpoint']}",
+                   f"judge.ckpt={small_judge[1]['best_checkpoint']}", "units=[0,4,8]", "seeds=3",
+                   "steps=10", "gif=false", "device=cpu", "evaluation.real_images=120", "image_size=32")
+    evaluation = visualize(cfg)["evaluation"]
+    assert 0 <= evaluation["judge_transfer"] <= 1 and 0 <= evaluation["beats_real_top1"] <= 1
+    assert evaluation["diversity"] >= 0 and evaluation["kid_mean"] == evaluation["kid_mean"]  # not NaN
+    assert evaluation["fid"] is None  # 9 syntheses in a 128-d feature space: no covariance
+    row = evaluation["per_unit"][0]
+    assert row["unit"] == "0 red circle" and row["real_top1"] >= row["real_top9_mean"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["evaluation"] == evaluation
+    same = _compose("method=pixel", f"output_dir={tmp_path / 'same'}", f"target.ckpt={target}",
+                    f"judge.ckpt={target}", "units=[0]", "seeds=1", "device=cpu")
+    with pytest.raises(ConfigError, match="has the target's own weights"):
+        visualize(same)

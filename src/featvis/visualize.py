@@ -25,6 +25,7 @@ from featvis.nets.encoder import Encoder
 from featvis.nets.layers import activations, layer_names
 from featvis.reports.grids import atomic_path, commit, labelled_grid, save_gif, save_png
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.evaluation import evaluate
 from featvis.synthesis.objectives import reduce_units
 from featvis.synthesis.priors import (CenteredGaussianPrior, DAEPrior, EncoderLoopPrior, GaussianPrior,
                                       ImageOperators, TotalVariationPrior)
@@ -129,13 +130,29 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     upper = stats.quantile(method.clip_quantile) if (stats is not None and method.clip_quantile) else None
     objectives = ObjectiveBatch([u.terms for u in units for _ in range(int(cfg.seeds))],
                                 {cfg.layer: layer_size}, mode=method.objective, spatial=cfg.spatial)
-    for module in (target, generator, getattr(prior, "dae", None), getattr(prior, "encoder", None)):
+    judge, judge_record = None, None
+    if cfg.judge.get("ckpt"):
+        judge, judge_record = load_classifier(cfg.judge.ckpt)
+        same_weights = judge.spec == target.spec and all(
+            torch.equal(a, b) for a, b in zip(judge.state_dict().values(), target.state_dict().values()))
+        if same_weights:
+            raise ConfigError(f"judge.ckpt={cfg.judge.ckpt} has the target's own weights; expected an "
+                              "independent classifier (another seed or width)")
+        if cfg.judge.feature_layer not in layer_names(judge):
+            raise ConfigError(f"judge.feature_layer={cfg.judge.feature_layer!r} not found in the judge")
+    real = None
+    if int(cfg.evaluation.real_images) > 0:
+        # Render or load no more validation images than the figures use.
+        fewer = {"val_size": int(cfg.evaluation.real_images)} if "val_size" in cfg.data else {}
+        real = instantiate(cfg.data, image_size=target.image_size, **fewer)
+        real.setup("validate")
+    for module in (target, generator, getattr(prior, "dae", None), getattr(prior, "encoder", None), judge):
         if module is not None:
             module.to(device)
     sampler = Sampler(target, objectives, settings, generator=generator, prior=prior, code_upper=upper,
                       image_operators=operators)
     return {"sampler": sampler, "units": units, "stats": stats, "target_record": t_record,
-            "layer_size": layer_size}
+            "layer_size": layer_size, "judge": judge, "judge_record": judge_record, "real": real}
 
 
 def initial_z(method: DictConfig, stats: CodeStatistics | None, units: int, seeds: int, image_size: int,
@@ -205,16 +222,38 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
             frames = [make_row(frame[u * seeds:(u + 1) * seeds]) for frame in result.frames]
             save_gif(frames, out / "gifs" / f"{cfg.layer}-{slug}.gif")
 
+    evaluation = _evaluate(cfg, built, shown, best_metrics if cfg.keep == "best" else last_metrics, device)
     summary = {"method": cfg.method.name, "layer": cfg.layer, "target": str(cfg.target.ckpt),
                "generator": cfg.generator.get("ckpt"), "prior": cfg.prior.get("ckpt"),
                "settings": sampler.settings.__dict__, "objective_mode": cfg.method.objective,
-               "keep": cfg.keep, "results": records}
+               "keep": cfg.keep, "results": records, "evaluation": evaluation}
     _log_to_logger(cfg, grid, records)
     tmp = atomic_path(out / "metrics.json")
     tmp.write_text(json.dumps(summary, indent=2))
     commit(tmp, out / "metrics.json")
     log.info("wrote %s", out / "grid.png")
     return summary
+
+
+def _evaluate(cfg: DictConfig, built: dict[str, Any], images: torch.Tensor, metrics: dict[str, torch.Tensor],
+              device: torch.device) -> dict[str, Any] | None:
+    """Faithfulness figures of the shown images (see featvis.synthesis.evaluation)."""
+    if built["real"] is None and built["judge"] is None:
+        return None
+    units, judge, t_record = built["units"], built["judge"], built["target_record"]
+    judge_record = built["judge_record"] or {}
+    # Judge transfer asks the judge for the unit's class: only for single class units of the logits.
+    classes_match = (judge is not None and cfg.layer == "fc8"
+                     and judge_record.get("class_names") == t_record["class_names"]
+                     and all(len(u.terms) == 1 for u in units))
+    target, judge = built["sampler"].target.cpu(), judge.cpu() if judge is not None else None
+    real = built["real"].val_dataloader() if built["real"] is not None else None
+    report = evaluate(target, judge, [u.terms[0] for u in units], images, metrics["activation"],
+                      int(cfg.seeds), real, spatial=cfg.spatial, judge_layer=cfg.judge.feature_layer,
+                      judge_classes_match=classes_match, max_real=int(cfg.evaluation.real_images))
+    for row, unit in zip(report["per_unit"], units):
+        row["unit"] = unit.label
+    return report
 
 
 def make_row(images: torch.Tensor) -> torch.Tensor:

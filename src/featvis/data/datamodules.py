@@ -101,13 +101,11 @@ class ShapesDataModule(ImageDataModule):
         self.in_memory = in_memory
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        if self.in_memory:
-            self.train_set = _in_memory(self._train, "rendering shapes (train)")
-            self.val_set = _in_memory(self._val, "rendering shapes (val)")
-        else:
-            self.train_set, self.val_set = self._train, self._val
+        # Render only what the stage needs: validation alone does not render the training set.
+        if self.val_set is None:
+            self.val_set = _in_memory(self._val, "rendering shapes (val)") if self.in_memory else self._val
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = _in_memory(self._train, "rendering shapes (train)") if self.in_memory else self._train
 
 
 def _folder_transform(image_size: int, resize: int | None, train: bool) -> transforms.Compose:

@@ -1,0 +1,124 @@
+"""How faithful are the syntheses?  (The survey's open problem: evaluate AM rigorously.)
+
+(a) each synthesis's activation against the unit's top-1 and top-9 activations over real
+    validation images;
+(b) judge transfer: how often an independent classifier (never the target) predicts the
+    unit's class for the synthesis;
+(c) diversity: mean pairwise distance among a unit's seeds in the judge's feature space;
+(d) realism: KID (and FID when there are more syntheses than feature dimensions) between
+    syntheses and real images in the judge's feature space, via torchmetrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from featvis.nets.adapters import fit_images
+from featvis.nets.layers import tap
+from featvis.synthesis.objectives import Term, reduce_units
+
+
+class JudgeFeatures(nn.Module):
+    """A judge classifier read at one layer, resizing any input to its size: (N, d) features."""
+
+    def __init__(self, judge: nn.Module, layer: str = "fc7"):
+        super().__init__()
+        self.layer = layer
+        self.features = tap(judge, [layer]).eval()
+        self.image_size = judge.image_size
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return self.features(fit_images(images, self.image_size))[self.layer].flatten(1)
+
+
+@torch.no_grad()
+def real_top_activations(target: nn.Module, terms: list[Term], batches: Iterable, spatial: str = "center",
+                         max_images: int = 2000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per term: top-1 and mean top-9 activation over real images, and the images seen."""
+    layers = sorted({t.layer for t in terms})
+    taps = tap(target, layers).eval()
+    columns: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
+    count = 0
+    for batch in batches:
+        images = fit_images(batch[0], target.image_size)
+        acts = {k: reduce_units(v, spatial) for k, v in taps(images).items()}
+        columns.append(torch.stack([acts[t.layer][:, t.unit] for t in terms], dim=1))
+        seen.append(images)
+        count += len(images)
+        if count >= max_images:
+            break
+    values = torch.cat(columns)[:max_images]
+    top = values.topk(min(9, len(values)), dim=0).values
+    return top[0], top.mean(0), torch.cat(seen)[:max_images]
+
+
+def pairwise_diversity(features: torch.Tensor, groups: int) -> torch.Tensor:
+    """Mean pairwise L2 distance within each of `groups` consecutive equal-size groups."""
+    per_group = features.view(groups, -1, features.shape[1])
+    n = per_group.shape[1]
+    if n < 2:
+        return torch.zeros(groups)
+    distances = torch.cdist(per_group, per_group)
+    return distances.sum((1, 2)) / (n * (n - 1))
+
+
+@torch.no_grad()
+def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], images: torch.Tensor,
+             activations: torch.Tensor, seeds: int, real_batches: Iterable | None, spatial: str = "center",
+             judge_layer: str = "fc7", judge_classes_match: bool = False, max_real: int = 2000) -> dict[str, Any]:
+    """The figures (a)-(d) for syntheses `images` (units x seeds, unit-major) of `terms` (one per unit)."""
+    units = len(terms)
+    report: dict[str, Any] = {"per_unit": [{"unit_index": t.unit, "layer": t.layer} for t in terms]}
+    per_sample = activations.view(units, seeds)
+    medians = per_sample.median(1).values
+    real_images = None
+    if real_batches is not None:
+        top1, top9, real_images = real_top_activations(target, terms, real_batches, spatial, max_real)
+        beats = medians > top1
+        for u, row in enumerate(report["per_unit"]):
+            row.update(real_top1=float(top1[u]), real_top9_mean=float(top9[u]),
+                       median_activation=float(medians[u]), beats_real_top1=bool(beats[u]))
+        report["beats_real_top1"] = float(beats.float().mean())
+    if judge is None:
+        return report
+
+    judge = judge.eval()
+    if judge_classes_match:
+        predicted = judge(fit_images(images, judge.image_size)).argmax(1).view(units, seeds)
+        wanted = torch.tensor([t.unit for t in terms]).view(units, 1)
+        transfer = (predicted == wanted).float()
+        for u, row in enumerate(report["per_unit"]):
+            row["judge_transfer"] = float(transfer[u].mean())
+        report["judge_transfer"] = float(transfer.mean())
+    features = JudgeFeatures(judge, judge_layer)
+    diversity = pairwise_diversity(features(images), units)
+    for u, row in enumerate(report["per_unit"]):
+        row["diversity"] = float(diversity[u])
+    report["diversity"] = float(diversity.mean())
+
+    if real_images is not None and len(real_images) >= 2 and len(images) >= 2:
+        subset = min(len(images), len(real_images), 100)
+        kid = KernelInceptionDistance(feature=features, subset_size=subset, subsets=20)
+        kid.update(real_images, real=True)
+        kid.update(images, real=False)
+        kid_mean, kid_std = kid.compute()
+        report["kid_mean"], report["kid_std"] = float(kid_mean), float(kid_std)
+        dims = features(images[:1]).shape[1]
+        if len(images) > dims and len(real_images) > dims:
+            fid = FrechetInceptionDistance(feature=features)
+            fid.update(real_images, real=True)
+            fid.update(images, real=False)
+            report["fid"] = float(fid.compute())
+        else:
+            report["fid"] = None  # fewer samples than feature dimensions: the covariance is singular
+    return report
