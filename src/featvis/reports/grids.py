@@ -39,7 +39,7 @@ def labelled_grid(images: torch.Tensor, rows: int, row_labels: Sequence[str], co
     body = body.resize((body.width * scale, body.height * scale), Image.NEAREST)
     font = ImageFont.load_default()
     left = 12 + 7 * max((len(label) for label in row_labels), default=0)
-    top = 22
+    top = 10 + 12 * max((label.count("\n") + 1 for label in column_labels), default=1)
     canvas = Image.new("RGB", (left + body.width, top + body.height), "white")
     canvas.paste(body, (left, top))
     draw = ImageDraw.Draw(canvas)

@@ -1,0 +1,97 @@
+"""Quality of the four methods on the tiny preset: every class unit of fc8, 8 seeds each.
+
+    python benchmarks/quality.py [--encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt] [--docs]
+
+Checkpoints not given are trained first with the tiny preset (the classifier is also the
+target; the judge is another classifier: seed 1, fc6 of 512).  Prints a side-by-side table,
+then, as its last line, one JSON object with, per method: <method>_judge_transfer,
+<method>_beats_real_top1 (fraction of units whose median synthesis beats the unit's top-1
+real validation image), <method>_diversity, <method>_kid; and ppgn_diversity_ratio (PPGN
+diversity / DGN-AM diversity).  Targets: dgn_am and ppgn judge transfer and beats_real_top1
+>= 0.90, ppgn_diversity_ratio >= 1.5 while PPGN transfer stays >= 0.90.
+--docs writes the contact sheet (rows = methods, columns = classes) to docs/methods.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from featvis.reports.grids import labelled_grid, save_png
+from featvis.run import train
+from featvis.visualize import visualize
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["pixel_noprior", "pixel", "dgn_am", "ppgn"]
+
+
+def compose_cfg(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def trained(out: Path, *overrides: str) -> str:
+    return train(compose_cfg("config", f"output_dir={out}", "logger=csv", *overrides))["best_checkpoint"]
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("encoder", "generator", "prior", "judge"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--docs", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
+    encoder = args.encoder or trained(out / "classifier", "task=classifier")
+    generator = args.generator or trained(out / "generator", "task=generator", f"encoder.ckpt={encoder}")
+    prior = args.prior or trained(out / "prior", "task=prior", f"encoder.ckpt={encoder}")
+    judge = args.judge or trained(out / "judge", "task=classifier", "seed=1", "model.fc6_dim=512")
+
+    figures: dict[str, float] = {}
+    sheet_rows, table = [], []
+    for method in METHODS:
+        start = time.perf_counter()
+        summary = visualize(compose_cfg(
+            "visualize", f"method={method}", f"output_dir={out / method}", f"target.ckpt={encoder}",
+            f"generator.ckpt={generator}", f"prior.ckpt={prior}", f"judge.ckpt={judge}",
+            f"units=[{','.join(str(u) for u in range(15))}]", f"seeds={args.seeds}", "gif=false",
+            "evaluation.real_images=1000"))
+        seconds = time.perf_counter() - start
+        ev = summary["evaluation"]
+        figures[f"{method}_judge_transfer"] = round(ev["judge_transfer"], 4)
+        figures[f"{method}_beats_real_top1"] = round(ev["beats_real_top1"], 4)
+        figures[f"{method}_diversity"] = round(ev["diversity"], 4)
+        figures[f"{method}_kid"] = round(ev["kid_mean"], 4)
+        table.append((method, ev["judge_transfer"], ev["beats_real_top1"], ev["diversity"], ev["kid_mean"], seconds))
+        firsts = [r["files"]["best"] for r in summary["results"] if r["seed"] == 0]
+        sheet_rows.append(torch.stack([_load(out / method / f) for f in firsts]))
+    figures["ppgn_diversity_ratio"] = round(figures["ppgn_diversity"] / max(figures["dgn_am_diversity"], 1e-12), 3)
+
+    classes = [r["unit"].split(" ", 1)[-1] for r in summary["results"] if r["seed"] == 0]
+    sheet = labelled_grid(torch.cat(sheet_rows), len(METHODS), METHODS, [c.replace(" ", "\n") for c in classes])
+    sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else out / "methods.png")
+
+    print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}{'seconds':>9}")
+    for method, transfer, beats, diversity, kid, seconds in table:
+        print(f"{method:<15}{transfer:>15.3f}{beats:>13.3f}{diversity:>11.3f}{kid:>9.4f}{seconds:>9.1f}")
+    print(f"ppgn_diversity_ratio {figures['ppgn_diversity_ratio']}  (contact sheet: {sheet_path}; runs: {out})")
+    return figures
+
+
+def _load(path: Path) -> torch.Tensor:
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(Image.open(path).convert("RGB")).float() / 255
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
