@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import print_figures
 from hydra import compose, initialize_config_dir
 
 from featvis.checkpoints import load_classifier
@@ -60,9 +61,7 @@ def main(overrides: list[str]) -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     targets = {"val_accuracy": ">= 0.95", "wall_minutes": "<= 5"}
-    print(f"\n{'figure':<26}{'value':>12}  target")
-    for name, value in figures.items():
-        print(f"{name:<26}{value:>12}  {targets.get(name, '')}")
+    print_figures(figures, targets)
     print(f"(run dir: {out})")
     return figures
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from report import print_figures
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
@@ -180,9 +181,7 @@ def main() -> dict:
 
     targets = {"recon_agreement": ">= 0.90", "lightning_vs_plain": ">= 0.90",
                "dae_score_cosine": ">= 0.90", "generator_train_minutes": "<= 15"}
-    print(f"\n{'figure':<30}{'value':>12}  target")
-    for name, value in figures.items():
-        print(f"{name:<30}{value:>12}  {targets.get(name, '')}")
+    print_figures(figures, targets)
     print(f"(run dir: {out}; last grid: {grids[-1] if grids else 'none'})")
     return figures
 

@@ -18,6 +18,7 @@ import json
 import time
 
 import torch
+from report import print_figures
 from torch.utils.flop_counter import FlopCounterMode
 
 from featvis.nets import AlexNet, CodeStatistics, Generator
@@ -87,9 +88,7 @@ def main() -> dict:
         "units": args.units, "steps": args.steps, "torch_threads": torch.get_num_threads(),
     }
     targets = {"batched_speedup": ">= 2.5", "fraction_of_matmul_peak": ">= 0.40"}
-    print(f"\n{'figure':<32}{'value':>10}  target")
-    for name, value in figures.items():
-        print(f"{name:<32}{value:>10}  {targets.get(name, '')}")
+    print_figures(figures, targets)
     return figures
 
 
