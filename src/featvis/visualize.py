@@ -150,7 +150,7 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         if module is not None:
             module.to(device)
     sampler = Sampler(target, objectives, settings, generator=generator, prior=prior, code_upper=upper,
-                      image_operators=operators)
+                      image_operators=operators, **cfg.performance)
     return {"sampler": sampler, "units": units, "stats": stats, "target_record": t_record,
             "layer_size": layer_size, "judge": judge, "judge_record": judge_record, "real": real}
 

@@ -113,11 +113,22 @@ class Sampler:
         code_upper: torch.Tensor | None = None,
         image_operators: ImageOperators | None = None,
         target_size: int | None = None,
+        autocast: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         from featvis.nets.layers import tap
 
         self.target = target
         self.taps = tap(target, objectives.layers)
+        # Speed switches, for GPUs mostly: bf16 autocast, NHWC convolutions, torch.compile.
+        self.autocast = autocast
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            for module in (self.taps, generator):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self._values) if compile else self._values
         self.objectives = objectives
         self.settings = settings
         self.generator = generator
@@ -137,8 +148,10 @@ class Sampler:
         return fit_images(images, self.target_size).clamp(0, 1)
 
     def _values(self, z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        images = jitter(self.render(z), self.settings.jitter, generator)
-        return self.objectives(self.taps(images)), images
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            images = jitter(self.render(z), self.settings.jitter, generator)
+            values = self.objectives(self.taps(images.contiguous(memory_format=self.memory_format)))
+        return values.float(), images.float()
 
     def run(self, z0: torch.Tensor, seed: int = 0, progress: bool = False) -> SamplerResult:
         """Optimize every row of z0 for `settings.steps` steps; nets and global RNG untouched."""
@@ -158,7 +171,7 @@ class Sampler:
             for step in tqdm(range(s.steps), desc="synthesis", disable=not progress, leave=False):
                 z.requires_grad_(True)
                 with torch.enable_grad():
-                    values, images = self._values(z, noise)
+                    values, images = self._forward(z, noise)
                     (grad,) = torch.autograd.grad(values.sum(), z)
                 z = z.detach()
                 values = values.detach()
