@@ -46,7 +46,8 @@ def test_bad_objectives(objectives, sizes, kwargs, message):
 
 
 @pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("steps", 0),
-                                          ("eps3", -0.1), ("decay", 0.0)])
+                                          ("eps3", -0.1), ("decay", 0.0), ("scale", 1.5),
+                                          ("rotate", -1.0)])
 def test_bad_sampler_settings_name_the_value(field, value):
     with pytest.raises(ConfigError, match=f"method.{field}="):
         SamplerSettings(**{field: value})
@@ -126,7 +127,7 @@ def _compose(*overrides):
         return compose("visualize", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("method", ["pixel_noprior", "pixel", "dgn_am", "ppgn"])
+@pytest.mark.parametrize("method", ["pixel_noprior", "pixel", "pixel_fft", "dgn_am", "ppgn"])
 def test_visualize_writes_grid_images_gifs_and_metrics(method, small_classifier, small_priors, tmp_path):
     cfg = _compose(f"method={method}", f"output_dir={tmp_path}",
                    f"target.ckpt={small_classifier[1]['best_checkpoint']}",
@@ -228,3 +229,17 @@ def test_speed_switches_reach_the_same_objective(target):
     # bf16 gradients take normalized steps along slightly different paths: compare what they reach.
     assert (fast.best_value > 0.8 * plain.best_value).all(), (fast.best_value, plain.best_value)
     assert fast.last.dtype == torch.float32 and fast.last.is_contiguous()
+
+
+def test_robustness_transform_and_fourier_images_pass_gradients():
+    from featvis.synthesis.parametrizations import FourierImage
+    from featvis.synthesis.priors import robustness_transform
+
+    fourier = FourierImage(32)
+    z = fourier.initial(2, torch.Generator().manual_seed(0)).requires_grad_(True)
+    images = fourier(z)
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    moved = robustness_transform(images, 2, 0.1, 10.0, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape and not torch.equal(moved, images)
+    moved[:, 0].mean().backward()
+    assert z.grad.abs().sum() > 0

@@ -27,13 +27,14 @@ from featvis.reports.grids import atomic_path, commit, labelled_grid, save_gif, 
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
 from featvis.synthesis.evaluation import evaluate
 from featvis.synthesis.objectives import reduce_units
+from featvis.synthesis.parametrizations import FourierImage
 from featvis.synthesis.priors import (CenteredGaussianPrior, DAEPrior, EncoderLoopPrior, GaussianPrior,
                                       ImageOperators, TotalVariationPrior)
 
 log = logging.getLogger(__name__)
 
 SETTINGS_KEYS = ("steps", "lr", "lr_end", "eps1", "eps2", "eps3", "normalize_gradient",
-                 "clip_quantile", "decay", "jitter")
+                 "clip_quantile", "decay", "jitter", "scale", "rotate")
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")
 
 
@@ -100,8 +101,8 @@ def _prior(name: str | None, generator, prior_ckpt: str | None, g_record: dict |
 def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """Load and check everything `cfg` names; nothing is written here."""
     method = cfg.method
-    if method.space not in ("pixel", "code"):
-        raise ConfigError(f"method.space={method.space!r}; expected pixel or code")
+    if method.space not in ("pixel", "fft", "code"):
+        raise ConfigError(f"method.space={method.space!r}; expected pixel, fft or code")
     if not cfg.target.get("ckpt"):
         raise ConfigError("target.ckpt is not set; expected a classifier checkpoint (task=classifier)")
     target, t_record = load_classifier(cfg.target.ckpt)
@@ -125,6 +126,8 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         if not cfg.generator.get("ckpt"):
             raise ConfigError(f"method={method.name} optimizes a generator's code; expected generator.ckpt")
         generator, stats, g_record = load_generator(cfg.generator.ckpt)
+    elif method.space == "fft":  # a fixed, parameter-free "generator": spectrum -> image
+        generator = FourierImage(target.image_size)
     prior, _ = _prior(method.prior, generator, cfg.prior.get("ckpt"), g_record)
     operators = ImageOperators(**method.image_operators) if method.get("image_operators") else None
     upper = stats.quantile(method.clip_quantile) if (stats is not None and method.clip_quantile) else None
@@ -163,6 +166,8 @@ def initial_z(method: DictConfig, stats: CodeStatistics | None, units: int, seed
         gen = torch.Generator().manual_seed(seed)
         if method.space == "pixel":
             starts.append((0.5 + 0.05 * torch.randn(1, 3, image_size, image_size, generator=gen)).clamp(0, 1))
+        elif method.space == "fft":
+            starts.append(FourierImage(image_size).initial(1, gen))
         elif method.init == "stats":
             starts.append(stats.sample(1, gen))
         elif method.init == "zeros":

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.transforms.v2.functional import gaussian_blur
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2.functional import affine, gaussian_blur
 
 from featvis.nets.adapters import fit_images
 
@@ -84,9 +85,16 @@ class ImageOperators:
         return x.clamp(0, 1)
 
 
-def jitter(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """Roll the whole batch by a random offset (a robustness prior: features must survive shifts)."""
-    if pixels <= 0:
-        return images
-    dx, dy = torch.randint(-pixels, pixels + 1, (2,), generator=generator).tolist()
-    return torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+def robustness_transform(images: torch.Tensor, pixels: int, scale: float, degrees: float,
+                         generator: torch.Generator) -> torch.Tensor:
+    """Random roll, scale and rotation of the whole batch (features must survive them; lucid's
+    transformation robustness).  Differentiable, so gradients reach the untransformed image."""
+    if pixels > 0:
+        dx, dy = torch.randint(-pixels, pixels + 1, (2,), generator=generator).tolist()
+        images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+    if scale > 0 or degrees > 0:
+        factor = 1.0 + scale * (2 * torch.rand((), generator=generator).item() - 1)
+        angle = degrees * (2 * torch.rand((), generator=generator).item() - 1)
+        images = affine(images, angle=angle, translate=[0, 0], scale=factor, shear=[0.0, 0.0],
+                        interpolation=InterpolationMode.BILINEAR)
+    return images

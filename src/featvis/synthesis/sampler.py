@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from featvis.errors import ConfigError, FeatvisError
 from featvis.nets.adapters import fit_images
 from featvis.synthesis.objectives import ObjectiveBatch
-from featvis.synthesis.priors import ImageOperators, jitter
+from featvis.synthesis.priors import ImageOperators, robustness_transform
 
 
 @dataclass
@@ -39,7 +39,9 @@ class SamplerSettings:
     normalize_gradient: bool = False  # divide the condition gradient by its mean |.| per sample
     clip_quantile: float | None = None  # code clipping to [0, ub], ub = this quantile of the codes
     decay: float = 1.0               # multiply z after every step (DGN-AM: 0.99)
-    jitter: int = 0                  # pixel AM: random roll of up to this many pixels per step
+    jitter: int = 0                  # random roll of up to this many pixels per step
+    scale: float = 0.0               # random rescaling by up to this fraction per step
+    rotate: float = 0.0              # random rotation by up to this many degrees per step
     record_every: int = 0            # keep a frame every n steps (0: none)
 
     def __post_init__(self) -> None:
@@ -49,7 +51,7 @@ class SamplerSettings:
             "lr_end": self.lr_end is None or self.lr_end >= 0,
             "eps1": self.eps1 >= 0, "eps2": self.eps2 >= 0, "eps3": self.eps3 >= 0,
             "decay": 0 < self.decay <= 1,
-            "jitter": self.jitter >= 0,
+            "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
             "record_every": self.record_every >= 0,
         }
         for name, ok in checks.items():
@@ -149,7 +151,8 @@ class Sampler:
 
     def _values(self, z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            images = jitter(self.render(z), self.settings.jitter, generator)
+            s = self.settings
+            images = robustness_transform(self.render(z), s.jitter, s.scale, s.rotate, generator)
             values = self.objectives(self.taps(images.contiguous(memory_format=self.memory_format)))
         return values.float(), images.float()
 
