@@ -243,3 +243,19 @@ def test_robustness_transform_and_fourier_images_pass_gradients():
     assert moved.shape == images.shape and not torch.equal(moved, images)
     moved[:, 0].mean().backward()
     assert z.grad.abs().sum() > 0
+
+
+def test_a_torchvision_model_as_target(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), weights)
+    base = [f"output_dir={tmp_path / 'out'}", "target.torchvision=resnet18", f"target.weights={weights}",
+            "target.image_size=64", "target.num_classes=10", "method=pixel", "seeds=1", "steps=3",
+            "gif=false", "evaluation.real_images=0", "device=cpu"]
+    summary = visualize(_compose(*base, "layer=layer3", "units=[5]", "spatial=mean"))
+    assert summary["results"][0]["unit"] == "5" and (tmp_path / "out" / "grid.png").is_file()
+    with pytest.raises(ConfigError, match="'layer9' not found in ResNet; expected one of .*'layer4'"):
+        visualize(_compose(*base, "layer=layer9", "units=[0]"))
+    with pytest.raises(ConfigError, match="'resnet999' is not a torchvision model"):
+        visualize(_compose(*base, "target.torchvision=resnet999"))

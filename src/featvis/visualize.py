@@ -22,7 +22,8 @@ from featvis.checkpoints import check_same_code, load_classifier, load_generator
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics
 from featvis.nets.encoder import Encoder
-from featvis.nets.layers import activations, layer_names
+from featvis.nets.layers import activations, layer_names, tap
+from featvis.nets.torchvision_target import TorchvisionTarget
 from featvis.reports.grids import atomic_path, commit, labelled_grid, save_gif, save_png
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
 from featvis.synthesis.evaluation import evaluate
@@ -103,12 +104,17 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     method = cfg.method
     if method.space not in ("pixel", "fft", "code"):
         raise ConfigError(f"method.space={method.space!r}; expected pixel, fft or code")
-    if not cfg.target.get("ckpt"):
-        raise ConfigError("target.ckpt is not set; expected a classifier checkpoint (task=classifier)")
-    target, t_record = load_classifier(cfg.target.ckpt)
+    if cfg.target.get("ckpt"):
+        target, t_record = load_classifier(cfg.target.ckpt)
+    elif cfg.target.get("torchvision"):
+        target = TorchvisionTarget(cfg.target.torchvision, cfg.target.get("weights"), cfg.target.image_size,
+                                   cfg.target.num_classes)
+        t_record = {"class_names": []}
+    else:
+        raise ConfigError("target.ckpt is not set; expected a classifier checkpoint (task=classifier) "
+                          "or target.torchvision=<model name> with target.weights=<local file>")
     if cfg.layer not in layer_names(target):
-        raise ConfigError(f"layer {cfg.layer!r} not found in the target; expected one of "
-                          f"{[n for n, _ in target.named_children()]} or a module path inside them")
+        tap(target, [cfg.layer])  # raises the one-line error that lists the target's layers
     size = target.image_size
     probe = activations(target, torch.zeros(1, 3, size, size), [cfg.layer])[cfg.layer]
     layer_size = reduce_units(probe).shape[1]
@@ -136,7 +142,7 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     judge, judge_record = None, None
     if cfg.judge.get("ckpt"):
         judge, judge_record = load_classifier(cfg.judge.ckpt)
-        same_weights = judge.spec == target.spec and all(
+        same_weights = judge.spec == getattr(target, "spec", None) and all(
             torch.equal(a, b) for a, b in zip(judge.state_dict().values(), target.state_dict().values()))
         if same_weights:
             raise ConfigError(f"judge.ckpt={cfg.judge.ckpt} has the target's own weights; expected an "

@@ -20,7 +20,11 @@ from featvis.errors import ConfigError
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Every name `tap` accepts for this model, in forward order (eval-mode graph)."""
+    """Every name `tap` accepts for this model, in forward order (eval-mode graph).
+
+    A model with a `layer_prefix` (a wrapper such as `TorchvisionTarget`) is addressed
+    by the names of what it wraps, without the prefix.
+    """
     _, eval_nodes = get_graph_node_names(model)
     containers = {name for name, module in model.named_modules() if name and len(module._modules)}
     named = list(eval_nodes)
@@ -32,7 +36,8 @@ def layer_names(model: nn.Module) -> list[str]:
             if prefix in containers and prefix not in seen:
                 seen.add(prefix)
                 named.append(prefix)
-    return named
+    strip = getattr(model, "layer_prefix", "")
+    return [n[len(strip):] for n in named if n.startswith(strip)] if strip else named
 
 
 def _check_names(model: nn.Module, names: Sequence[str]) -> None:
@@ -41,9 +46,10 @@ def _check_names(model: nn.Module, names: Sequence[str]) -> None:
     known = set(layer_names(model))
     for name in names:
         if name not in known:
-            top = [n for n, _ in model.named_children()]
+            inner = model.get_submodule(getattr(model, "layer_prefix", "").rstrip(".")) or model
+            top = [n for n, _ in inner.named_children()]
             raise ConfigError(
-                f"layer {name!r} not found in {type(model).__name__}; expected one of {top} "
+                f"layer {name!r} not found in {type(inner).__name__}; expected one of {top} "
                 f"or a module path inside them")
 
 
@@ -55,7 +61,8 @@ def tap(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """
     names = list(dict.fromkeys(names))
     _check_names(model, names)
-    return create_feature_extractor(model, return_nodes={n: n for n in names})
+    prefix = getattr(model, "layer_prefix", "")
+    return create_feature_extractor(model, return_nodes={prefix + n: n for n in names})
 
 
 @torch.no_grad()
