@@ -1,4 +1,4 @@
-"""Quality of the four methods on the tiny preset: every class unit of fc8, 8 seeds each.
+"""Quality of the methods on the tiny preset: every class unit of fc8, 8 seeds each.
 
     python benchmarks/quality.py [--encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt] [--docs]
 
@@ -30,7 +30,7 @@ from featvis.run import train
 from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["pixel_noprior", "pixel", "dgn_am", "ppgn"]
+METHODS = ["pixel_noprior", "pixel", "pixel_fft", "dgn_am", "ppgn"]
 
 
 def compose_cfg(name: str, *overrides: str):
