@@ -164,7 +164,7 @@ class Sampler:
         noise = torch.Generator(device=device).manual_seed(seed)
         z = z0.detach().clone()
         best_value = torch.full((len(z),), -torch.inf, device=device)
-        best_z, best_step = z.clone(), torch.zeros(len(z), dtype=torch.long)
+        best_z, best_step = z.clone(), torch.zeros(len(z), dtype=torch.long, device=device)
         frames, frame_steps = [], []
         upper = self.code_upper.to(device) if self.code_upper is not None else None
 
@@ -184,7 +184,7 @@ class Sampler:
                 improved = values > best_value
                 best_value = torch.where(improved, values, best_value)
                 best_z[improved] = z[improved]
-                best_step[improved.cpu()] = step
+                best_step[improved] = step
                 if s.record_every and step % s.record_every == 0:
                     frames.append(images.detach().cpu())
                     frame_steps.append(step)
@@ -211,11 +211,11 @@ class Sampler:
                 improved = last_value > best_value
                 best_value = torch.where(improved, last_value, best_value)
                 best_z[improved] = z[improved]
-                best_step[improved.cpu()] = s.steps
+                best_step[improved] = s.steps
                 last_images, best_images = self.render(z), self.render(best_z)
         if s.record_every:
             frames.append(last_images.cpu())
             frame_steps.append(s.steps)
         return SamplerResult(last=last_images.cpu(), best=best_images.cpu(), last_value=last_value.cpu(),
-                             best_value=best_value.cpu(), best_step=best_step, last_z=z.cpu(),
+                             best_value=best_value.cpu(), best_step=best_step.cpu(), last_z=z.cpu(),
                              best_z=best_z.cpu(), frames=frames, frame_steps=frame_steps)
