@@ -1,0 +1,201 @@
+"""Watch a classifier's features evolve while it trains: DGN-AM/PPGN at a cadence of steps.
+
+At every trigger the callback synthesizes the configured units with initial codes and
+noise seeds drawn once (kept in the callback's checkpoint state), so what changes from
+frame to frame is the network.  Frames, grids, videos, a strip, a change plot,
+`evolution.json` and `index.html` go to `dirpath` (see featvis.reports.evolution); grids,
+per-unit scalars, videos and a summary table go to wandb when a WandbLogger is attached.
+
+Training is not disturbed: the synthesis runs on a copy of the network with its own RNG
+streams (the global ones are restored), with gradients enabled even where Lightning runs
+under inference mode.  Every trigger happens before any checkpoint of the same step is
+written, so a resumed run (`ckpt_path=last`) neither loses nor repeats a frame.  Under DDP
+the units are sharded across ranks and gathered; rank zero writes and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.loggers import WandbLogger
+
+from featvis.errors import ConfigError
+from featvis.synthesis.evolution import EvolutionRecorder
+
+log = logging.getLogger(__name__)
+
+
+def log_spaced_steps(total: int, frames: int) -> set[int]:
+    """About `frames` steps in 1..total, log-spaced so early training is sampled densely."""
+    if total < 1 or frames < 1:
+        return set()
+    return {int(round(float(s))) for s in torch.logspace(0, torch.log10(torch.tensor(float(total))), frames)}
+
+
+class FeatureEvolution(L.Callback):
+    """Record preferred images of `units` over training.
+
+    Cadence (the union of those set): `log_frames` log-spaced steps up to the last one,
+    `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
+    checkpoint save), plus step 0 (`at_start`).
+    """
+
+    def __init__(
+        self,
+        units: Mapping[str, list] | list,
+        method: Mapping[str, Any],
+        generator_ckpt: str | None = None,
+        prior_ckpt: str | None = None,
+        judge_ckpt: str | None = None,
+        dirpath: str | None = None,
+        layer: str | None = None,
+        seeds: int = 2,
+        steps: int | None = 60,
+        log_frames: int = 10,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        on_checkpoint: bool = False,
+        at_start: bool = True,
+        spatial: str = "center",
+        keep: str = "best",
+        noise_seed: int = 0,
+        target_attribute: str = "net",
+        logits_layer: str = "fc8",
+    ):
+        for name, value in (("log_frames", log_frames), ("every_n_steps", every_n_steps),
+                            ("every_n_epochs", every_n_epochs)):
+            if value is not None and int(value) < 0:
+                raise ConfigError(f"callbacks.feature_evolution.{name}={value}; expected a non-negative integer")
+        self.recorder = EvolutionRecorder(units, method, generator_ckpt, prior_ckpt, judge_ckpt,
+                                          output_dir=dirpath or "evolution", layer=layer, seeds=seeds,
+                                          steps=steps, spatial=spatial, keep=keep, noise_seed=noise_seed,
+                                          logits_layer=logits_layer)
+        self.dirpath = dirpath
+        self.log_frames, self.every_n_steps, self.every_n_epochs = log_frames, every_n_steps, every_n_epochs
+        self.on_checkpoint, self.at_start = on_checkpoint, at_start
+        self.target_attribute = target_attribute
+        self.scheduled: set[int] = set()
+        self.seconds = 0.0  # time spent synthesizing, for the overhead figure
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.recorder.output_dir = Path(trainer.default_root_dir) / "evolution"
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.recorder.prepare(self._net(pl_module), getattr(pl_module, "class_names", []))
+        if trainer.is_global_zero:
+            self.recorder.reconcile_disk()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = int(trainer.estimated_stepping_batches)
+        self.scheduled = log_spaced_steps(total, int(self.log_frames or 0))
+        if self.every_n_steps:
+            self.scheduled |= set(range(self.every_n_steps, total + 1, self.every_n_steps))
+        if self.at_start and trainer.global_step == 0:
+            self.capture(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        epoch_end = batch_idx + 1 == trainer.num_training_batches
+        due_epoch = bool(self.every_n_epochs) and epoch_end and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if trainer.global_step in self.scheduled or due_epoch:
+            self.capture(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self.on_checkpoint and not self.recorder.has_frame(trainer.global_step):
+            self.capture(trainer, pl_module)
+            # The state was taken before this hook: store it again with the new frame.
+            checkpoint.setdefault("callbacks", {})[self.state_key] = self.state_dict()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.recorder.frames:
+            summary = self.recorder.report()
+            self._log_summary(trainer, summary)
+            log.info("feature evolution: %s", self.recorder.output_dir / "index.html")
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.recorder.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.recorder.load_state_dict(state_dict)
+
+    # -- the work -----------------------------------------------------------------------------
+    def _net(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        net = getattr(pl_module, self.target_attribute, None) if self.target_attribute else pl_module
+        if net is None:
+            raise ConfigError(f"callbacks.feature_evolution.target_attribute={self.target_attribute!r} is not an "
+                              f"attribute of {type(pl_module).__name__}; expected the name of the network")
+        return net
+
+    def capture(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Synthesize one frame at the current step (this rank's shard of units), gather, record."""
+        step = trainer.global_step
+        if self.recorder.has_frame(step):
+            return
+        start = time.perf_counter()
+        count = len(self.recorder.units)
+        shard = list(range(trainer.global_rank, count, trainer.world_size))
+        images, rows = self.recorder.synthesize(self._net(pl_module), shard)
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, (images, rows))
+            labels = [u.label for u in self.recorder.units]
+            pairs = [(img, row) for imgs, rws in gathered for img, row in zip(imgs, rws)]
+            pairs.sort(key=lambda p: (labels.index(p[1]["unit"]), p[1]["seed"]))
+            images, rows = torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+        writer = trainer.is_global_zero
+        self.recorder.record(step, trainer.current_epoch, images, rows, write=writer)
+        if writer:
+            summary = self.recorder.report()
+            self._log_frame(trainer, step, rows, summary)
+        self.seconds += time.perf_counter() - start
+
+    def _log_frame(self, trainer: L.Trainer, step: int, rows: list[dict], summary: dict[str, Any]) -> None:
+        metrics: dict[str, float] = {}
+        for unit in self.recorder.units:
+            mine = [r for r in rows if r["unit"] == unit.label]
+            for key in ("activation", "probability"):
+                metrics[f"evolution/{unit.slug}/{key}"] = sum(r[key] for r in mine) / len(mine)
+            judged = [r["judge_correct"] for r in mine if "judge_correct" in r]
+            if judged:
+                metrics[f"evolution/{unit.slug}/judge_transfer"] = sum(judged) / len(judged)
+        for layer, values in summary.get("layers", {}).items():
+            if values["change"]:
+                metrics[f"evolution/change/{layer}"] = values["change"][-1]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if isinstance(logger, WandbLogger):
+                grid = self.recorder.output_dir / "grids" / f"step{step:07d}.png"
+                logger.log_image("evolution/grid", [str(grid)], step=step, caption=[f"step {step}"])
+
+    def _log_summary(self, trainer: L.Trainer, summary: dict[str, Any]) -> None:
+        """Per unit a video of its evolution and one table of the run (wandb only)."""
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        root, frames = self.recorder.output_dir, self.recorder.frames
+        steps = self.recorder.recorded_steps()
+        rows = []
+        for unit in self.recorder.units:
+            video = wandb.Video(str(root / "videos" / f"{unit.slug}.gif"), format="gif")
+            first = [f["activation"] for f in frames if f["unit"] == unit.label and f["step"] == steps[0]]
+            last = [f["activation"] for f in frames if f["unit"] == unit.label and f["step"] == steps[-1]]
+            settle = summary["layers"].get(unit.layer, {}).get("settle_step")
+            rows.append([unit.label, unit.layer, sum(first) / len(first), sum(last) / len(last), settle, video])
+            for logger in loggers:
+                logger.experiment.log({f"evolution/video/{unit.slug}": video})
+        for logger in loggers:
+            logger.log_table("evolution/summary", columns=["unit", "layer", f"activation@{steps[0]}",
+                                                           f"activation@{steps[-1]}", "layer settle step",
+                                                           "evolution"], data=rows)
