@@ -46,7 +46,7 @@ def main(overrides: list[str]) -> dict:
     os.environ.setdefault("WANDB_MODE", "disabled")
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-classifier-"))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"output_dir={out}", "logger=csv", *overrides])
+        cfg = compose("config", overrides=[f"output_dir={out}", "task=classifier", "logger=csv", *overrides])
     start = time.perf_counter()
     result = train(cfg)
     wall = time.perf_counter() - start

@@ -44,7 +44,7 @@ def test_multirun_runs_one_job_per_point_with_its_own_wandb_run(tmp_path):
 ])
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, named):
     tiny = [] if "data=imagefolder" in args else TINY
-    proc = _train(tmp_path, "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *tiny, *args)
+    proc = _train(tmp_path, "task=classifier", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *tiny, *args)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("featvis: error:")]
     assert len(errors) == 1 and named in errors[0], proc.stderr[-2000:]

@@ -7,6 +7,7 @@ one-line error report.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import warnings
@@ -16,7 +17,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier
@@ -40,14 +41,18 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return trainer
 
 
-def finish_loggers(trainer: L.Trainer) -> None:
-    """Close a wandb run so the next job of a multirun starts its own."""
+def finish_loggers(trainer: L.Trainer) -> str | None:
+    """Close a wandb run so the next job of a multirun starts its own; returns the run's folder."""
     from lightning.pytorch.loggers import WandbLogger
 
-    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
-        import wandb
+    runs = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if not runs:
+        return None
+    import wandb
 
-        wandb.finish()
+    folder = str(Path(runs[0].experiment.dir).parent) if trainer.is_global_zero else None
+    wandb.finish()
+    return folder
 
 
 def _checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
@@ -68,12 +73,13 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
 
 def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
     trainer = build_trainer(cfg)
+    wandb_run = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     finally:
-        finish_loggers(trainer)
-    result = {"metrics": metrics, **_checkpoint_paths(trainer)}
+        wandb_run = finish_loggers(trainer)
+    result = {"metrics": metrics, **_checkpoint_paths(trainer), "wandb_run": wandb_run}
     log.info("%s: %s", cfg.task.name, result)
     return result
 
@@ -137,8 +143,82 @@ def train_prior(cfg: DictConfig) -> dict[str, Any]:
     return _fit(cfg, module, datamodule)
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Overrides that belong to the pipeline job itself, not to its stages; and those for the target only.
+PIPELINE_ONLY = ("task", "output_dir", "ckpt_path", "hydra", "seed", "logger")
+TARGET_ONLY = ("callbacks", "method")
+
+
+def _key(override: str) -> str:
+    return override.lstrip("~+").split("=")[0].split(".")[0].split("@")[0]
+
+
+def compose_stage(overrides: list[str]) -> DictConfig:
+    """The config of one stage: `config` composed again with the stage's overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside train.py: Hydra's own search path
+        return compose("config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def forwarded_overrides(cfg: DictConfig) -> list[str]:
+    """The command line's overrides that every stage shares (data, model, trainer, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return [o for o in given if _key(o) not in PIPELINE_ONLY] + list(cfg.task.overrides)
+
+
+def run_stage(folder: Path, overrides: list[str]) -> str:
+    """Train one stage in `folder`, or reuse it when complete; resume it when interrupted."""
+    done = folder / "done.json"
+    if done.is_file():
+        checkpoint = json.loads(done.read_text()).get("checkpoint")
+        if checkpoint and Path(checkpoint).is_file():
+            log.info("pipeline: reusing %s", checkpoint)
+            return checkpoint
+    last = folder / "checkpoints" / "last.ckpt"
+    resume = [f"ckpt_path={last}"] if last.is_file() else []
+    result = train(compose_stage([*overrides, f"output_dir={folder}", *resume]))
+    checkpoint = result["best_checkpoint"] or result["last_checkpoint"]
+    tmp = folder / ".done.json.partial"
+    tmp.write_text(json.dumps({"checkpoint": checkpoint, "metrics": result["metrics"]}, indent=1))
+    tmp.replace(done)  # written last: a stage with done.json is complete
+    return checkpoint
+
+
+def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Encoder -> generator -> DAE prior -> target classifier with the FeatureEvolution callback."""
+    task, stages = cfg.task, Path(cfg.task.stages_dir)
+    forwarded = forwarded_overrides(cfg)
+    shared = [o for o in forwarded if _key(o) not in TARGET_ONLY]
+    prior_stage = [*shared, f"logger={task.stage_logger}", f"seed={cfg.seed}"]
+    encoder = task.encoder_ckpt or run_stage(stages / "encoder", [*prior_stage, "task=classifier"])
+    on_encoder = f"encoder.ckpt={encoder}"
+    generator = task.generator_ckpt or run_stage(stages / "generator", [*prior_stage, "task=generator", on_encoder])
+    prior = task.prior_ckpt or run_stage(stages / "prior", [*prior_stage, "task=prior", on_encoder])
+    evolution = "callbacks.feature_evolution"
+    target = compose_stage([
+        *shared, "task=classifier", f"seed={task.target_seed}", f"output_dir={cfg.output_dir}",
+        "callbacks=evolution", f"{evolution}.generator_ckpt={generator}", f"{evolution}.prior_ckpt={prior}",
+        f"{evolution}.judge_ckpt={encoder}", *[o for o in forwarded if _key(o) in TARGET_ONLY],
+        *([f"ckpt_path={cfg.ckpt_path}"] if cfg.get("ckpt_path") else [])])
+    with open_dict(target):
+        target.logger = cfg.get("logger")  # the pipeline's own logger (wandb by default) records the target
+    result = train(target)
+    index = Path(target.callbacks.feature_evolution.dirpath) / "index.html"
+    print(f"feature evolution: {index}")
+    if result.get("wandb_run"):
+        print(f"wandb run: {result['wandb_run']}  (offline runs upload with: wandb sync {result['wandb_run']})")
+    return {**result, "index": str(index), "encoder": encoder, "generator": generator, "prior": prior}
+
+
 TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
-    "classifier": train_classifier, "generator": train_generator, "prior": train_prior}
+    "classifier": train_classifier, "generator": train_generator, "prior": train_prior,
+    "pipeline": train_pipeline}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

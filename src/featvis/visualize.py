@@ -15,14 +15,16 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
-from featvis.checkpoints import load_classifier
+from featvis.checkpoints import load_classifier, load_record
 from featvis.errors import ConfigError
 from featvis.nets.layers import layer_names
 from featvis.nets.torchvision_target import TorchvisionTarget
 from featvis.reports.grids import atomic_path, commit, labelled_grid, save_gif, save_png
 from featvis.synthesis import ObjectiveBatch, Sampler
 from featvis.synthesis.evaluation import evaluate
+from featvis.synthesis.evolution import EvolutionRecorder
 from featvis.synthesis.methods import Unit, initial_z, load_method, parse_units, sampler_settings, units_of
 
 __all__ = ["Unit", "build", "parse_units", "visualize"]
@@ -79,13 +81,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def visualize(cfg: DictConfig) -> dict[str, Any]:
-    """Synthesize, then write grid.png, per-image PNGs, GIFs and metrics.json to cfg.output_dir."""
-    device = _device(cfg.device)
-    built = build(cfg, device)
-    sampler, units, seeds = built["sampler"], built["units"], int(cfg.seeds)
-    z0 = initial_z(cfg.method, built["stats"], len(units), seeds, sampler.target.image_size, device)
-    out = Path(cfg.output_dir)
+def writable_dir(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     probe = out / ".write-check"
     try:
@@ -93,7 +89,20 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         probe.unlink()
     except OSError:
         raise ConfigError(f"output_dir={out} is not writable; expected a writable folder") from None
+    return out
 
+
+def visualize(cfg: DictConfig) -> dict[str, Any]:
+    """Synthesize, then write grid.png, per-image PNGs, GIFs and metrics.json to cfg.output_dir."""
+    if cfg.get("mode", "synthesis") == "evolution":
+        return evolution_from_checkpoints(cfg)
+    if cfg.get("mode", "synthesis") != "synthesis":
+        raise ConfigError(f"mode={cfg.mode!r}; expected synthesis or evolution")
+    device = _device(cfg.device)
+    built = build(cfg, device)
+    sampler, units, seeds = built["sampler"], built["units"], int(cfg.seeds)
+    z0 = initial_z(cfg.method, built["stats"], len(units), seeds, sampler.target.image_size, device)
+    out = writable_dir(Path(cfg.output_dir))
     result = sampler.run(z0, seed=int(cfg.noise_seed), progress=True)
     with torch.no_grad():
         acts = {k: v.cpu() for k, v in sampler.taps(result.last.to(device)).items()}
@@ -184,3 +193,44 @@ def _log_to_logger(cfg: DictConfig, grid, records: list[dict[str, Any]]) -> None
     logger.log_table("synthesis/metrics", columns=["unit", "seed", "activation", "probability", "rank"],
                      data=rows)
     wandb.finish()
+
+
+def checkpoints_in_order(folder: str | Path) -> list[tuple[Path, int, int]]:
+    """(path, global step, epoch) of the classifier checkpoints in `folder`, one per step, in step order."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"target.ckpt_dir={root} is not a folder; expected a folder of .ckpt files")
+    by_step: dict[int, tuple[Path, int, int]] = {}
+    # last.ckpt repeats the newest step: named checkpoints first, so they win
+    for path in sorted(root.glob("*.ckpt"), key=lambda p: (p.name.startswith("last"), p.name)):
+        _, checkpoint = load_record(path, "classifier")  # a wrong kind stops here, before any output
+        step = int(checkpoint.get("global_step", -1))
+        by_step.setdefault(step, (path, step, int(checkpoint.get("epoch", 0))))
+    if not by_step:
+        raise ConfigError(f"target.ckpt_dir={root} holds no .ckpt files; expected checkpoints of task=classifier")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
+    """The feature-evolution outputs (<output_dir>/evolution) for saved checkpoints of a run."""
+    if not cfg.target.get("ckpt_dir"):
+        raise ConfigError("mode=evolution needs target.ckpt_dir; expected a folder of classifier checkpoints")
+    device = _device(cfg.device)
+    checkpoints = checkpoints_in_order(cfg.target.ckpt_dir)
+    recorder = EvolutionRecorder(cfg.units, cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"),
+                                 cfg.judge.get("ckpt"), output_dir=Path(cfg.output_dir) / "evolution",
+                                 layer=cfg.layer, seeds=int(cfg.seeds), steps=cfg.get("steps"),
+                                 spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed))
+    net, record = load_classifier(checkpoints[0][0])
+    recorder.prepare(net, record["class_names"])  # units, priors and judge checked before any output
+    writable_dir(recorder.output_dir)
+    for path, step, epoch in tqdm(checkpoints, desc="checkpoints"):
+        net, record = load_classifier(path)
+        if record["class_names"] != recorder.class_names:
+            raise ConfigError(f"checkpoint {path} has other classes than {checkpoints[0][0]}; "
+                              "expected checkpoints of one run")
+        images, rows = recorder.synthesize(net.to(device))
+        recorder.record(step, epoch, images, rows)
+    summary = recorder.report()
+    log.info("wrote %s", recorder.output_dir / "index.html")
+    return {"index": str(recorder.output_dir / "index.html"), "steps": recorder.recorded_steps(), **summary}

@@ -85,13 +85,15 @@ class EvolutionRecorder:
         if self.parts is not None:
             return
         self.class_names = list(class_names)
-        self.units, self.sizes = units_of(net, self.unit_spec, self.layer, self.class_names, self.spatial)
-        self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size)
-        if self.judge_ckpt:
-            self.judge, record = load_classifier(self.judge_ckpt)
-            if record["class_names"] != self.class_names:
-                raise ConfigError(f"judge_ckpt={self.judge_ckpt} has other classes than the target; "
-                                  "expected a classifier of the same classes")
+        # Building networks to load checkpoints into draws initial weights: not from the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            self.units, self.sizes = units_of(net, self.unit_spec, self.layer, self.class_names, self.spatial)
+            self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size)
+            if self.judge_ckpt:
+                self.judge, record = load_classifier(self.judge_ckpt)
+                if record["class_names"] != self.class_names:
+                    raise ConfigError(f"judge_ckpt={self.judge_ckpt} has other classes than the target; "
+                                      "expected a classifier of the same classes")
         if self.z0 is None:
             self.z0 = initial_z(self.method, self.parts.stats, len(self.units), self.seeds, net.image_size)
 

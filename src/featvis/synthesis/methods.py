@@ -25,7 +25,7 @@ from featvis.synthesis.objectives import Term, reduce_units
 from featvis.synthesis.parametrizations import FourierImage
 from featvis.synthesis.priors import (CenteredGaussianPrior, DAEPrior, EncoderLoopPrior, GaussianPrior,
                                       ImageOperators, TotalVariationPrior)
-from featvis.synthesis.sampler import SamplerSettings
+from featvis.synthesis.sampler import SamplerSettings, frozen
 
 SETTINGS_KEYS = ("steps", "lr", "lr_end", "eps1", "eps2", "eps3", "normalize_gradient",
                  "clip_quantile", "decay", "jitter", "scale", "rotate")
@@ -88,24 +88,36 @@ def layer_sizes(target: nn.Module, layers: list[str], spatial: str = "center") -
         if layer not in known:
             tap(target, [layer])  # raises the one-line error that lists the target's layers
     size = target.image_size
-    probe = activations(target, torch.zeros(1, 3, size, size), layers)
+    device = next(target.parameters()).device
+    with frozen(target), torch.no_grad():  # a network in training must not see the probe (BN stats)
+        probe = activations(target, torch.zeros(1, 3, size, size, device=device), layers)
     return {name: reduce_units(value, spatial).shape[1] for name, value in probe.items()}
 
 
 def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[str],
              spatial: str = "center") -> tuple[list[Unit], dict[str, int]]:
-    """`spec` is a list of units of `layer`, or a mapping {layer: [units]} across layers.
+    """`spec` is a list of units of `layer`, a list of "layer:unit" strings, or a mapping
+    {layer: [units]} across layers.
 
     Labels of units of other layers than the logits carry their layer name ("conv3 5").
     """
-    by_layer = dict(spec) if isinstance(spec, Mapping) else {layer: list(spec)}
+    prefixed = not isinstance(spec, Mapping) and any(":" in str(item) for item in spec)
+    if isinstance(spec, Mapping):
+        by_layer = dict(spec)
+    elif prefixed:  # ["conv3:5", "fc8:red circle", ...]
+        by_layer = {}
+        for item in spec:
+            name, sep, unit = str(item).partition(":")
+            by_layer.setdefault(name.strip() if sep else layer, []).append(unit.strip() if sep else item)
+    else:
+        by_layer = {layer: list(spec)}
     if None in by_layer:
         raise ConfigError("units are given without a layer; expected layer=<name> or units={layer: [...]}")
     sizes = layer_sizes(target, list(by_layer), spatial)
     units = []
     for name, items in by_layer.items():
         parsed = parse_units(list(items), name, class_names, sizes[name])
-        if isinstance(spec, Mapping):
+        if isinstance(spec, Mapping) or prefixed:
             parsed = [Unit(f"{name} {u.label}", u.terms) for u in parsed]
         units.extend(parsed)
     return units, sizes

@@ -1,0 +1,240 @@
+"""Feature evolution: the callback during training, resume, outputs, index.html, visualize mode=evolution."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+import featvis.run
+from featvis.callbacks.evolution import FeatureEvolution, log_spaced_steps
+from featvis.checkpoints import read_checkpoint
+from featvis.errors import ConfigError
+from featvis.run import train
+from featvis.visualize import visualize
+
+from .conftest import SMALL_CLASSIFIER, compose_in
+
+# A fresh 32 px target: 2 epochs of 6 steps; checkpoints every epoch and every 2 steps.
+TARGET = [*SMALL_CLASSIFIER, "seed=3", "data.train_size=300", "data.val_size=50", "trainer.max_epochs=2",
+          "logger=csv", "callbacks=evolution", "callbacks.model_checkpoint.save_top_k=-1"]
+UNITS = "callbacks.feature_evolution.units=[conv1:0,conv5:1,fc8:0,fc8:4]"
+EVOLUTION = [UNITS, "callbacks.feature_evolution.steps=4", "callbacks.feature_evolution.log_frames=4"]
+TOTAL_STEPS = 12
+
+
+def evolution_cfg(out, priors, *extra):
+    generator = priors["generator"][1]["last_checkpoint"]
+    return compose_in(out, *TARGET, *EVOLUTION, f"callbacks.feature_evolution.generator_ckpt={generator}", *extra)
+
+
+@pytest.fixture(scope="module")
+def evolution_run(small_priors, small_judge, tmp_path_factory):
+    """One target training with the callback: frames at step 0, log-spaced steps and each checkpoint."""
+    out = tmp_path_factory.mktemp("evolution")
+    judge = small_judge[1]["best_checkpoint"]
+    cfg = evolution_cfg(out, small_priors, f"callbacks.feature_evolution.judge_ckpt={judge}",
+                        "callbacks.feature_evolution.on_checkpoint=true")
+    return out, train(cfg)
+
+
+def check_folder_agrees(root: Path) -> dict:
+    """evolution.json names every frame once, every named file exists, nothing else is left."""
+    doc = json.loads((root / "evolution.json").read_text())
+    keys = [(f["step"], f["unit"], f["seed"]) for f in doc["frames"]]
+    assert len(keys) == len(set(keys)), "a frame is recorded twice"
+    assert sorted({f["step"] for f in doc["frames"]}) == doc["steps"]
+    assert len(keys) == len(doc["steps"]) * len(doc["units"]) * doc["seeds"], "a frame is incomplete"
+    named = {f["file"] for f in doc["frames"]}
+    on_disk = {str(p.relative_to(root)) for p in (root / "frames").rglob("*.png")}
+    assert named == on_disk
+    grids = sorted(p.name for p in (root / "grids").glob("*.png"))
+    assert grids == [f"step{s:07d}.png" for s in doc["steps"]]
+    assert not list(root.rglob(".*partial*")), "a temporary file is left behind"
+    return doc
+
+
+def test_log_spaced_steps_are_dense_early():
+    steps = sorted(log_spaced_steps(1000, 10))
+    assert steps[0] == 1 and steps[-1] == 1000 and len(steps) == 10
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert gaps == sorted(gaps) and gaps[0] < gaps[-1] / 50
+    assert log_spaced_steps(0, 10) == set()
+
+
+def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
+    out, result = evolution_run
+    root = out / "evolution"
+    doc = check_folder_agrees(root)
+    # step 0, the log-spaced steps and the two epoch-end checkpoints (the last is also log-spaced)
+    assert doc["steps"] == sorted({0, 6, 12} | log_spaced_steps(TOTAL_STEPS, 4))
+    assert [u["label"] for u in doc["units"]] == ["conv1 0", "conv5 1", "fc8 0 red circle", "fc8 4 green square"]
+    for frame in doc["frames"]:
+        assert ("judge_correct" in frame) == (frame["layer"] == "fc8")
+        assert 0 <= frame["probability"] <= 1
+    for name in ("strip.png", "change.svg", "index.html"):
+        assert (root / name).stat().st_size > 0
+    assert sorted(p.name for p in (root / "videos").glob("*.gif")) == sorted(f"{u['slug']}.gif" for u in doc["units"])
+    assert set(doc["layers"]) == {"conv1", "conv5", "fc8"}
+    for values in doc["layers"].values():
+        assert values["steps"] == doc["steps"][1:] and len(values["change"]) == len(doc["steps"]) - 1
+    # the state in the last checkpoint is what is on disk
+    state = read_checkpoint(result["last_checkpoint"])["callbacks"]["FeatureEvolution"]
+    assert state["frames"] == doc["frames"]
+    assert state["z0"].shape[0] == len(doc["units"]) * doc["seeds"]
+    # CSV logger received the per-unit scalars at the frame steps
+    metrics = (out / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "evolution/fc8-0_red_circle/judge_transfer" in metrics
+
+
+def test_callback_does_not_disturb_training(small_priors, tmp_path):
+    """Same seed with and without the callback: bit-identical weights (mode, grads, RNG untouched)."""
+    weights = []
+    for name, extra in (("with", []), ("without", ["~callbacks.feature_evolution"])):
+        cfg = evolution_cfg(tmp_path / name, small_priors, "trainer.max_epochs=1", *extra)
+        result = train(cfg)
+        weights.append(read_checkpoint(result["last_checkpoint"])["state_dict"])
+    assert (tmp_path / "with" / "evolution" / "evolution.json").exists()
+    assert not (tmp_path / "without" / "evolution").exists()
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+class CrashAt(L.Callback):
+    """Stands in for a kill: raises after the step's frame, before its checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"killed at step {self.step}")
+
+
+def test_resume_loses_and_repeats_no_frame(small_priors, tmp_path, monkeypatch):
+    every_2 = ["+callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.model_checkpoint.monitor=null"]
+    cfg = evolution_cfg(tmp_path, small_priors, *every_2)
+    build = featvis.run.build_trainer
+
+    def crashing_trainer(cfg):
+        trainer = build(cfg)
+        trainer.callbacks.insert(-1, CrashAt(5))  # after the frame at step 5, before the checkpoints
+        return trainer
+
+    monkeypatch.setattr(featvis.run, "build_trainer", crashing_trainer)
+    with pytest.raises(RuntimeError, match="killed at step 5"):
+        train(cfg)
+    before = json.loads((tmp_path / "evolution" / "evolution.json").read_text())
+    assert 5 in before["steps"]  # written after the last checkpoint (step 4): must not count twice
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
+    monkeypatch.setattr(featvis.run, "build_trainer", build)
+    train(evolution_cfg(tmp_path, small_priors, *every_2, f"ckpt_path={tmp_path}/checkpoints/last.ckpt"))
+    doc = check_folder_agrees(tmp_path / "evolution")
+    assert set(doc["steps"]) >= {0, 5} | log_spaced_steps(TOTAL_STEPS, 4)
+
+
+def test_visualize_evolution_from_saved_checkpoints(evolution_run, small_priors, tmp_path):
+    out, _ = evolution_run
+    generator = small_priors["generator"][1]["last_checkpoint"]
+    from hydra import compose, initialize_config_dir
+
+    from .conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("visualize", overrides=[
+            "mode=evolution", f"target.ckpt_dir={out / 'checkpoints'}", f"generator.ckpt={generator}",
+            "units=[conv5:1,fc8:0]", "seeds=2", "steps=4", f"output_dir={tmp_path}"])
+    summary = visualize(cfg)
+    doc = check_folder_agrees(tmp_path / "evolution")
+    steps = sorted({read_checkpoint(p)["global_step"] for p in (out / "checkpoints").glob("*.ckpt")})
+    assert doc["steps"] == steps == summary["steps"] == [6, 12]
+    assert [u["label"] for u in doc["units"]] == ["conv5 1", "fc8 0 red circle"]
+    assert Path(summary["index"]).is_file()
+
+
+def test_visualize_evolution_errors(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from .conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("visualize", overrides=["mode=evolution", f"target.ckpt_dir={tmp_path / 'none'}",
+                                              f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match="is not a folder"):
+        visualize(cfg)
+    (tmp_path / "empty").mkdir()
+    cfg.target.ckpt_dir = str(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="holds no .ckpt files"):
+        visualize(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_cadence_is_a_clear_error():
+    with pytest.raises(ConfigError, match="every_n_steps=-2; expected a non-negative integer"):
+        FeatureEvolution({"fc8": [0]}, {"name": "dgn_am", **_method()}, every_n_steps=-2)
+
+
+def _method():
+    from hydra import compose, initialize_config_dir
+
+    from .conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return dict(compose("visualize").method)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (.ci/run installs it)")
+def test_index_html_renders_in_headless_chromium(evolution_run, tmp_path):
+    from PIL import Image
+
+    index = evolution_run[0] / "evolution" / "index.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'id="step-label">step 12<' in dom  # the slider's script ran and shows the last step
+    shot = tmp_path / "index.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1000,900", index.as_uri()],
+                   capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1000, 900)
+    # the strip's pictures are on screen: many colours, not a blank or error page
+    colours = image.resize((250, 225)).getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 200  # text alone gives a few dozen
+
+
+def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
+    """task=pipeline (train.py's default): encoder -> G -> DAE -> target with the callback."""
+    from omegaconf import open_dict
+
+    from .conftest import SMALL_PRIOR
+
+    small = [o for o in SMALL_CLASSIFIER + SMALL_PRIOR if not o.startswith(("logger=", "trainer.max_epochs"))]
+    small += ["data.train_size=300", "data.val_size=50", "trainer.max_epochs=1",
+              "callbacks.feature_evolution.steps=3", "callbacks.feature_evolution.log_frames=2",
+              "callbacks.feature_evolution.units=[conv5:0,fc8:0]"]
+    stages = tmp_path / "stages"
+
+    def run(out):
+        cfg = compose_in(out, "task=pipeline", f"task.stages_dir={stages}", "logger=csv")
+        with open_dict(cfg):
+            cfg.task.overrides = small
+        return train(cfg)
+
+    first = run(tmp_path / "run1")
+    for stage in ("encoder", "generator", "prior"):
+        assert json.loads((stages / stage / "done.json").read_text())["checkpoint"] == first[stage]
+    assert read_checkpoint(first["generator"])["featvis"]["encoder"]["checkpoint"] == first["encoder"]
+    doc = check_folder_agrees(tmp_path / "run1" / "evolution")
+    assert [u["label"] for u in doc["units"]] == ["conv5 0", "fc8 0 red circle"]
+    assert f"feature evolution: {tmp_path / 'run1' / 'evolution' / 'index.html'}" in capsys.readouterr().out
+    stamps = {s: Path(first[s]).stat().st_mtime_ns for s in ("encoder", "generator", "prior")}
+    second = run(tmp_path / "run2")  # the stages are reused, only the target trains again
+    assert {s: Path(second[s]).stat().st_mtime_ns for s in stamps} == stamps
+    assert (tmp_path / "run2" / "evolution" / "index.html").is_file()
