@@ -48,6 +48,8 @@ def main() -> dict:
         parser.add_argument(f"--{name}")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
+                        help="a subset of the methods (default: all); the ratio needs dgn_am and ppgn")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
@@ -58,7 +60,8 @@ def main() -> dict:
 
     figures: dict[str, float] = {}
     sheet_rows, table = [], []
-    for method in METHODS:
+    methods = [m for m in METHODS if m in args.methods]
+    for method in methods:
         start = time.perf_counter()
         summary = visualize(compose_cfg(
             "visualize", f"method={method}", f"output_dir={out / method}", f"target.ckpt={encoder}",
@@ -74,16 +77,17 @@ def main() -> dict:
         table.append((method, ev["judge_transfer"], ev["beats_real_top1"], ev["diversity"], ev["kid_mean"], seconds))
         firsts = [r["files"]["best"] for r in summary["results"] if r["seed"] == 0]
         sheet_rows.append(torch.stack([_load(out / method / f) for f in firsts]))
-    figures["ppgn_diversity_ratio"] = round(figures["ppgn_diversity"] / max(figures["dgn_am_diversity"], 1e-12), 3)
+    if {"ppgn", "dgn_am"} <= set(methods):
+        figures["ppgn_diversity_ratio"] = round(figures["ppgn_diversity"] / max(figures["dgn_am_diversity"], 1e-12), 3)
 
     classes = [r["unit"].split(" ", 1)[-1] for r in summary["results"] if r["seed"] == 0]
-    sheet = labelled_grid(torch.cat(sheet_rows), len(METHODS), METHODS, [c.replace(" ", "\n") for c in classes])
+    sheet = labelled_grid(torch.cat(sheet_rows), len(methods), methods, [c.replace(" ", "\n") for c in classes])
     sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else out / "methods.png")
 
     print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}{'seconds':>9}")
     for method, transfer, beats, diversity, kid, seconds in table:
         print(f"{method:<15}{transfer:>15.3f}{beats:>13.3f}{diversity:>11.3f}{kid:>9.4f}{seconds:>9.1f}")
-    print(f"ppgn_diversity_ratio {figures['ppgn_diversity_ratio']}  (contact sheet: {sheet_path}; runs: {out})")
+    print(f"ppgn_diversity_ratio {figures.get('ppgn_diversity_ratio')}  (contact sheet: {sheet_path}; runs: {out})")
     return figures
 
 

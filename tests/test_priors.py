@@ -13,7 +13,7 @@ from featvis.errors import CheckpointError, ConfigError
 from featvis.nets import CodeStatistics, Discriminator, Encoder, Generator
 from featvis.nets.adapters import fit_images
 from featvis.run import train
-from featvis.training.losses import GanBalance
+from featvis.training.losses import Comparator, GanBalance, feature_loss
 
 from .conftest import SMALL_PRIOR, compose_in
 
@@ -25,6 +25,15 @@ def test_generator_sizes_follow_the_stages():
     assert deepsim.image_size == 256
     with pytest.raises(ConfigError, match="generator.stages"):
         Generator(16, stages=[[8]])
+
+
+def test_generator_nearest_upsampling_keeps_sizes_and_spec():
+    g = Generator(32, fc_dims=[16], start_channels=8, stages=[[8, 8], [4, 0]], upsample="nearest")
+    assert g(torch.rand(2, 32)).shape == (2, 3, 16, 16) and g.spec["upsample"] == "nearest"
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    assert Generator(**{k: v for k, v in g.spec.items() if k != "arch"}).spec == g.spec
+    with pytest.raises(ConfigError, match="generator.upsample"):
+        Generator(32, upsample="bicubic")
 
 
 @pytest.mark.parametrize("code_dim", [0, 24])
@@ -75,6 +84,26 @@ def test_encoder_is_frozen_but_passes_gradients(small_classifier):
     out = encoder(images)
     assert out["code"].shape == (2, 128) and out["logits"].shape == (2, 15)
     out["features"].sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_comparator_reads_several_layers_frozen_and_weighs_them(small_classifier):
+    net, _ = load_classifier(small_classifier[1]["best_checkpoint"])
+    encoder = Encoder(net)
+    comparator = Comparator(encoder, {"conv2": 2.0, "pool5": 1.0})
+    comparator.train()
+    assert not any(m.training for m in comparator.modules())
+    assert not any(p.requires_grad for p in comparator.parameters())
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out, reference = comparator(images), encoder(images)
+    assert torch.allclose(out["code"], reference["code"]) and torch.allclose(out["logits"], reference["logits"])
+    assert torch.allclose(out["features"]["pool5"], reference["features"])
+    other = comparator(torch.rand(2, 3, 32, 32))
+    expected = (2.0 * torch.nn.functional.mse_loss(out["features"]["conv2"], other["features"]["conv2"])
+                + torch.nn.functional.mse_loss(out["features"]["pool5"], other["features"]["pool5"]))
+    loss = feature_loss(out["features"], other["features"], comparator.weights)
+    assert torch.allclose(loss, expected)
+    loss.backward()
     assert images.grad.abs().sum() > 0
 
 

@@ -2,7 +2,10 @@
 
 DeePSiM layout (Dosovitskiy & Brox 2016, the fc6 generator of DGN-AM and PPGN):
 fully connected layers -> a 4x4 map -> stages of (2x up-convolution [+ 3x3
-convolution]), LeakyReLU(0.3), linear output.  G outputs RGB images in the [0, 1]
+convolution]), LeakyReLU(0.3), linear output.  `upsample="nearest"` swaps each 4x4
+stride-2 up-convolution for a nearest 2x resize and a 3x3 convolution (Odena et al. 2016):
+the up-convolution's uneven kernel overlap prints a checkerboard that activation
+maximization then amplifies.  G outputs RGB images in the [0, 1]
 range the networks take (not clamped: the samplers clip where they need to).
 """
 
@@ -23,6 +26,9 @@ def _positive(name: str, values: Sequence[int], allow_zero: bool = False) -> Non
             raise ConfigError(f"{name}={list(values)}; expected positive sizes")
 
 
+UPSAMPLE = ("deconv", "nearest")
+
+
 class Generator(nn.Module):
     """code (B x code_dim) -> image (B x 3 x S x S), S = 4 * 2**len(stages)."""
 
@@ -35,8 +41,11 @@ class Generator(nn.Module):
         start_channels: int = 256,
         stages: Sequence[Sequence[int]] = ((256, 256), (128, 128), (64, 64), (32, 0)),
         negative_slope: float = 0.3,
+        upsample: str = "deconv",
     ):
         super().__init__()
+        if upsample not in UPSAMPLE:
+            raise ConfigError(f"generator.upsample={upsample!r}; expected one of {list(UPSAMPLE)}")
         _positive("generator.fc_dims", [code_dim, *fc_dims, start_channels])
         if not stages or any(len(s) != 2 for s in stages):
             raise ConfigError(f"generator.stages={[list(s) for s in stages]}; "
@@ -46,7 +55,7 @@ class Generator(nn.Module):
         self.spec = {"arch": self.arch, "code_dim": int(code_dim), "fc_dims": [int(d) for d in fc_dims],
                      "start_channels": int(start_channels),
                      "stages": [[int(a), int(b)] for a, b in stages],
-                     "negative_slope": float(negative_slope)}
+                     "negative_slope": float(negative_slope), "upsample": upsample}
         self.code_dim = int(code_dim)
         self.image_size = 4 * 2 ** len(stages)
         self.start_channels = int(start_channels)
@@ -60,7 +69,11 @@ class Generator(nn.Module):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = start_channels
         for i, (up, conv) in enumerate(stages):
-            layers[f"up{i}"] = nn.ConvTranspose2d(channels, up, 4, stride=2, padding=1)
+            if upsample == "deconv":
+                layers[f"up{i}"] = nn.ConvTranspose2d(channels, up, 4, stride=2, padding=1)
+            else:  # resize, then convolve: every output pixel sees the same kernel taps
+                layers[f"resize{i}"] = nn.Upsample(scale_factor=2, mode="nearest")
+                layers[f"up{i}"] = nn.Conv2d(channels, up, 3, padding=1)
             layers[f"act{i}"] = nn.LeakyReLU(negative_slope)
             channels = up
             if conv:

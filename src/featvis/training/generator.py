@@ -13,7 +13,8 @@ from featvis.checkpoints import generator_record
 from featvis.nets.codes import CodeStatistics
 from featvis.nets.encoder import Encoder
 from featvis.training.classifier import OptimizerFactory
-from featvis.training.losses import GanBalance, LossWeights, discriminator_loss, generator_losses
+from featvis.training.losses import (Comparator, GanBalance, LossWeights, discriminator_loss,
+                                     generator_losses)
 
 
 class GeneratorModule(L.LightningModule):
@@ -31,6 +32,7 @@ class GeneratorModule(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         balance: dict[str, float] | None = None,
         ema_decay: float | None = None,
+        feature_layers: dict[str, float] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -39,6 +41,8 @@ class GeneratorModule(L.LightningModule):
         self.encoder = encoder
         self.code_stats = code_stats
         self.encoder_record = encoder_record
+        # Several comparator layers (name -> weight) instead of the encoder's single one.
+        self.comparator = Comparator(encoder, feature_layers) if feature_layers else None
         self.optimizer_factory = optimizer
         self.discriminator_optimizer_factory = discriminator_optimizer or optimizer
         self.weights = LossWeights(**(loss_weights or {}))
@@ -56,7 +60,7 @@ class GeneratorModule(L.LightningModule):
         opt_g, opt_d = self.optimizers()
 
         self.toggle_optimizer(opt_g)
-        losses = generator_losses(self.generator, self.discriminator, self.encoder, images, self.weights)
+        losses = generator_losses(self.generator, self.discriminator, self.compared, images, self.weights)
         if self.balance.train_g:
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(losses["total"])
@@ -83,12 +87,16 @@ class GeneratorModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images = batch[0]
-        losses = generator_losses(self.sampling_generator, self.discriminator, self.encoder, images,
+        losses = generator_losses(self.sampling_generator, self.discriminator, self.compared, images,
                                   self.weights)
         # Does the encoder's own classifier see the reconstruction as the same class?
         agreement = (losses["fake_logits"].argmax(1) == losses["target"]["logits"].argmax(1)).float().mean()
         self.log_dict({"val/loss_image": losses["image"], "val/loss_feature": losses["feature"],
                        "val/agreement": agreement}, prog_bar=True)
+
+    @property
+    def compared(self) -> nn.Module:
+        return self.comparator if self.comparator is not None else self.encoder
 
     @property
     def sampling_generator(self) -> nn.Module:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featvis.nets.adapters import fit_images
+from featvis.nets.layers import tap
 
 
 @dataclass
@@ -16,6 +17,40 @@ class LossWeights:
     image: float = 1.0
     feature: float = 0.01
     adversarial: float = 0.01
+
+
+class Comparator(nn.Module):
+    """The encoder read in one pass at several comparator layers, besides its code and logits.
+
+    Returns the encoder's dict with `features` = {layer: activation}; the feature loss
+    is then the weighted sum of per-layer mean squared errors.  Frozen and in eval mode
+    like the encoder (it shares the encoder's weights).
+    """
+
+    def __init__(self, encoder: nn.Module, layers: dict[str, float]):
+        super().__init__()
+        self.weights = {str(k): float(v) for k, v in layers.items()}
+        self.code_layer, self.logits_layer = encoder.roles["code"], encoder.roles["logits"]
+        self.layers = tap(encoder.layers, [self.code_layer, self.logits_layer, *self.weights])
+        self.layers.requires_grad_(False)
+        self.image_size = encoder.image_size
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Comparator:
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        acts = self.layers(images)
+        return {"code": acts[self.code_layer].flatten(1), "logits": acts[self.logits_layer],
+                "features": {name: acts[name] for name in self.weights}}
+
+
+def feature_loss(fake: torch.Tensor | dict[str, torch.Tensor], real: torch.Tensor | dict[str, torch.Tensor],
+                 weights: dict[str, float] | None = None) -> torch.Tensor:
+    if not isinstance(fake, dict):
+        return F.mse_loss(fake, real)
+    weights = weights or {}
+    return sum(weights.get(name, 1.0) * F.mse_loss(fake[name], real[name]) for name in fake)
 
 
 def generator_losses(generator: nn.Module, discriminator: nn.Module, encoder: nn.Module,
@@ -32,7 +67,7 @@ def generator_losses(generator: nn.Module, discriminator: nn.Module, encoder: nn
     fake = fit_images(generator(target["code"]), images.shape[-1])
     fake_out = encoder(fake)
     image = F.mse_loss(fake, images)
-    feature = F.mse_loss(fake_out["features"], target["features"])
+    feature = feature_loss(fake_out["features"], target["features"], getattr(encoder, "weights", None))
     logits = discriminator(fake, target["code"])
     adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
     total = weights.image * image + weights.feature * feature + weights.adversarial * adversarial
