@@ -1,0 +1,132 @@
+"""Feature evolution on the tiny preset: callback overhead, SIGKILL + resume, the main job.
+
+    python benchmarks/evolution.py [--encoder C.ckpt --generator G.ckpt --prior R.ckpt] [--skip-main-job]
+
+callback_overhead         wall time of the target's training with FeatureEvolution at its default
+                          cadence / without it, same data and seed, same run (target <= 1.15)
+resume_frames_lost        frames of the schedule missing after `train.py` was killed with SIGKILL
+resume_frames_duplicated  and resumed with ckpt_path=last.ckpt, plus files on disk that
+                          evolution.json does not name (targets 0 and 0)
+main_job_minutes          `python train.py` from nothing (every stage trained; target <= 20)
+
+Priors not given are trained first (tiny preset).  The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from featvis.callbacks.evolution import log_spaced_steps  # noqa: E402
+
+
+def train_py(run_dir: Path, *overrides: str, wait: bool = True) -> subprocess.Popen | float:
+    """`python train.py` in its own run dir; returns the wall seconds (or the process when not waiting)."""
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "WANDB_SILENT": "true"}
+    command = [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}",
+               "trainer.enable_progress_bar=false", *overrides]
+    start = time.perf_counter()
+    log = open(run_dir.parent / f"{run_dir.name}.log", "a")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if not wait:
+        return proc
+    if proc.wait() != 0:
+        raise SystemExit(f"train.py {' '.join(overrides)} failed; see {log.name}")
+    return time.perf_counter() - start
+
+
+def best_checkpoint(run_dir: Path) -> str:
+    found = sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    return str(found[-1] if found else run_dir / "checkpoints" / "last.ckpt")
+
+
+def frame_check(folder: Path, expected: set[int]) -> tuple[int, int]:
+    """(frames lost, frames duplicated) of an evolution folder against the expected steps."""
+    doc = json.loads((folder / "evolution.json").read_text())
+    keys = [(f["step"], f["unit"], f["seed"]) for f in doc["frames"]]
+    per_step = len(doc["units"]) * doc["seeds"]
+    lost = sum(per_step - sum(1 for k in keys if k[0] == s) for s in expected)
+    named = {f["file"] for f in doc["frames"]}
+    stray = [p for p in (folder / "frames").rglob("*.png") if str(p.relative_to(folder)) not in named]
+    return max(lost, 0), (len(keys) - len(set(keys))) + len(stray)
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("encoder", "generator", "prior"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--skip-main-job", action="store_true")
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="featvis-bench-evolution-"))
+    print(f"runs in {out}")
+    encoder = args.encoder
+    if not encoder:
+        train_py(out / "encoder", "task=classifier", "logger=csv")
+        encoder = best_checkpoint(out / "encoder")
+    generator, prior = args.generator, args.prior
+    if not generator:
+        train_py(out / "generator", "task=generator", f"encoder.ckpt={encoder}", "logger=csv")
+        generator = best_checkpoint(out / "generator")
+    if not prior:
+        train_py(out / "prior", "task=prior", f"encoder.ckpt={encoder}", "logger=csv")
+        prior = best_checkpoint(out / "prior")
+    evolution = ["callbacks=evolution", f"callbacks.feature_evolution.generator_ckpt={generator}",
+                 f"callbacks.feature_evolution.prior_ckpt={prior}", f"callbacks.feature_evolution.judge_ckpt={encoder}"]
+    target = ["task=classifier", "seed=1", "logger=csv"]
+
+    # Overhead: the same training with and without the callback (default cadence), back to back.
+    without = train_py(out / "without", *target)
+    with_callback = train_py(out / "with", *target, *evolution)
+    doc = json.loads((out / "with" / "evolution" / "evolution.json").read_text())
+
+    # SIGKILL once a frame exists after the first checkpoint (step 13 after the one at step 10),
+    # then resume from last.ckpt.
+    short = [*target, "data.train_size=3000", "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=null",
+             "+callbacks.model_checkpoint.every_n_train_steps=10", *evolution]
+    run = out / "killed"
+    proc = train_py(run, *short, wait=False)
+    state = run / "evolution" / "evolution.json"
+    last = run / "checkpoints" / "last.ckpt"
+    while proc.poll() is None:  # frames at 0,1,2,4,6,9,13,...; checkpoints every 10 steps
+        if last.exists() and state.exists() and len(json.loads(state.read_text() or "{}").get("steps", [])) >= 7:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["steps"]
+    killed_checkpoint_step = int(__import__("torch").load(last, weights_only=True)["global_step"])
+    train_py(run, *short, f"ckpt_path={last}")
+    total = 2 * -(-3000 // 128)  # epochs x batches of the shapes preset (batch size 128)
+    expected = {0} | log_spaced_steps(total, 10)
+    lost, duplicated = frame_check(run / "evolution", expected)
+
+    main_minutes = None
+    if not args.skip_main_job:
+        start = time.perf_counter()
+        train_py(out / "main", f"task.stages_dir={out / 'main-stages'}")
+        main_minutes = (time.perf_counter() - start) / 60
+
+    print(f"\n{'figure':<32}{'value':>12}")
+    print(f"{'training without callback (s)':<32}{without:>12.1f}")
+    print(f"{'training with callback (s)':<32}{with_callback:>12.1f}")
+    print(f"{'frames x units x seeds':<32}{len(doc['steps']):>6} x {len(doc['units'])} x {doc['seeds']}")
+    print(f"{'killed after frames at steps':<32}{str(killed_at):>12}  (last.ckpt at step {killed_checkpoint_step})")
+    print(f"{'main job (minutes)':<32}{main_minutes if main_minutes is None else round(main_minutes, 2):>12}")
+    return {"callback_overhead": round(with_callback / without, 3), "resume_frames_lost": lost,
+            "resume_frames_duplicated": duplicated,
+            "main_job_minutes": None if main_minutes is None else round(main_minutes, 2),
+            "frames": len(doc["steps"]), "units": len(doc["units"]), "seeds": doc["seeds"]}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))
