@@ -117,7 +117,7 @@ class CrashAt(L.Callback):
 
 def test_resume_loses_and_repeats_no_frame(small_priors, tmp_path, monkeypatch):
     every_2 = ["+callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.model_checkpoint.monitor=null"]
-    cfg = evolution_cfg(tmp_path, small_priors, *every_2)
+    cfg = evolution_cfg(tmp_path, small_priors, *every_2, "callbacks.feature_evolution.live_report=true")
     build = featvis.run.build_trainer
 
     def crashing_trainer(cfg):
@@ -130,6 +130,7 @@ def test_resume_loses_and_repeats_no_frame(small_priors, tmp_path, monkeypatch):
         train(cfg)
     before = json.loads((tmp_path / "evolution" / "evolution.json").read_text())
     assert 5 in before["steps"]  # written after the last checkpoint (step 4): must not count twice
+    assert (tmp_path / "evolution" / "index.html").is_file()  # live_report: the page follows the frames
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
     monkeypatch.setattr(featvis.run, "build_trainer", build)
     train(evolution_cfg(tmp_path, small_priors, *every_2, f"ckpt_path={tmp_path}/checkpoints/last.ckpt"))

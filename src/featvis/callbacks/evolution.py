@@ -63,6 +63,7 @@ class FeatureEvolution(L.Callback):
         every_n_epochs: int | None = None,
         on_checkpoint: bool = False,
         at_start: bool = True,
+        live_report: bool = False,
         spatial: str = "center",
         keep: str = "best",
         noise_seed: int = 0,
@@ -80,6 +81,7 @@ class FeatureEvolution(L.Callback):
         self.dirpath = dirpath
         self.log_frames, self.every_n_steps, self.every_n_epochs = log_frames, every_n_steps, every_n_epochs
         self.on_checkpoint, self.at_start = on_checkpoint, at_start
+        self.live_report = live_report  # rebuild strip/videos/index.html after every frame, not only at the end
         self.target_attribute = target_attribute
         self.scheduled: set[int] = set()
         self.seconds = 0.0  # time spent synthesizing, for the overhead figure
@@ -155,11 +157,12 @@ class FeatureEvolution(L.Callback):
         writer = trainer.is_global_zero
         self.recorder.record(step, trainer.current_epoch, images, rows, write=writer)
         if writer:
-            summary = self.recorder.report()
-            self._log_frame(trainer, step, rows, summary)
+            if self.live_report:
+                self.recorder.report()
+            self._log_frame(trainer, step, rows)
         self.seconds += time.perf_counter() - start
 
-    def _log_frame(self, trainer: L.Trainer, step: int, rows: list[dict], summary: dict[str, Any]) -> None:
+    def _log_frame(self, trainer: L.Trainer, step: int, rows: list[dict]) -> None:
         metrics: dict[str, float] = {}
         for unit in self.recorder.units:
             mine = [r for r in rows if r["unit"] == unit.label]
@@ -168,9 +171,6 @@ class FeatureEvolution(L.Callback):
             judged = [r["judge_correct"] for r in mine if "judge_correct" in r]
             if judged:
                 metrics[f"evolution/{unit.slug}/judge_transfer"] = sum(judged) / len(judged)
-        for layer, values in summary.get("layers", {}).items():
-            if values["change"]:
-                metrics[f"evolution/change/{layer}"] = values["change"][-1]
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):
