@@ -50,7 +50,9 @@ def test_model_options_instantiate(compose_cfg, model, size):
 @pytest.mark.parametrize("logger", _options("logger"))
 @pytest.mark.parametrize("callbacks", _options("callbacks"))
 def test_trainer_logger_callbacks_instantiate(compose_cfg, logger, callbacks):
-    trainer = build_trainer(compose_cfg(f"logger={logger}", f"callbacks={callbacks}"))
+    # FeatureEvolution needs its generator only when training starts
+    needs = ["callbacks.feature_evolution.generator_ckpt=G.ckpt"] if callbacks == "evolution" else []
+    trainer = build_trainer(compose_cfg(f"logger={logger}", f"callbacks={callbacks}", *needs))
     assert isinstance(trainer, Trainer)
     assert (len(trainer.loggers) > 0) == (logger != "none")
     assert bool(trainer.checkpoint_callback.save_last) == (callbacks != "none")

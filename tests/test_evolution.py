@@ -239,3 +239,4 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
     second = run(tmp_path / "run2")  # the stages are reused, only the target trains again
     assert {s: Path(second[s]).stat().st_mtime_ns for s in stamps} == stamps
     assert (tmp_path / "run2" / "evolution" / "index.html").is_file()
+
