@@ -16,7 +16,6 @@ the units are sharded across ranks and gathered; rank zero writes and logs.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,7 +83,6 @@ class FeatureEvolution(L.Callback):
         self.live_report = live_report  # rebuild strip/videos/index.html after every frame, not only at the end
         self.target_attribute = target_attribute
         self.scheduled: set[int] = set()
-        self.seconds = 0.0  # time spent synthesizing, for the overhead figure
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -143,7 +141,6 @@ class FeatureEvolution(L.Callback):
         step = trainer.global_step
         if self.recorder.has_frame(step):
             return
-        start = time.perf_counter()
         count = len(self.recorder.units)
         shard = list(range(trainer.global_rank, count, trainer.world_size))
         images, rows = self.recorder.synthesize(self._net(pl_module), shard)
@@ -160,7 +157,6 @@ class FeatureEvolution(L.Callback):
             if self.live_report:
                 self.recorder.report()
             self._log_frame(trainer, step, rows)
-        self.seconds += time.perf_counter() - start
 
     def _log_frame(self, trainer: L.Trainer, step: int, rows: list[dict]) -> None:
         metrics: dict[str, float] = {}
