@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from featvis.callbacks.evolution import log_spaced_steps
 
-from featvis.callbacks.evolution import log_spaced_steps  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_py(run_dir: Path, *overrides: str, wait: bool = True) -> subprocess.Popen | float:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
 from featvis.errors import ConfigError
+from featvis.reports.evolution import grid_file
 from featvis.synthesis.evolution import EvolutionRecorder
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class FeatureEvolution(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):
-                grid = self.recorder.output_dir / "grids" / f"step{step:07d}.png"
+                grid = self.recorder.output_dir / grid_file(step)
                 logger.log_image("evolution/grid", [str(grid)], step=step, caption=[f"step {step}"])
 
     def _log_summary(self, trainer: L.Trainer, summary: dict[str, Any]) -> None:

@@ -27,6 +27,15 @@ SETTLED = 0.25   # a layer has settled once its change stays below this fraction
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
+def step_name(step: int) -> str:
+    """The name of a step's frame folder and grid: "step0000123"."""
+    return f"step{step:07d}"
+
+
+def grid_file(step: int) -> str:
+    return f"grids/{step_name(step)}.png"
+
+
 def _load(root: Path, file: str) -> torch.Tensor:
     with Image.open(root / file) as image:
         return pil_to_tensor(image.convert("RGB")).float() / 255
@@ -172,7 +181,7 @@ def index_html(doc: dict[str, Any], layers: dict[str, Any], title: str = "Featur
     verdict = lower_layers_settle_first(layers)
     verdict_text = {None: "not enough frames yet to tell", True: "yes, on this run",
                     False: "no, not on this run"}[verdict]
-    grids = json.dumps([f"grids/step{s:07d}.png" for s in steps])
+    grids = json.dumps([grid_file(s) for s in steps])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

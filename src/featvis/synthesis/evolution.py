@@ -26,17 +26,14 @@ from torch import nn
 
 from featvis.checkpoints import load_classifier
 from featvis.errors import ConfigError
-from featvis.reports.evolution import build_reports
+from featvis.nets.adapters import fit_images
+from featvis.reports.evolution import build_reports, grid_file, step_name
 from featvis.reports.grids import atomic_path, commit, labelled_grid, save_png
 from featvis.synthesis.methods import MethodParts, Unit, initial_z, load_method, sampler_settings, units_of
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.sampler import Sampler
 
 FORMAT_VERSION = 1
-
-
-def frame_dir(step: int) -> str:
-    return f"frames/step{step:07d}"
 
 
 class EvolutionRecorder:
@@ -136,8 +133,6 @@ class EvolutionRecorder:
     def _judge(self, images: torch.Tensor, device: torch.device) -> torch.Tensor | None:
         if self.judge is None:
             return None
-        from featvis.nets.adapters import fit_images
-
         self.judge.to(device).eval()
         return self.judge(fit_images(images.to(device), self.judge.image_size)).argmax(1).cpu()
 
@@ -154,13 +149,13 @@ class EvolutionRecorder:
         Ranks that do not write still add the rows, so every rank holds the same state."""
         slugs = {u.label: u.slug for u in self.units}
         entries = [{"step": int(step), "epoch": int(epoch), **row,
-                    "file": f"{frame_dir(step)}/{slugs[row['unit']]}_seed{row['seed']}.png"} for row in rows]
+                    "file": f"frames/{step_name(step)}/{slugs[row['unit']]}_seed{row['seed']}.png"} for row in rows]
         if write:
             for image, entry in zip(images, entries):
                 save_png(image, self.output_dir / entry["file"])
             grid = labelled_grid(images, len(images) // self.seeds, [r["unit"] for r in rows[::self.seeds]],
                                  [f"seed {k}" for k in range(self.seeds)])
-            save_png(grid, self.output_dir / "grids" / f"step{step:07d}.png")
+            save_png(grid, self.output_dir / grid_file(step))
         self.frames = [f for f in self.frames if f["step"] != step] + entries
         if write:
             self.write_json()
@@ -189,12 +184,10 @@ class EvolutionRecorder:
     def reconcile_disk(self) -> None:
         """Make the folder agree with the recorded frames: after a resume, frames written after the
         checkpoint was saved are removed (they will be synthesized again at the same steps)."""
-        keep = {frame_dir(s) for s in self.recorded_steps()}
-        for sub, pattern in (("frames", "step*"), ("grids", "step*.png")):
-            for path in sorted((self.output_dir / sub).glob(pattern)):
-                name = f"frames/{path.name}" if sub == "frames" else f"frames/{path.stem}"
-                if name not in keep:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        keep = {step_name(s) for s in self.recorded_steps()}
+        for path in [*self.output_dir.glob("frames/step*"), *self.output_dir.glob("grids/step*.png")]:
+            if path.stem not in keep:  # frames/step0000123 (a folder) or grids/step0000123.png
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         for stale in self.output_dir.rglob(".*.partial*"):
             stale.unlink()
         if self.frames or self.output_dir.exists():
