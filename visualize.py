@@ -1,17 +1,21 @@
 """Synthesize preferred images: `python visualize.py method=dgn_am target.ckpt=T generator.ckpt=G ...`."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from featvis.run import report_errors
-from featvis.visualize import visualize
+from featvis.cli import exit_on_bad_command_line, report_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
 @report_errors
 def main(cfg: DictConfig) -> None:
+    from featvis.visualize import visualize  # torch loads after the command line is checked
+
     visualize(cfg)
 
 
 if __name__ == "__main__":
+    exit_on_bad_command_line(Path(__file__).parent / "conf", "visualize")  # Hydra's own errors as one line, before any output
     main()

@@ -6,10 +6,8 @@ one-line error report.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier
-from featvis.errors import ConfigError, FeatvisError
+from featvis.cli import writable_dir
+from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
 
@@ -226,31 +225,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r}; expected one of {sorted(TASKS)}")
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    writable_dir(Path(cfg.output_dir))
     return TASKS[name](cfg)
-
-
-def featvis_cause(err: BaseException) -> FeatvisError | None:
-    """The FeatvisError behind `err`, if any (Hydra's instantiate wraps what constructors raise)."""
-    while err is not None:
-        if isinstance(err, FeatvisError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def report_errors(job: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task so a FeatvisError exits 2 with one line instead of a traceback."""
-
-    @functools.wraps(job)
-    def wrapped(cfg: DictConfig) -> Any:
-        try:
-            return job(cfg)
-        except Exception as err:
-            cause = featvis_cause(err)
-            if cause is None:
-                raise
-            print(f"featvis: error: {cause}", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapped

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from featvis.checkpoints import load_classifier, load_record
+from featvis.cli import writable_dir
 from featvis.errors import ConfigError
 from featvis.nets.layers import layer_names
 from featvis.nets.torchvision_target import TorchvisionTarget
@@ -79,17 +80,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def writable_dir(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-check"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError:
-        raise ConfigError(f"output_dir={out} is not writable; expected a writable folder") from None
-    return out
 
 
 def visualize(cfg: DictConfig) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""Experiment loggers as the configs build them (`conf/logger/`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from urllib.parse import urlsplit
+
+from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+PROBE_SECONDS = 5.0
+
+
+def wandb_server() -> str:
+    """The wandb server an online run would talk to (WANDB_BASE_URL, `wandb login --host`, or the default)."""
+    from wandb.sdk.wandb_settings import Settings
+
+    settings = Settings()
+    try:  # the host saved by `wandb login --host`, then the environment
+        settings.update_from_system_settings()
+    except Exception:  # noqa: BLE001 - an unreadable settings file leaves the default
+        pass
+    settings.update_from_env_vars(dict(os.environ))
+    return str(settings.base_url)
+
+
+def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why `url` (or the HTTPS proxy in between) cannot be reached within `timeout` s; None if it can."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    parts = urlsplit(proxy or url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError as err:
+        return f"{parts.hostname}:{port}: {err.strerror or err}"
+    return None
+
+
+def wandb_logger(offline: bool = True, **kwargs) -> WandbLogger:
+    """Lightning's WandbLogger; an online run whose server cannot be reached goes offline at once.
+
+    wandb itself retries an unreachable server for about 90 s and then fails the job. A
+    training job should not die for its logger: the run is kept offline in the run dir and
+    `wandb sync` uploads it later.
+    """
+    mode = os.environ.get("WANDB_MODE")
+    online = mode == "online" or (not offline and mode not in ("offline", "dryrun", "disabled"))
+    if online:
+        server = wandb_server()
+        problem = unreachable(server)
+        if problem:
+            print(f"featvis: warning: wandb server {server} is unreachable ({problem}); logging offline "
+                  "instead (upload later with `wandb sync <run dir>/wandb/offline-run-*`)", file=sys.stderr)
+            offline = True
+            if mode == "online":
+                os.environ["WANDB_MODE"] = "offline"
+    return WandbLogger(offline=offline, **kwargs)
