@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier
 from featvis.cli import writable_dir
+from featvis.distributed import check_launcher, ddp_job
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
@@ -72,9 +73,11 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
 
 def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
     trainer = build_trainer(cfg)
+    check_launcher(trainer)
     wandb_run = None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with ddp_job(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     finally:
         wandb_run = finish_loggers(trainer)

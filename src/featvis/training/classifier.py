@@ -52,7 +52,7 @@ class ClassifierModule(L.LightningModule):
         images, labels = batch
         logits = self.net(images)
         self.val_acc(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True)
+        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)  # mean over DDP ranks
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def configure_optimizers(self) -> Any:

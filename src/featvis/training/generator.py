@@ -50,6 +50,9 @@ class GeneratorModule(L.LightningModule):
         # The averaged G is what samplers should use when it exists: smoother, fewer artefacts.
         self.generator_ema = (AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
                               if ema_decay else None)
+        if self.generator_ema is not None:
+            # Averaged, never trained by gradients: no grads to compute, none for DDP to wait for.
+            self.generator_ema.requires_grad_(False)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer_factory(self.generator.parameters()),
@@ -92,7 +95,7 @@ class GeneratorModule(L.LightningModule):
         # Does the encoder's own classifier see the reconstruction as the same class?
         agreement = (losses["fake_logits"].argmax(1) == losses["target"]["logits"].argmax(1)).float().mean()
         self.log_dict({"val/loss_image": losses["image"], "val/loss_feature": losses["feature"],
-                       "val/agreement": agreement}, prog_bar=True)
+                       "val/agreement": agreement}, prog_bar=True, sync_dist=True)  # mean over DDP ranks
 
     @property
     def compared(self) -> nn.Module:

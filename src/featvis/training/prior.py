@@ -42,7 +42,8 @@ class CodePriorModule(L.LightningModule):
         loss = self.dae.loss(codes)
         # Relative denoising error: 1.0 means no better than returning the noisy code.
         noise_energy = self.dae.sigma**2
-        self.log_dict({"val/loss": loss, "val/relative_error": loss / noise_energy}, prog_bar=True)
+        self.log_dict({"val/loss": loss, "val/relative_error": loss / noise_energy}, prog_bar=True,
+                      sync_dist=True)  # mean over DDP ranks
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.dae.parameters())
