@@ -10,10 +10,12 @@ from featvis.cli import exit_on_bad_command_line, report_errors
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
 @report_errors
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     from featvis.visualize import visualize  # torch loads after the command line is checked
 
-    visualize(cfg)
+    summary = visualize(cfg)
+    # Returned for Hydra sweepers that optimize a figure (hparams_search=...): see `sweep.objective`.
+    return summary.get("sweep", {}).get("objective")
 
 
 if __name__ == "__main__":

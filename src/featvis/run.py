@@ -224,9 +224,23 @@ TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run the job named by `cfg.task.name`; returns its metrics and checkpoint paths."""
+    """Run the job named by `cfg.task.name`; returns its metrics and checkpoint paths.
+
+    Rank zero writes `<output_dir>/metrics.json` last (the monitored value, every final metric,
+    the checkpoints): a run dir that has it is complete, and `featvis.summary` tables sweeps by it.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r}; expected one of {sorted(TASKS)}")
-    writable_dir(Path(cfg.output_dir))
-    return TASKS[name](cfg)
+    out = writable_dir(Path(cfg.output_dir))
+    result = TASKS[name](cfg)
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        summary = {"task": name, "monitor": cfg.task.monitor, "monitor_mode": cfg.task.monitor_mode,
+                   "value": result["metrics"].get(cfg.task.monitor),
+                   **{k: v for k, v in result.items() if isinstance(v, (str, int, float, dict, type(None)))}}
+        tmp = out / ".metrics.json.partial"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out / "metrics.json")
+    return result

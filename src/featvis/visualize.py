@@ -33,9 +33,63 @@ __all__ = ["Unit", "build", "parse_units", "visualize"]
 log = logging.getLogger(__name__)
 
 
+# Figures a sweep can optimize (`sweep.objective`, a product of these): means over the syntheses
+# shown in grid.png (unit_objective: the sampler's objective), and the faithfulness figures of metrics.json's `evaluation`.
+SWEEP_FIGURES = {"unit_objective": None, "activation": None, "probability": None,
+                 "judge_transfer": "judge.ckpt", "diversity": "judge.ckpt",
+                 "beats_real_top1": "evaluation.real_images > 0", "kid_mean": "judge.ckpt"}
+
+
+def sweep_terms(cfg: DictConfig) -> list[str]:
+    """The figures whose product visualize.py returns to Hydra sweepers; checked before any work."""
+    terms = cfg.get("sweep", {}).get("objective") or []
+    terms = [terms] if isinstance(terms, str) else list(terms)
+    unknown = [t for t in terms if t not in SWEEP_FIGURES]
+    if unknown:
+        raise ConfigError(f"sweep.objective={terms}: {unknown[0]!r} is not a figure; expected names of "
+                          f"{', '.join(SWEEP_FIGURES)}")
+    if _optimizing_sweep():  # a sweeper that needs a number from every job: its inputs must be there
+        needs = {"judge.ckpt": bool(cfg.judge.get("ckpt")),
+                 "evaluation.real_images > 0": int(cfg.evaluation.real_images) > 0}
+        for term in terms:
+            need = SWEEP_FIGURES[term]
+            if need and not needs[need]:
+                raise ConfigError(f"sweep.objective names {term}, which needs {need}; expected "
+                                  f"{need.split(' ')[0]}=... on the command line")
+        if not terms:
+            raise ConfigError("sweep.objective is empty; expected the figures to optimize, e.g. "
+                              "[judge_transfer,diversity]")
+    return terms
+
+
+def _optimizing_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and bool(HydraConfig.get().runtime.choices.get("hparams_search"))
+
+
+def sweep_value(terms: list[str], records: list[dict[str, Any]], evaluation: dict[str, Any] | None,
+                keep: str) -> dict[str, Any]:
+    """{"objective": product of the figures or None when one is missing, "figures": each figure}."""
+    def mean(key: str) -> float:
+        return sum(r[keep][key] for r in records) / len(records)
+
+    figures = {"unit_objective": mean("objective"), "activation": mean("activation"), "probability": mean("probability")}
+    for key in ("judge_transfer", "diversity", "beats_real_top1", "kid_mean"):
+        if evaluation and evaluation.get(key) is not None:
+            figures[key] = float(evaluation[key])
+    value = None
+    if terms and all(t in figures for t in terms):
+        value = 1.0
+        for term in terms:
+            value *= figures[term]
+    return {"objective": value, "terms": terms, "figures": figures}
+
+
 def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """Load and check everything `cfg` names; nothing is written here."""
     method = cfg.method
+    sweep_terms(cfg)
     if cfg.target.get("ckpt"):
         target, t_record = load_classifier(cfg.target.ckpt)
     elif cfg.target.get("torchvision"):
@@ -124,7 +178,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     summary = {"method": cfg.method.name, "layer": cfg.layer, "target": str(cfg.target.ckpt),
                "generator": cfg.generator.get("ckpt"), "prior": cfg.prior.get("ckpt"),
                "settings": sampler.settings.__dict__, "objective_mode": cfg.method.objective,
-               "keep": cfg.keep, "results": records, "evaluation": evaluation}
+               "keep": cfg.keep, "results": records, "evaluation": evaluation,
+               "sweep": sweep_value(sweep_terms(cfg), records, evaluation, cfg.keep)}
     _log_to_logger(cfg, grid, records)
     tmp = atomic_path(out / "metrics.json")
     tmp.write_text(json.dumps(summary, indent=2))
