@@ -209,3 +209,119 @@ def test_slurm_launcher_composes_one_task_per_device_and_lightning_requeue(tmp_p
     assert signals == ["#SBATCH --signal=USR1@120"]
     assert SLURMEnvironment().requeue_signal == signal.SIGUSR1 and SLURMEnvironment().auto_requeue
     assert launcher["additional_parameters"]["signal"] == f"USR1@{launcher['signal_delay_s']}"
+
+
+# -- the caffenet preset ------------------------------------------------------------------------
+def conv_params(c_in, c_out, k, groups=1):
+    return c_out * (c_in // groups) * k * k + c_out
+
+
+def linear_params(d_in, d_out):
+    return d_in * d_out + d_out
+
+
+def alexnet_params(channels, kernels, groups, fc=(9216, 4096, 4096, 1000)):
+    ins = [3, *channels[:-1]]
+    convs = sum(conv_params(i, o, k, g) for i, o, k, g in zip(ins, channels, kernels, groups))
+    return convs + sum(linear_params(a, b) for a, b in zip(fc[:-1], fc[1:]))
+
+
+def deepsim_generator_params():
+    """DeePSiM's fc6 generator: defc7, defc6, defc5 (4096 each), then deconv5, conv5_1, deconv4,
+    conv4_1, deconv3, conv3_1, deconv2, deconv1, deconv0 (4x4 up-convolutions, 3x3 convolutions)."""
+    fc = 3 * linear_params(4096, 4096)
+    layers = [(256, 256, 4), (256, 512, 3), (512, 256, 4), (256, 256, 3), (256, 128, 4), (128, 128, 3),
+              (128, 64, 4), (64, 32, 4), (32, 3, 4)]
+    return fc + sum(conv_params(i, o, k) for i, o, k in layers)
+
+
+def _caffenet_cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=["experiment=caffenet", "data.root=/unused", *overrides])
+
+
+def test_caffenet_preset_shapes_and_parameter_counts():
+    import torch
+    from hydra.utils import instantiate
+
+    from featvis.nets import activations
+
+    cfg = _caffenet_cfg("task=generator")
+    assert cfg.image_size == 227 and cfg.data._target_.endswith("ImageFolderDataModule") and cfg.data.resize == 256
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    net = instantiate(cfg.model, num_classes=1000).eval()
+    # torchvision's AlexNet widths (the weights it loads): the known 61,100,840.
+    assert count(net) == alexnet_params([64, 192, 384, 256, 256], [11, 5, 3, 3, 3], [1] * 5) == 61_100_840
+    with torch.no_grad():
+        acts = activations(net, torch.rand(1, 3, 227, 227), ["conv1", "conv5", "pool5", "fc6", "fc7", "fc8"])
+    assert {k: tuple(v.shape) for k, v in acts.items()} == {
+        "conv1": (1, 64, 56, 56), "conv5": (1, 256, 13, 13), "pool5": (1, 256, 6, 6), "fc6": (1, 4096),
+        "fc7": (1, 4096), "fc8": (1, 1000)}
+    # Caffe's own CaffeNet (96-256-384-384-256, two groups in conv2/4/5, no conv1 padding): 60,965,224.
+    caffe = _caffenet_cfg("task=classifier", "model.channels=[96,256,384,384,256]", "model.groups=[1,2,1,2,2]",
+                          "model.paddings=[0,2,1,1,1]")
+    caffe_net = instantiate(caffe.model, num_classes=1000)
+    assert count(caffe_net) == alexnet_params([96, 256, 384, 384, 256], [11, 5, 3, 3, 3], [1, 2, 1, 2, 2]) \
+        == 60_965_224
+    del caffe_net
+
+    generator = instantiate(cfg.generator.net, code_dim=4096)
+    assert count(generator) == deepsim_generator_params() == 56_097_891
+    assert len([m for m in generator.deconv if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]) == 9
+    with torch.no_grad():
+        assert generator(torch.rand(2, 4096)).shape == (2, 3, 256, 256)
+    discriminator = instantiate(cfg.generator.discriminator, image_size=227, code_dim=4096)
+    image_branch = sum(conv_params(i, o, k) for i, o, k in
+                       [(3, 32, 7), (32, 64, 5), (64, 128, 3), (128, 256, 3), (256, 256, 3)])
+    code_branch = linear_params(4096, 1024) + linear_params(1024, 512)
+    assert count(discriminator) == image_branch + code_branch + linear_params(256 + 512, 512) + linear_params(512, 1)
+    with torch.no_grad():
+        assert discriminator(torch.rand(2, 3, 227, 227), torch.rand(2, 4096)).shape == (2,)
+    dae = instantiate(cfg.dae, code_dim=4096)  # PPGN-h: 4096-2048-1024-500-1024-2048-4096
+    sizes = [4096, 2048, 1024, 500, 1024, 2048, 4096]
+    assert count(dae) == sum(linear_params(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+    assert dae(torch.rand(2, 4096)).shape == (2, 4096)
+
+
+def _jpeg_folder(root, classes=("cat", "dog"), per_split={"train": 2, "val": 1}):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, count in per_split.items():
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):  # ImageNet-like: JPEG, not square, larger than 256
+                pixels = rng.integers(0, 255, (300, 260 + 40 * c, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=90)
+    return root
+
+
+def test_caffenet_one_training_step_and_one_dgn_am_step(tmp_path):
+    import torch
+    from hydra.utils import instantiate
+
+    from featvis.nets import CodeStatistics
+    from featvis.run import train
+    from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+
+    root = _jpeg_folder(tmp_path / "imagenet")
+    cfg = _caffenet_cfg("task=classifier", f"data.root={root}", f"output_dir={tmp_path / 'run'}", "logger=none",
+                        "callbacks=none", "data.batch_size=2", "data.num_workers=0", "+trainer.fast_dev_run=1",
+                        "trainer.enable_progress_bar=false")
+    result = train(cfg)  # one step on 227 px crops of the folder's JPEGs, one validation batch
+    assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
+
+    # One batched DGN-AM step: DeePSiM G (256 px, cropped to 227) into the 1000-way CaffeNet.
+    torch.manual_seed(0)
+    gen_cfg = _caffenet_cfg("task=generator")
+    target = instantiate(gen_cfg.model, num_classes=1000).eval()
+    generator = instantiate(gen_cfg.generator.net, code_dim=4096).eval()
+    stats = CodeStatistics(4096).fit(torch.rand(256, 4096).relu_() * 2)
+    units = [1, 2]
+    sampler = Sampler(target, ObjectiveBatch([[Term("fc8", u)] for u in units], {"fc8": 1000}),
+                      SamplerSettings(steps=1, lr=1.0, lr_end=1.0, normalize_gradient=True, clip_quantile=0.99,
+                                      decay=0.99), generator=generator, code_upper=stats.quantile(0.99))
+    out = sampler.run(stats.sample(len(units), torch.Generator().manual_seed(0)))
+    assert out.last.shape == (2, 3, 227, 227)
+    assert torch.isfinite(out.last_value).all()

@@ -29,8 +29,15 @@ def _positive(name: str, values: Sequence[int], allow_zero: bool = False) -> Non
 UPSAMPLE = ("deconv", "nearest")
 
 
+TO_RGB = ("conv", "up")
+
+
 class Generator(nn.Module):
-    """code (B x code_dim) -> image (B x 3 x S x S), S = 4 * 2**len(stages)."""
+    """code (B x code_dim) -> image (B x 3 x S x S), S = 4 * 2**len(stages) (x 2 with to_rgb="up").
+
+    `to_rgb`: the output layer, a 3x3 convolution ("conv") or one more 2x up-convolution
+    straight to RGB ("up": DeePSiM's deconv0, conf/generator/deepsim.yaml).
+    """
 
     arch = "generator"
 
@@ -42,10 +49,13 @@ class Generator(nn.Module):
         stages: Sequence[Sequence[int]] = ((256, 256), (128, 128), (64, 64), (32, 0)),
         negative_slope: float = 0.3,
         upsample: str = "deconv",
+        to_rgb: str = "conv",
     ):
         super().__init__()
         if upsample not in UPSAMPLE:
             raise ConfigError(f"generator.upsample={upsample!r}; expected one of {list(UPSAMPLE)}")
+        if to_rgb not in TO_RGB:
+            raise ConfigError(f"generator.to_rgb={to_rgb!r}; expected one of {list(TO_RGB)}")
         _positive("generator.fc_dims", [code_dim, *fc_dims, start_channels])
         if not stages or any(len(s) != 2 for s in stages):
             raise ConfigError(f"generator.stages={[list(s) for s in stages]}; "
@@ -56,8 +66,10 @@ class Generator(nn.Module):
                      "start_channels": int(start_channels),
                      "stages": [[int(a), int(b)] for a, b in stages],
                      "negative_slope": float(negative_slope), "upsample": upsample}
+        if to_rgb != "conv":  # older checkpoints have no key: the default
+            self.spec["to_rgb"] = to_rgb
         self.code_dim = int(code_dim)
-        self.image_size = 4 * 2 ** len(stages)
+        self.image_size = 4 * 2 ** (len(stages) + (to_rgb == "up"))
         self.start_channels = int(start_channels)
 
         fc: list[nn.Module] = []
@@ -80,7 +92,13 @@ class Generator(nn.Module):
                 layers[f"conv{i}"] = nn.Conv2d(channels, conv, 3, padding=1)
                 layers[f"conv{i}_act"] = nn.LeakyReLU(negative_slope)
                 channels = conv
-        layers["to_rgb"] = nn.Conv2d(channels, 3, 3, padding=1)
+        if to_rgb == "conv":
+            layers["to_rgb"] = nn.Conv2d(channels, 3, 3, padding=1)
+        elif upsample == "deconv":
+            layers["to_rgb"] = nn.ConvTranspose2d(channels, 3, 4, stride=2, padding=1)
+        else:
+            layers["to_rgb_resize"] = nn.Upsample(scale_factor=2, mode="nearest")
+            layers["to_rgb"] = nn.Conv2d(channels, 3, 3, padding=1)
         self.deconv = nn.Sequential(layers)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
@@ -90,7 +108,12 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(image, code) -> one real/fake logit; the code branch is optional (`code_dim=0`)."""
+    """(image, code) -> one real/fake logit; the code branch is optional (`code_dim=0`).
+
+    Image branch: convolutions (`kernels`, `strides`; default 4x4 stride 2) and a global average
+    pool; code branch: fully connected layers `code_hidden` (an int: one layer); both joined by
+    a hidden layer of `hidden` and the logit.
+    """
 
     arch = "discriminator"
 
@@ -99,24 +122,40 @@ class Discriminator(nn.Module):
         image_size: int,
         code_dim: int = 0,
         channels: Sequence[int] = (32, 64, 128, 256),
-        code_hidden: int = 256,
+        code_hidden: int | Sequence[int] = 256,
         hidden: int = 256,
         negative_slope: float = 0.2,
+        kernels: Sequence[int] | None = None,
+        strides: Sequence[int] | None = None,
     ):
         super().__init__()
         _positive("discriminator.channels", [image_size, *channels, hidden])
+        kernels = list(kernels) if kernels is not None else [4] * len(channels)
+        strides = list(strides) if strides is not None else [2] * len(channels)
+        if len(kernels) != len(channels) or len(strides) != len(channels):
+            raise ConfigError(f"discriminator.kernels={kernels} and strides={strides}; expected one per "
+                              f"channel count ({len(channels)})")
+        _positive("discriminator.kernels", [*kernels, *strides])
+        code_layers = [int(code_hidden)] if isinstance(code_hidden, int) else [int(h) for h in code_hidden]
+        _positive("discriminator.code_hidden", code_layers)
         self.spec = {"arch": self.arch, "image_size": int(image_size), "code_dim": int(code_dim),
-                     "channels": [int(c) for c in channels], "code_hidden": int(code_hidden),
+                     "channels": [int(c) for c in channels],
+                     "code_hidden": code_hidden if isinstance(code_hidden, int) else code_layers,
                      "hidden": int(hidden), "negative_slope": float(negative_slope)}
+        if kernels != [4] * len(channels) or strides != [2] * len(channels):  # older checkpoints: the default
+            self.spec.update(kernels=[int(k) for k in kernels], strides=[int(s) for s in strides])
         convs: list[nn.Module] = []
         c_in = 3
-        for c_out in channels:
-            convs += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(negative_slope)]
+        for c_out, k, stride in zip(channels, kernels, strides):
+            padding = 1 if (k, stride) == (4, 2) else (k - 1) // 2
+            convs += [nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding), nn.LeakyReLU(negative_slope)]
             c_in = c_out
         self.image_branch = nn.Sequential(*convs, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.code_branch = (nn.Sequential(nn.Linear(code_dim, code_hidden), nn.LeakyReLU(negative_slope))
-                            if code_dim else None)
-        joint = c_in + (code_hidden if code_dim else 0)
+        code: list[nn.Module] = []
+        for d_in, d_out in zip([code_dim, *code_layers[:-1]], code_layers):
+            code += [nn.Linear(d_in, d_out), nn.LeakyReLU(negative_slope)]
+        self.code_branch = nn.Sequential(*code) if code_dim else None
+        joint = c_in + (code_layers[-1] if code_dim else 0)
         self.head = nn.Sequential(nn.Linear(joint, hidden), nn.LeakyReLU(negative_slope),
                                   nn.Linear(hidden, 1))
 
