@@ -20,7 +20,8 @@ def compose_cfg(tmp_path):
     """compose_cfg(*overrides) -> the composed config, writing under tmp_path."""
 
     def _compose(*overrides, fast=True):
-        other_data = any(o.startswith("data=") and o != "data=shapes" for o in overrides)
+        other_data = any((o.startswith("data=") and o != "data=shapes")
+                         or (o.startswith("experiment=") and o != "experiment=tiny") for o in overrides)
         speedups = [*FAST, *([] if other_data else FAST_SHAPES)] if fast else []
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose("config", overrides=[f"output_dir={tmp_path}", *default_task(overrides), *speedups,

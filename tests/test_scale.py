@@ -325,3 +325,12 @@ def test_caffenet_one_training_step_and_one_dgn_am_step(tmp_path):
     out = sampler.run(stats.sample(len(units), torch.Generator().manual_seed(0)))
     assert out.last.shape == (2, 3, 227, 227)
     assert torch.isfinite(out.last_value).all()
+
+
+def test_ddp_under_joblib_is_a_one_line_error(tmp_path):
+    proc = run_script("train.py", tmp_path, "-m", "task=classifier", "trainer=ddp", "hydra/launcher=joblib",
+                      "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("featvis: error:")]
+    assert len(errors) == 1 and "trainer=ddp under hydra/launcher=joblib" in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "sweep").exists()

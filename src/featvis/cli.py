@@ -89,6 +89,8 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
             for point in points:
                 cfg = compose(config_name, overrides=point, return_hydra_config=True)
+                if multirun:
+                    check_parallel_ddp(cfg)
     except MissingConfigException as err:
         missing = (err.missing_cfg_file or "").split("/")
         if err.options and len(missing) == 2:
@@ -101,6 +103,19 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
         check_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
     else:
         check_writable_dir(cfg.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def check_parallel_ddp(cfg: Any) -> None:
+    """DDP's launcher starts its ranks by running the script again: joblib workers have no script."""
+    from omegaconf import OmegaConf
+
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
+    target = str(strategy.get("_target_", "")) if OmegaConf.is_dict(strategy) else str(strategy or "")
+    if "joblib" in launcher.lower() and "ddp" in target.lower():
+        raise ConfigError("trainer=ddp under hydra/launcher=joblib; expected DDP jobs one after another "
+                          "(the default launcher) or on SLURM (hydra/launcher=slurm), or joblib with "
+                          "trainer=default")
 
 
 def exit_on_bad_command_line(config_dir: Path, config_name: str) -> None:

@@ -100,3 +100,26 @@ def ddp_job(trainer: L.Trainer) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def share_cpus_with_parallel_jobs() -> int | None:
+    """Under hydra/launcher=joblib, give each of the n_jobs parallel jobs its share of the CPU threads.
+
+    Every job would otherwise start torch with one thread per core, n_jobs times over. Returns
+    the thread count set, or None when the job is not one of several parallel ones.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if _hydra_mode() != "MULTIRUN":
+        return None
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    n_jobs = cores if n_jobs < 1 else min(n_jobs, cores)
+    threads = max(1, cores // n_jobs)
+    torch.set_num_threads(threads)
+    return threads

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier
 from featvis.cli import writable_dir
-from featvis.distributed import check_launcher, ddp_job
+from featvis.distributed import check_launcher, ddp_job, share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
@@ -235,6 +235,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r}; expected one of {sorted(TASKS)}")
     out = writable_dir(Path(cfg.output_dir))
+    share_cpus_with_parallel_jobs()
     result = TASKS[name](cfg)
     if getattr(rank_zero_only, "rank", 0) == 0:
         summary = {"task": name, "monitor": cfg.task.monitor, "monitor_mode": cfg.task.monitor_mode,

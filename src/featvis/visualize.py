@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from featvis.checkpoints import load_classifier, load_record
 from featvis.cli import writable_dir
+from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.layers import layer_names
 from featvis.nets.torchvision_target import TorchvisionTarget
@@ -142,6 +143,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         return evolution_from_checkpoints(cfg)
     if cfg.get("mode", "synthesis") != "synthesis":
         raise ConfigError(f"mode={cfg.mode!r}; expected synthesis or evolution")
+    share_cpus_with_parallel_jobs()
     device = _device(cfg.device)
     built = build(cfg, device)
     sampler, units, seeds = built["sampler"], built["units"], int(cfg.seeds)
