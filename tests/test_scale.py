@@ -334,3 +334,19 @@ def test_ddp_under_joblib_is_a_one_line_error(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("featvis: error:")]
     assert len(errors) == 1 and "trainer=ddp under hydra/launcher=joblib" in errors[0], proc.stderr[-2000:]
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("config, overrides", [
+    ("visualize", ["hparams_search=ppgn_eps", "method=ppgn"]),
+    ("config", ["hparams_search=generator_lr", "task=generator"]),
+])
+def test_hparams_search_configs_compose_to_optuna_over_existing_keys(config, overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config, overrides=overrides, return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
+    for key in sweeper.params:  # every searched key is a key of the job's config
+        assert OmegaConf.select(cfg, key) is not None, key
+    if config == "config":  # train.py returns task.monitor: the direction must match its mode
+        assert cfg.task.monitor_mode == "max"
