@@ -212,7 +212,10 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
         target.logger = cfg.get("logger")  # the pipeline's own logger (wandb by default) records the target
     result = train(target)
     index = Path(target.callbacks.feature_evolution.dirpath) / "index.html"
-    print(f"feature evolution: {index}")
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every rank runs the pipeline; one reports
+        print(f"feature evolution: {index}")
     if result.get("wandb_run"):
         print(f"wandb run: {result['wandb_run']}  (offline runs upload with: wandb sync {result['wandb_run']})")
     return {**result, "index": str(index), "encoder": encoder, "generator": generator, "prior": prior}
