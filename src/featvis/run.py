@@ -74,7 +74,8 @@ def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningData
     trainer = build_trainer(cfg)
     wandb_run = None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # A resumed checkpoint may come from anywhere: tensors and plain types only, never code.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     finally:
         wandb_run = finish_loggers(trainer)

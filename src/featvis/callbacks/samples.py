@@ -7,9 +7,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from featvis.nets.adapters import fit_images
+from featvis.reports.grids import save_png
 
 
 class GeneratorSamples(L.Callback):
@@ -57,11 +58,7 @@ class GeneratorSamples(L.Callback):
             return
         image = self.grid(trainer, pl_module)
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step{trainer.global_step:07d}.png"
-        tmp = path.with_suffix(".tmp.png")
-        save_image(image, tmp)
-        tmp.replace(path)
+        save_png(image, folder / f"step{trainer.global_step:07d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("generator/samples", [image], step=trainer.global_step,
