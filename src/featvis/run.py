@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, TensorDataset
 
-from featvis.checkpoints import encoder_record, load_classifier
+from featvis.checkpoints import encoder_record, load_classifier, read_checkpoint
 from featvis.cli import writable_dir
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
@@ -216,6 +216,8 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
     return {**result, "index": str(index), "encoder": encoder, "generator": generator, "prior": prior}
 
 
+# ckpt_path values Lightning resolves itself ("last": the newest last.ckpt of the run dir).
+LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")
 TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "classifier": train_classifier, "generator": train_generator, "prior": train_prior,
     "pipeline": train_pipeline}
@@ -226,5 +228,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r}; expected one of {sorted(TASKS)}")
+    resume = cfg.get("ckpt_path")
+    if resume and resume not in LIGHTNING_CHECKPOINT_NAMES:
+        read_checkpoint(resume)  # missing, truncated or unsafe: one line now, not a traceback later
     writable_dir(Path(cfg.output_dir))
     return TASKS[name](cfg)
