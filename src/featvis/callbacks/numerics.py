@@ -59,36 +59,49 @@ class NumericsGuard(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         where = f"at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        problem = self._problem(trainer, pl_module, outputs, where)
+        if getattr(trainer, "world_size", 1) > 1:
+            # Stop every process together: one that stops alone leaves the others waiting in the
+            # next all-reduce.
+            anywhere = trainer.strategy.reduce_boolean_decision(problem is not None, all=False)
+            if anywhere and problem is None:
+                problem = f"training: stopped {where}: another process found a problem (its message says which)"
+        if problem is None:
+            return
+        if problem.startswith("training: GAN diverged") and self.on_divergence == "warn":
+            rank_zero_warn(problem)
+            return
+        raise NumericsError(problem)
+
+    def _problem(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, where: str) -> str | None:
         logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         bad = first_non_finite([*logged.items(), ("the training_step loss", loss)])
         if bad is not None:
             value = float(logged[bad]) if bad in logged else float(loss)
-            raise NumericsError(f"training: {bad}={value} {where}; expected finite losses (lower the "
-                                "learning rate, or check the data for NaN)")
+            return (f"training: {bad}={value} {where}; expected finite losses (lower the learning rate, or "
+                    "check the data for NaN)")
         if self.check_weights:
             bad = first_non_finite(pl_module.named_parameters())
             if bad is not None:
-                raise NumericsError(f"training: weight {bad} is not finite {where}; expected finite weights "
-                                    "(lower the learning rate)")
-        for key in self.divergence_keys:
-            if key in logged:
-                self._watch(key, float(logged[key]), where)
+                return f"training: weight {bad} is not finite {where}; expected finite weights (lower the learning rate)"
+        diverged = [self._diverged(key, float(logged[key]), where) for key in self.divergence_keys if key in logged]
+        return next((message for message in diverged if message), None)
 
-    def _watch(self, key: str, value: float, where: str) -> None:
+    def _diverged(self, key: str, value: float, where: str) -> str | None:
+        """The divergence message the first time `key` has run away; None otherwise."""
         history = self.history.setdefault(key, deque(maxlen=self.window))
+        message = None
         if len(history) >= self.window // 2:
             limit = max(self.factor * statistics.median(history), self.floor)
             self.streak[key] = self.streak.get(key, 0) + 1 if value > limit else 0
             if self.streak[key] >= self.patience and key not in self.reported:
+                self.reported.add(key)
                 message = (f"training: GAN diverged: {key}={value:.4g} {where} has stayed above {limit:.4g} "
                            f"({self.factor:g} x its running median) for {self.patience} steps; expected it to "
                            "stay bounded (lower the learning rates or tune task.module.balance)")
-                if self.on_divergence == "stop":
-                    raise NumericsError(message)
-                self.reported.add(key)
-                rank_zero_warn(message)
         history.append(value)
+        return message
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
