@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.faults import BAD_INPUTS, broken_inputs, malicious_checkpoints, malicious_loads, run_bad_inputs
+from benchmarks.faults import BAD_INPUTS, malicious_checkpoints, malicious_loads, run_bad_inputs
 
 
 @pytest.fixture(scope="module")
-def inputs(small_classifier, small_priors, tmp_path_factory):
-    checkpoints = {"classifier": small_classifier[1]["best_checkpoint"],
-                   "generator": small_priors["generator"][1]["last_checkpoint"],
-                   "prior": small_priors["prior"][1]["last_checkpoint"]}
-    return broken_inputs(tmp_path_factory.mktemp("inputs"), checkpoints)
-
-
-@pytest.fixture(scope="module")
-def outcomes(inputs, tmp_path_factory):
-    rows = run_bad_inputs(inputs, tmp_path_factory.mktemp("bad_inputs"))
+def outcomes(fault_inputs, tmp_path_factory):
+    rows = run_bad_inputs(fault_inputs, tmp_path_factory.mktemp("bad_inputs"))
     return {row["case"]: row for row in rows}
 
 
@@ -35,7 +27,7 @@ def test_bad_input_is_rejected_cleanly(outcomes, case):
     assert row["clean"], f"{row['why']}\n{row['stderr']}"
 
 
-def test_crafted_checkpoints_never_run_their_code(outcomes, inputs, tmp_path):
+def test_crafted_checkpoints_never_run_their_code(outcomes, fault_inputs, tmp_path):
     marker = tmp_path / "PWNED"
     evil = {name: str(path) for name, path in malicious_checkpoints(tmp_path / "evil", marker).items()}
     refused = malicious_loads(evil)
@@ -43,4 +35,4 @@ def test_crafted_checkpoints_never_run_their_code(outcomes, inputs, tmp_path):
     assert not marker.exists()
     # The CLI case of the table loaded one too (the whole-file exploit): its marker is absent as well.
     assert outcomes["checkpoint that runs code"]["clean"]
-    assert not (Path(inputs["evil"]).parent / "PWNED").exists()
+    assert not (Path(fault_inputs["evil"]).parent / "PWNED").exists()
