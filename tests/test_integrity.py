@@ -5,7 +5,7 @@ import json
 import torch
 from PIL import Image
 
-from featvis.integrity import main, scan
+from featvis.integrity import frame_check, main, scan
 from featvis.reports.grids import remove_partials, save_gif, save_png, save_text
 
 
@@ -36,3 +36,20 @@ def test_scan_finds_truncated_outputs_and_leftover_temporaries(tmp_path, capsys)
     assert "5 broken, 1 temporary" in capsys.readouterr().out
     assert remove_partials(bad) == 1 and scan(bad)["partial"] == []
     assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_frame_check_counts_lost_repeated_and_stray_frames(tmp_path):
+    units = [{"label": "fc8 0"}, {"label": "conv5 1"}]
+    frames = [{"step": s, "unit": u["label"], "seed": 0, "file": f"frames/step{s}/{i}.png"}
+              for s in (0, 2, 4) for i, u in enumerate(units)]
+    for frame in frames:
+        save_png(torch.rand(3, 4, 4), tmp_path / frame["file"])
+
+    def check(recorded, expected=frozenset({0, 2, 4})):
+        save_text(json.dumps({"units": units, "seeds": 1, "frames": recorded}), tmp_path / "evolution.json")
+        return frame_check(tmp_path, set(expected))
+
+    assert check(frames) == (0, 0)
+    assert check(frames, {0, 2, 4, 6}) == (2, 0)   # step 6 of the schedule never recorded: 2 units lost
+    assert check(frames[1:]) == (1, 1)            # one record missing, its image now a stray file
+    assert check(frames + frames[:1]) == (0, 1)   # one frame recorded twice
