@@ -75,6 +75,7 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
     """Compose the config the command line asks for; raise a one-line ConfigError if Hydra would fail."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
+    from omegaconf import OmegaConf
 
     if any(arg.split("=")[0] in HYDRA_FLAGS for arg in argv):
         return
@@ -105,10 +106,12 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
                               f"them), or +{key}=... to add a new one") from None
         raise ConfigError(f"the command line does not compose: {one_line(str(err))}; expected overrides "
                           "of the form key=value (see --help)") from None
-    if not multirun:
-        check_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
-    else:
-        check_writable_dir(cfg.hydra.sweep.dir, "hydra.sweep.dir")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        run_dir = str(OmegaConf.select(cfg, key, throw_on_missing=True))
+    except Exception:  # noqa: BLE001 - interpolations only Hydra's runtime resolves: left to Hydra
+        return
+    check_writable_dir(run_dir, key)
 
 
 def exit_on_bad_command_line(config_dir: Path, config_name: str) -> None:
