@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from featvis.callbacks.evolution import log_spaced_steps
+from featvis.integrity import frame_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,17 +50,6 @@ def train_py(run_dir: Path, *overrides: str, wait: bool = True) -> subprocess.Po
 def best_checkpoint(run_dir: Path) -> str:
     found = sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))
     return str(found[-1] if found else run_dir / "checkpoints" / "last.ckpt")
-
-
-def frame_check(folder: Path, expected: set[int]) -> tuple[int, int]:
-    """(frames lost, frames duplicated) of an evolution folder against the expected steps."""
-    doc = json.loads((folder / "evolution.json").read_text())
-    keys = [(f["step"], f["unit"], f["seed"]) for f in doc["frames"]]
-    per_step = len(doc["units"]) * doc["seeds"]
-    lost = sum(per_step - sum(1 for k in keys if k[0] == s) for s in expected)
-    named = {f["file"] for f in doc["frames"]}
-    stray = [p for p in (folder / "frames").rglob("*.png") if str(p.relative_to(folder)) not in named]
-    return max(lost, 0), (len(keys) - len(set(keys))) + len(stray)
 
 
 def short_cfg_frames(overrides: list[str]) -> int:

@@ -86,3 +86,14 @@ def small_judge(tmp_path_factory):
 
     cfg = compose_in(tmp_path_factory.mktemp("judge"), *SMALL_CLASSIFIER, "seed=1", "model.fc6_dim=96")
     return cfg, train(cfg)
+
+
+@pytest.fixture(scope="session")
+def fault_inputs(small_classifier, small_priors, tmp_path_factory):
+    """The small checkpoints and the broken inputs of benchmarks/faults.py (placeholder -> path)."""
+    from benchmarks.faults import broken_inputs
+
+    checkpoints = {"classifier": small_classifier[1]["best_checkpoint"],
+                   "generator": small_priors["generator"][1]["last_checkpoint"],
+                   "prior": small_priors["prior"][1]["last_checkpoint"]}
+    return broken_inputs(tmp_path_factory.mktemp("inputs"), checkpoints)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,7 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
     """Compose the config the command line asks for; raise a one-line ConfigError if Hydra would fail."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
+    from omegaconf import OmegaConf
 
     if any(arg.split("=")[0] in HYDRA_FLAGS for arg in argv):
         return
@@ -82,7 +84,8 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
     try:
         points = sweep_points(overrides) if multirun else [overrides]
     except HydraException as err:
-        raise ConfigError(f"the command line does not parse: {one_line(str(err))}") from None
+        raise ConfigError(f"the command line does not parse: {one_line(str(err))}; expected overrides "
+                          "of the form key=value (see --help)") from None
     except Exception:  # a sweep kind without a value list (e.g. an Optuna interval): left to Hydra
         return
     try:
@@ -98,11 +101,19 @@ def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> N
                               f"{', '.join(sorted(err.options))}") from None
         raise ConfigError(one_line(str(err).split("Config search path")[0])) from None
     except HydraException as err:
-        raise ConfigError(f"the command line does not compose: {one_line(str(err))}") from None
-    if not multirun:
-        check_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
-    else:
-        check_writable_dir(cfg.hydra.sweep.dir, "hydra.sweep.dir")
+        unknown = re.match(r"Could not override '([^']+)'", str(err))
+        if unknown:
+            key = unknown.group(1)
+            raise ConfigError(f"{key} is not a key of the config; expected one it has (`--cfg job` lists "
+                              f"them), or +{key}=... to add a new one") from None
+        raise ConfigError(f"the command line does not compose: {one_line(str(err))}; expected overrides "
+                          "of the form key=value (see --help)") from None
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        run_dir = str(OmegaConf.select(cfg, key, throw_on_missing=True))
+    except Exception:  # noqa: BLE001 - interpolations only Hydra's runtime resolves: left to Hydra
+        return
+    check_writable_dir(run_dir, key)
 
 
 def check_parallel_ddp(cfg: Any) -> None:

@@ -15,3 +15,7 @@ class DataError(FeatvisError):
 
 class CheckpointError(FeatvisError):
     """A checkpoint is missing, unreadable, of the wrong kind or incompatible."""
+
+
+class NumericsError(FeatvisError):
+    """A loss, weight or sampler term became NaN/inf, or a GAN diverged."""

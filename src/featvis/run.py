@@ -18,12 +18,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, TensorDataset
 
-from featvis.checkpoints import encoder_record, load_classifier
+from featvis.checkpoints import encoder_record, load_classifier, read_checkpoint
 from featvis.cli import writable_dir
 from featvis.distributed import check_launcher, ddp_job, share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
+from featvis.reports.grids import save_text
 
 log = logging.getLogger(__name__)
 # The frozen encoder inside the prior modules stays in eval mode on purpose.
@@ -76,8 +77,9 @@ def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningData
     check_launcher(trainer)
     wandb_run = None
     try:
+        # A resumed checkpoint may come from anywhere: tensors and plain types only, never code.
         with ddp_job(trainer):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     finally:
         wandb_run = finish_loggers(trainer)
@@ -221,6 +223,8 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
     return {**result, "index": str(index), "encoder": encoder, "generator": generator, "prior": prior}
 
 
+# ckpt_path values Lightning resolves itself ("last": the newest last.ckpt of the run dir).
+LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")
 TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "classifier": train_classifier, "generator": train_generator, "prior": train_prior,
     "pipeline": train_pipeline}
@@ -237,6 +241,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r}; expected one of {sorted(TASKS)}")
+    resume = cfg.get("ckpt_path")
+    if resume and resume not in LIGHTNING_CHECKPOINT_NAMES:
+        read_checkpoint(resume)  # missing, truncated or unsafe: one line now, not a traceback later
     out = writable_dir(Path(cfg.output_dir))
     share_cpus_with_parallel_jobs()
     result = TASKS[name](cfg)
@@ -244,7 +251,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary = {"task": name, "monitor": cfg.task.monitor, "monitor_mode": cfg.task.monitor_mode,
                    "value": result["metrics"].get(cfg.task.monitor),
                    **{k: v for k, v in result.items() if isinstance(v, (str, int, float, dict, type(None)))}}
-        tmp = out / ".metrics.json.partial"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / "metrics.json")
+        save_text(json.dumps(summary, indent=2), out / "metrics.json")
     return result

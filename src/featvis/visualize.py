@@ -23,7 +23,7 @@ from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.layers import layer_names
 from featvis.nets.torchvision_target import TorchvisionTarget
-from featvis.reports.grids import atomic_path, commit, labelled_grid, save_gif, save_png
+from featvis.reports.grids import labelled_grid, remove_partials, save_gif, save_png, save_text
 from featvis.synthesis import ObjectiveBatch, Sampler
 from featvis.synthesis.evaluation import evaluate
 from featvis.synthesis.evolution import EvolutionRecorder
@@ -149,6 +149,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     sampler, units, seeds = built["sampler"], built["units"], int(cfg.seeds)
     z0 = initial_z(cfg.method, built["stats"], len(units), seeds, sampler.target.image_size, device)
     out = writable_dir(Path(cfg.output_dir))
+    remove_partials(out)  # what a killed run in this dir left; its complete files are rewritten
     result = sampler.run(z0, seed=int(cfg.noise_seed), progress=True)
     with torch.no_grad():
         acts = {k: v.cpu() for k, v in sampler.taps(result.last.to(device)).items()}
@@ -183,9 +184,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
                "keep": cfg.keep, "results": records, "evaluation": evaluation,
                "sweep": sweep_value(sweep_terms(cfg), records, evaluation, cfg.keep)}
     _log_to_logger(cfg, grid, records)
-    tmp = atomic_path(out / "metrics.json")
-    tmp.write_text(json.dumps(summary, indent=2))
-    commit(tmp, out / "metrics.json")
+    save_text(json.dumps(summary, indent=2), out / "metrics.json")
     log.info("wrote %s", out / "grid.png")
     return summary
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from featvis.nets.adapters import fit_images
+from featvis.reports.grids import remove_partials, save_png
 
 
 class GeneratorSamples(L.Callback):
@@ -26,6 +27,13 @@ class GeneratorSamples(L.Callback):
         self.dirpath = dirpath
         self._real: torch.Tensor | None = None
         self._codes: torch.Tensor | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # a resumed run: clear what the killed one was writing
+            remove_partials(self.folder(trainer))
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step
@@ -56,12 +64,7 @@ class GeneratorSamples(L.Callback):
         if not trainer.is_global_zero:
             return
         image = self.grid(trainer, pl_module)
-        folder = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step{trainer.global_step:07d}.png"
-        tmp = path.with_suffix(".tmp.png")
-        save_image(image, tmp)
-        tmp.replace(path)
+        save_png(image, self.folder(trainer) / f"step{trainer.global_step:07d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("generator/samples", [image], step=trainer.global_step,

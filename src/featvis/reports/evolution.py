@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
 
-from featvis.reports.grids import atomic_path, commit, labelled_grid, save_gif, save_png
+from featvis.reports.grids import labelled_grid, save_gif, save_png, save_text
 
 SETTLED = 0.25   # a layer has settled once its change stays below this fraction of its peak
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -157,13 +157,6 @@ def change_svg(layers: dict[str, Any], width: int = 640, height: int = 320) -> s
     return "".join(parts)
 
 
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(text)
-    return commit(tmp, path)
-
-
 def index_html(doc: dict[str, Any], layers: dict[str, Any], title: str = "Feature evolution") -> str:
     steps = doc["steps"]
     first, last = (steps[0], steps[-1]) if steps else (None, None)
@@ -234,6 +227,6 @@ def build_reports(root: Path, doc: dict[str, Any]) -> dict[str, Any]:
     layers = layer_change(doc, images)
     write_strip(doc, images, root)
     write_videos(doc, images, root)
-    _write_text(root / "change.svg", change_svg(layers))
-    _write_text(root / "index.html", index_html(doc, layers))
+    save_text(change_svg(layers), root / "change.svg")
+    save_text(index_html(doc, layers), root / "index.html")
     return {"layers": layers, "lower_layers_settle_first": lower_layers_settle_first(layers)}

@@ -1,4 +1,9 @@
-"""Pictures people look at: labelled grids and optimization GIFs, written atomically."""
+"""Pictures people look at: labelled grids and optimization GIFs; every output written atomically.
+
+A file appears under its final name only once complete: writers use a temporary sibling
+(`.name.partial<pid>.ext`) and rename it into place, so a killed job leaves at most
+temporary files, which `remove_partials` clears when the job runs again.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,22 @@ def atomic_path(path: Path) -> Path:
 def commit(tmp: Path, path: Path) -> Path:
     tmp.replace(path)
     return path
+
+
+def save_text(text: str, path: Path) -> Path:
+    """A text file (JSON, HTML, SVG) written to a temporary name and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    tmp.write_text(text)
+    return commit(tmp, path)
+
+
+def remove_partials(folder: Path) -> int:
+    """Delete the temporary files a killed writer left in `folder` (recursively); returns how many."""
+    stale = [p for p in folder.rglob(".*.partial*") if p.is_file()] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def save_png(image: torch.Tensor | Image.Image, path: Path) -> Path:

@@ -28,7 +28,7 @@ from featvis.checkpoints import load_classifier
 from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
 from featvis.reports.evolution import build_reports, grid_file, step_name
-from featvis.reports.grids import atomic_path, commit, labelled_grid, save_png
+from featvis.reports.grids import labelled_grid, remove_partials, save_png, save_text
 from featvis.synthesis.methods import MethodParts, Unit, initial_z, load_method, sampler_settings, units_of
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.sampler import Sampler
@@ -168,11 +168,8 @@ class EvolutionRecorder:
                 "steps": self.recorded_steps(), "frames": self.frames}
 
     def write_json(self, summary: dict[str, Any] | None = None) -> Path:
-        path = self.output_dir / "evolution.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = atomic_path(path)
-        tmp.write_text(json.dumps({**self.document(), **(summary or {})}, indent=1))
-        return commit(tmp, path)
+        return save_text(json.dumps({**self.document(), **(summary or {})}, indent=1),
+                         self.output_dir / "evolution.json")
 
     def report(self) -> dict[str, Any]:
         """Strip, videos, change plot and index.html from the recorded frames; their figures
@@ -188,8 +185,7 @@ class EvolutionRecorder:
         for path in [*self.output_dir.glob("frames/step*"), *self.output_dir.glob("grids/step*.png")]:
             if path.stem not in keep:  # frames/step0000123 (a folder) or grids/step0000123.png
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for stale in self.output_dir.rglob(".*.partial*"):
-            stale.unlink()
+        remove_partials(self.output_dir)
         if self.frames or self.output_dir.exists():
             self.write_json()
 

@@ -22,10 +22,25 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from featvis.errors import ConfigError, FeatvisError
+from featvis.errors import ConfigError, NumericsError
 from featvis.nets.adapters import fit_images
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.priors import ImageOperators, robustness_transform
+
+
+def require_finite(step: int, terms: dict[str, torch.Tensor]) -> None:
+    """Stop with a NumericsError naming the step, the first non-finite term and its batch rows.
+
+    One device sync per step for the common, all-finite case.
+    """
+    if bool(torch.stack([torch.isfinite(t).all() for t in terms.values()]).all()):
+        return
+    for name, tensor in terms.items():
+        rows = (~torch.isfinite(tensor.reshape(len(tensor), -1)).all(1)).nonzero().flatten().tolist()
+        if rows:
+            raise NumericsError(f"synthesis: the {name} is not finite at step {step} (batch rows "
+                                f"{rows[:8]}{' ...' if len(rows) > 8 else ''}); expected finite values "
+                                "(lower method.lr or method.eps1/eps2)")
 
 
 @dataclass
@@ -178,9 +193,7 @@ class Sampler:
                     (grad,) = torch.autograd.grad(values.sum(), z)
                 z = z.detach()
                 values = values.detach()
-                if not torch.isfinite(values).all() or not torch.isfinite(grad).all():
-                    raise FeatvisError(f"synthesis: non-finite objective or gradient at step {step}; "
-                                       "expected finite values (lower method.lr?)")
+                terms = {"objective": values, "gradient": grad}  # checked together at the end of the step
                 improved = values > best_value
                 best_value = torch.where(improved, values, best_value)
                 best_z[improved] = z[improved]
@@ -195,7 +208,9 @@ class Sampler:
                 update = s.eps1 * grad
                 if s.eps2 > 0:
                     with torch.no_grad():
-                        update = update + s.eps2 * self.prior(z)
+                        prior_term = self.prior(z)
+                    terms["prior term"] = prior_term
+                    update = update + s.eps2 * prior_term
                 z = z + s.lr_at(step) * update
                 if s.eps3 > 0:
                     z = z + s.eps3 * torch.randn(z.shape, generator=noise, device=device)
@@ -205,6 +220,8 @@ class Sampler:
                     z = z * s.decay
                 if self.image_operators is not None:
                     z = self.image_operators(z, step)
+                terms["z after the update"] = z
+                require_finite(step, terms)
 
             with torch.no_grad():
                 last_value = self.objectives(self.taps(self.render(z)))

@@ -1,0 +1,17 @@
+"""SIGKILL at a random moment of each stage, then the same command again: nothing lost or torn.
+
+One trial per stage here; `python benchmarks/faults.py` runs ten.
+"""
+
+import pytest
+
+from benchmarks.faults import STAGES, kill_trials
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
+def test_killed_run_completes_on_rerun_with_nothing_lost_or_truncated(stage, fault_inputs, tmp_path):
+    # Mid-run moments (30-70% of an uninterrupted run), so the kill lands while the job works.
+    (row,) = kill_trials(fault_inputs, tmp_path, trials=1, seed=1, stages=[stage], moments=(0.3, 0.7))
+    assert row["killed"], row
+    assert row["recovered"], row
+    assert (row["frames_lost"], row["frames_duplicated"], row["truncated"]) == (0, 0, 0), row
