@@ -27,7 +27,7 @@ from featvis.synthesis.priors import (CenteredGaussianPrior, DAEPrior, EncoderLo
                                       ImageOperators, TotalVariationPrior)
 from featvis.synthesis.sampler import SamplerSettings, frozen
 
-SETTINGS_KEYS = ("steps", "lr", "lr_end", "eps1", "eps2", "eps3", "normalize_gradient",
+SETTINGS_KEYS = ("steps", "lr", "lr_end", "eps1", "eps2", "eps3", "eps3_end", "normalize_gradient",
                  "clip_quantile", "decay", "jitter", "scale", "rotate")
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")
 
