@@ -27,7 +27,7 @@ from featvis.synthesis.priors import (CenteredGaussianPrior, DAEPrior, EncoderLo
                                       ImageOperators, TotalVariationPrior)
 from featvis.synthesis.sampler import SamplerSettings, frozen
 
-SETTINGS_KEYS = ("steps", "lr", "lr_end", "eps1", "eps2", "eps3", "eps3_end", "normalize_gradient",
+SETTINGS_KEYS = ("steps", "lr", "lr_end", "eps1", "eps2", "eps3", "normalize_gradient",
                  "clip_quantile", "decay", "jitter", "scale", "rotate")
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")
 
@@ -125,6 +125,7 @@ def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[
 
 def sampler_settings(method: Mapping[str, Any], steps: int | None = None, record_every: int = 0) -> SamplerSettings:
     values = {k: method[k] for k in SETTINGS_KEYS}
+    values["eps3_end"] = method.get("eps3_end")  # optional: method configs written before it keep constant noise
     if steps is not None:
         values["steps"] = int(steps)
     return SamplerSettings(**values, record_every=record_every)
