@@ -46,11 +46,18 @@ def test_bad_objectives(objectives, sizes, kwargs, message):
 
 
 @pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("steps", 0),
-                                          ("eps3", -0.1), ("decay", 0.0), ("scale", 1.5),
+                                          ("eps3", -0.1), ("eps3_end", -0.1), ("decay", 0.0), ("scale", 1.5),
                                           ("rotate", -1.0)])
 def test_bad_sampler_settings_name_the_value(field, value):
     with pytest.raises(ConfigError, match=f"method.{field}="):
         SamplerSettings(**{field: value})
+
+
+def test_step_and_noise_schedules_are_linear_from_first_to_last_step():
+    s = SamplerSettings(steps=5, lr=1.0, lr_end=0.2, eps3=0.2, eps3_end=0.0)
+    assert [round(s.lr_at(t), 6) for t in range(5)] == [1.0, 0.8, 0.6, 0.4, 0.2]
+    assert [round(s.eps3_at(t), 6) for t in range(5)] == [0.2, 0.15, 0.1, 0.05, 0.0]
+    assert SamplerSettings(steps=5, eps3=0.2).eps3_at(4) == 0.2  # no eps3_end: constant noise
 
 
 def test_units_by_index_name_and_combination():

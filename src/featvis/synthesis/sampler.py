@@ -50,7 +50,8 @@ class SamplerSettings:
     lr_end: float | None = None      # linear schedule to this value at the last step; None = constant
     eps1: float = 1.0                # condition
     eps2: float = 0.0                # prior
-    eps3: float = 0.0                # noise
+    eps3: float = 0.0                # noise std at the first step
+    eps3_end: float | None = None    # linear schedule to this std at the last step; None = constant
     normalize_gradient: bool = False  # divide the condition gradient by its mean |.| per sample
     clip_quantile: float | None = None  # code clipping to [0, ub], ub = this quantile of the codes
     decay: float = 1.0               # multiply z after every step (DGN-AM: 0.99)
@@ -65,6 +66,7 @@ class SamplerSettings:
             "lr": self.lr >= 0,
             "lr_end": self.lr_end is None or self.lr_end >= 0,
             "eps1": self.eps1 >= 0, "eps2": self.eps2 >= 0, "eps3": self.eps3 >= 0,
+            "eps3_end": self.eps3_end is None or self.eps3_end >= 0,
             "decay": 0 < self.decay <= 1,
             "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
             "record_every": self.record_every >= 0,
@@ -83,6 +85,11 @@ class SamplerSettings:
         if self.lr_end is None or self.steps == 1:
             return self.lr
         return self.lr + (self.lr_end - self.lr) * step / (self.steps - 1)
+
+    def eps3_at(self, step: int) -> float:
+        if self.eps3_end is None or self.steps == 1:
+            return self.eps3
+        return self.eps3 + (self.eps3_end - self.eps3) * step / (self.steps - 1)
 
 
 @dataclass
@@ -212,8 +219,8 @@ class Sampler:
                     terms["prior term"] = prior_term
                     update = update + s.eps2 * prior_term
                 z = z + s.lr_at(step) * update
-                if s.eps3 > 0:
-                    z = z + s.eps3 * torch.randn(z.shape, generator=noise, device=device)
+                if s.eps3_at(step) > 0:
+                    z = z + s.eps3_at(step) * torch.randn(z.shape, generator=noise, device=device)
                 if upper is not None:
                     z = torch.minimum(z.clamp(min=0), upper)
                 if s.decay < 1:
