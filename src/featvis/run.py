@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -214,8 +215,6 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
         target.logger = cfg.get("logger")  # the pipeline's own logger (wandb by default) records the target
     result = train(target)
     index = Path(target.callbacks.feature_evolution.dirpath) / "index.html"
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every rank runs the pipeline; one reports
         print(f"feature evolution: {index}")
     if result.get("wandb_run"):
@@ -236,8 +235,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Rank zero writes `<output_dir>/metrics.json` last (the monitored value, every final metric,
     the checkpoints): a run dir that has it is complete, and `featvis.summary` tables sweeps by it.
     """
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     name = cfg.task.name
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r}; expected one of {sorted(TASKS)}")

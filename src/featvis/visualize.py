@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,7 @@ def sweep_value(terms: list[str], records: list[dict[str, Any]], evaluation: dic
     for key in ("judge_transfer", "diversity", "beats_real_top1", "kid_mean"):
         if evaluation and evaluation.get(key) is not None:
             figures[key] = float(evaluation[key])
-    value = None
-    if terms and all(t in figures for t in terms):
-        value = 1.0
-        for term in terms:
-            value *= figures[term]
+    value = math.prod(figures[t] for t in terms) if terms and all(t in figures for t in terms) else None
     return {"objective": value, "terms": terms, "figures": figures}
 
 

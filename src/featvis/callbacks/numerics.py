@@ -66,12 +66,8 @@ class NumericsGuard(L.Callback):
             anywhere = trainer.strategy.reduce_boolean_decision(problem is not None, all=False)
             if anywhere and problem is None:
                 problem = f"training: stopped {where}: another process found a problem (its message says which)"
-        if problem is None:
-            return
-        if problem.startswith("training: GAN diverged") and self.on_divergence == "warn":
-            rank_zero_warn(problem)
-            return
-        raise NumericsError(problem)
+        if problem is not None:
+            raise NumericsError(problem)
 
     def _problem(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, where: str) -> str | None:
         logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
@@ -86,7 +82,11 @@ class NumericsGuard(L.Callback):
             if bad is not None:
                 return f"training: weight {bad} is not finite {where}; expected finite weights (lower the learning rate)"
         diverged = [self._diverged(key, float(logged[key]), where) for key in self.divergence_keys if key in logged]
-        return next((message for message in diverged if message), None)
+        message = next((m for m in diverged if m), None)
+        if message is not None and self.on_divergence == "warn":
+            rank_zero_warn(message)
+            return None
+        return message
 
     def _diverged(self, key: str, value: float, where: str) -> str | None:
         """The divergence message the first time `key` has run away; None otherwise."""

@@ -219,8 +219,9 @@ class Sampler:
                     terms["prior term"] = prior_term
                     update = update + s.eps2 * prior_term
                 z = z + s.lr_at(step) * update
-                if s.eps3_at(step) > 0:
-                    z = z + s.eps3_at(step) * torch.randn(z.shape, generator=noise, device=device)
+                noise_std = s.eps3_at(step)
+                if noise_std > 0:
+                    z = z + noise_std * torch.randn(z.shape, generator=noise, device=device)
                 if upper is not None:
                     z = torch.minimum(z.clamp(min=0), upper)
                 if s.decay < 1:
