@@ -6,8 +6,10 @@ Checkpoints not given are trained first with the tiny preset (the classifier is 
 target; the judge is another classifier: seed 1, fc6 of 512).  Prints a side-by-side table,
 then, as its last line, one JSON object with, per method: <method>_judge_transfer,
 <method>_beats_real_top1 (fraction of units whose median synthesis beats the unit's top-1
-real validation image), <method>_diversity, <method>_kid; and ppgn_diversity_ratio (PPGN
-diversity / DGN-AM diversity).  Targets: dgn_am and ppgn judge transfer and beats_real_top1
+real validation image), <method>_diversity, <method>_kid; ppgn_diversity_ratio (PPGN
+diversity / DGN-AM diversity); and judge_real_accuracy, judge_reconstruction_accuracy: the
+judge's accuracy on 1000 real validation images and on G's reconstructions of them, G(E(x)),
+the ceiling of the code methods' judge transfer (per class in the table).  Targets: dgn_am and ppgn judge transfer and beats_real_top1
 >= 0.90, ppgn_diversity_ratio >= 1.5 while PPGN transfer stays >= 0.90.
 --docs writes the contact sheet (rows = methods, columns = classes) to docs/methods.png.
 """
@@ -25,8 +27,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from featvis.checkpoints import load_classifier, load_generator
+from featvis.data import ShapesDataModule
+from featvis.nets.encoder import Encoder
 from featvis.reports.grids import labelled_grid, save_png
 from featvis.run import train
+from featvis.synthesis.evaluation import reconstruction_transfer
 from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +65,9 @@ def main() -> dict:
     judge = args.judge or trained(out / "judge", "task=classifier", "seed=1", "model.fc6_dim=512")
 
     figures: dict[str, float] = {}
+    ceiling = judge_on_reconstructions(encoder, generator, judge)
+    figures["judge_real_accuracy"] = round(ceiling["real"]["overall"], 4)
+    figures["judge_reconstruction_accuracy"] = round(ceiling["reconstruction"]["overall"], 4)
     sheet_rows, table = [], []
     methods = [m for m in METHODS if m in args.methods]
     for method in methods:
@@ -87,8 +96,22 @@ def main() -> dict:
     print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}{'seconds':>9}")
     for method, transfer, beats, diversity, kid, seconds in table:
         print(f"{method:<15}{transfer:>15.3f}{beats:>13.3f}{diversity:>11.3f}{kid:>9.4f}{seconds:>9.1f}")
+    print(f"\njudge accuracy on real images {ceiling['real']['overall']:.3f}, on G(E(x)) "
+          f"{ceiling['reconstruction']['overall']:.3f}; per class on G(E(x)):")
+    print("  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, ceiling["reconstruction"]["per_class"])))
     print(f"ppgn_diversity_ratio {figures.get('ppgn_diversity_ratio')}  (contact sheet: {sheet_path}; runs: {out})")
     return figures
+
+
+def judge_on_reconstructions(encoder_ckpt: str, generator_ckpt: str, judge_ckpt: str) -> dict:
+    generator, _, record = load_generator(generator_ckpt)
+    net, classifier = load_classifier(encoder_ckpt)
+    encoder = Encoder(net, code_layer=record["encoder"]["code_layer"])
+    judge, _ = load_classifier(judge_ckpt)
+    data = ShapesDataModule(image_size=net.image_size, val_size=1000)
+    data.setup("validate")
+    return reconstruction_transfer(generator, encoder, judge, data.val_dataloader(),
+                                   num_classes=len(classifier["class_names"]))
 
 
 def _load(path: Path) -> torch.Tensor:

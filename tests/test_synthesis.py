@@ -209,6 +209,41 @@ def test_diversity_and_real_top_activations():
     assert top9.item() == column.topk(9).values.mean().item() and len(seen) == 20
 
 
+def test_reconstruction_transfer_reads_the_judge_on_real_images_and_on_their_reconstructions():
+    from featvis.synthesis.evaluation import reconstruction_transfer
+
+    class BrightestChannel(torch.nn.Module):  # a judge: the class is the channel with the largest mean
+        image_size = 8
+
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    class FlatCodes:  # an encoder whose code is the image itself
+        image_size = 8
+
+        def code(self, x):
+            return x.flatten(1)
+
+    images = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = BrightestChannel()(images).argmax(1)
+    labels[:3] = (labels[:3] + 1) % 3  # three images the judge gets wrong
+    batches = [(images[:5], labels[:5]), (images[5:], labels[5:])]
+
+    exact = reconstruction_transfer(lambda codes: codes.view(-1, 3, 8, 8), FlatCodes(), BrightestChannel(),
+                                    batches, num_classes=3)
+    assert exact["real"]["overall"] == exact["reconstruction"]["overall"] == pytest.approx(9 / 12)
+    assert exact["images"] == 12
+
+    def all_red(codes):
+        return torch.zeros(len(codes), 3, 8, 8).index_fill_(1, torch.tensor([0]), 1.0)
+
+    red = reconstruction_transfer(all_red, FlatCodes(), BrightestChannel(), batches, num_classes=3, max_images=10)
+    assert red["images"] == 10
+    assert red["reconstruction"]["per_class"][1:] == [0.0, 0.0]
+    assert red["reconstruction"]["per_class"][0] == (1.0 if (labels[:10] == 0).any() else 0.0)
+    assert red["reconstruction"]["overall"] == pytest.approx((labels[:10] == 0).float().mean().item())
+
+
 def test_visualize_reports_faithfulness_with_a_judge(small_classifier, small_priors, small_judge, tmp_path):
     target = small_classifier[1]["best_checkpoint"]
     cfg = _compose("method=dgn_am", f"output_dir={tmp_path}", f"target.ckpt={target}",

@@ -7,6 +7,9 @@
 (c) diversity: mean pairwise distance among a unit's seeds in the judge's feature space;
 (d) realism: KID (and FID when there are more syntheses than feature dimensions) between
     syntheses and real images in the judge's feature space, via torchmetrics.
+
+`reconstruction_transfer` bounds (b) for the code methods from above: how often the judge
+recognises G's reconstructions G(E(x)) of real images.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -122,3 +126,32 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
         else:
             report["fid"] = None  # fewer samples than feature dimensions: the covariance is singular
     return report
+
+
+@torch.no_grad()
+def reconstruction_transfer(generator: nn.Module, encoder: nn.Module, judge: nn.Module, batches: Iterable,
+                            num_classes: int, max_images: int = 1000) -> dict[str, Any]:
+    """The judge's accuracy on real images and on their reconstructions G(E(x)): overall and per class.
+
+    The code methods can only show what G draws; a class whose reconstructions the judge misreads
+    is one whose syntheses it will misread too, however well the sampler maximizes the unit.
+    `encoder` is the `Encoder` whose codes G inverts.
+    """
+    judge = judge.eval()
+    metrics = {name: {"overall": MulticlassAccuracy(num_classes, average="micro"),
+                      "per_class": MulticlassAccuracy(num_classes, average="none")}
+               for name in ("real", "reconstruction")}
+    count = 0
+    for images, labels in batches:
+        images, labels = images[: max_images - count], labels[: max_images - count]
+        codes = encoder.code(fit_images(images, encoder.image_size or images.shape[-1]))
+        reconstructions = generator(codes).clamp(0, 1)
+        for name, shown in (("real", images), ("reconstruction", reconstructions)):
+            predicted = judge(fit_images(shown, judge.image_size)).argmax(1)
+            for metric in metrics[name].values():
+                metric.update(predicted, labels)
+        count += len(images)
+        if count >= max_images:
+            break
+    return {name: {"overall": float(m["overall"].compute()), "per_class": m["per_class"].compute().tolist()}
+            for name, m in metrics.items()} | {"images": count}
