@@ -1,9 +1,12 @@
 """Quality of the methods on the tiny preset: every class unit of fc8, 8 seeds each.
 
-    python benchmarks/quality.py [--encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt] [--docs]
+    python benchmarks/quality.py [--encoder C.ckpt --comparator K.ckpt --generator G.ckpt --prior R.ckpt
+                                  --judge J.ckpt] [--docs]
 
-Checkpoints not given are trained first with the tiny preset (the classifier is also the
-target; the judge is another classifier: seed 1, fc6 of 512).  Prints a side-by-side table,
+Checkpoints not given are trained first with the tiny preset: the classifier (also the
+target), a comparator classifier (seed 2) whose features G's feature loss reads beside the
+encoder's (task.comparators), G, the DAE prior, and the judge (another classifier: seed 1,
+fc6 of 512; never seen by G or the sampler).  Prints a side-by-side table,
 then, as its last line, one JSON object with, per method: <method>_judge_transfer,
 <method>_beats_real_top1 (fraction of units whose median synthesis beats the unit's top-1
 real validation image), <method>_diversity, <method>_kid; ppgn_diversity_ratio (PPGN
@@ -50,17 +53,24 @@ def trained(out: Path, *overrides: str) -> str:
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("encoder", "generator", "prior", "judge"):
+    for name in ("encoder", "comparator", "generator", "prior", "judge"):
         parser.add_argument(f"--{name}")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
                         help="a subset of the methods (default: all); the ratio needs dgn_am and ppgn")
     args = parser.parse_args()
+    if args.comparator and args.comparator == args.judge:
+        parser.error(f"--comparator {args.comparator} is the judge; expected another classifier (the judge "
+                     "must be independent of G)")
     os.environ.setdefault("WANDB_MODE", "disabled")
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
     encoder = args.encoder or trained(out / "classifier", "task=classifier")
-    generator = args.generator or trained(out / "generator", "task=generator", f"encoder.ckpt={encoder}")
+    comparator = args.comparator
+    if not (args.generator or comparator):
+        comparator = trained(out / "comparator", "task=classifier", "seed=2")
+    generator = args.generator or trained(out / "generator", "task=generator", f"encoder.ckpt={encoder}",
+                                          f"task.comparators=[{comparator}]")
     prior = args.prior or trained(out / "prior", "task=prior", f"encoder.ckpt={encoder}")
     judge = args.judge or trained(out / "judge", "task=classifier", "seed=1", "model.fc6_dim=512")
 

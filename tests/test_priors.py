@@ -107,6 +107,37 @@ def test_comparator_reads_several_layers_frozen_and_weighs_them(small_classifier
     assert images.grad.abs().sum() > 0
 
 
+def test_comparator_adds_other_networks_features_with_the_same_weights(small_classifier):
+    from featvis.checkpoints import build_net
+    from featvis.nets.layers import activations
+
+    net, record = load_classifier(small_classifier[1]["best_checkpoint"])
+    torch.manual_seed(1)
+    second = build_net(record["net"]).eval()  # another network of the same layout, other weights
+    comparator = Comparator(Encoder(net), {"conv2": 2.0, "pool5": 1.0}, [second])
+    assert comparator.weights == {"conv2": 2.0, "pool5": 1.0, "conv2@1": 2.0, "pool5@1": 1.0}
+    assert not any(p.requires_grad for p in comparator.parameters())
+    comparator.train()
+    assert not second.training
+
+    images, others = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = comparator(images)
+    reference = activations(second, images, ["conv2", "pool5"])
+    assert torch.allclose(out["features"]["pool5@1"], reference["pool5"])
+    assert not torch.allclose(out["features"]["pool5@1"], out["features"]["pool5"])
+    loss = feature_loss(out["features"], comparator(others)["features"], comparator.weights)
+    alone = Comparator(Encoder(net), {"conv2": 2.0, "pool5": 1.0})
+    loss_alone = feature_loss(alone(images)["features"], alone(others)["features"], alone.weights)
+    second_only = activations(second, others, ["conv2", "pool5"])
+    expected = loss_alone + (2.0 * torch.nn.functional.mse_loss(reference["conv2"], second_only["conv2"])
+                             + torch.nn.functional.mse_loss(reference["pool5"], second_only["pool5"]))
+    assert torch.allclose(loss, expected)
+
+    bigger = build_net({**record["net"], "image_size": 64})
+    with pytest.raises(ConfigError, match="comparator 1 takes 64 px images; expected the encoder's 32 px"):
+        Comparator(Encoder(net), {"pool5": 1.0}, [bigger])
+
+
 @pytest.fixture(scope="module")
 def priors(small_priors):
     return small_priors
@@ -139,6 +170,24 @@ def test_generator_resumes_with_its_optimizers_and_balance(priors, tmp_path):
     assert after["global_step"] == 2 * before["global_step"]
     g_steps = [s["state"][0]["step"].item() for s in (before["optimizer_states"][0], after["optimizer_states"][0])]
     assert g_steps[1] == 2 * g_steps[0] > 0, g_steps  # Adam state carried on, not restarted
+
+
+def test_generator_job_with_another_comparator_network(small_classifier, small_judge, tmp_path):
+    encoder = small_classifier[1]["best_checkpoint"]
+    other = small_judge[1]["best_checkpoint"]
+    small = [o for o in SMALL_PRIOR if not o.startswith("data.train_size")] + ["data.train_size=64"]
+    result = train(compose_in(tmp_path / "g", "task=generator", f"encoder.ckpt={encoder}", *small,
+                              f"task.comparators=[{other}]"))
+    state = read_checkpoint(result["last_checkpoint"])["state_dict"]
+    reference, _ = load_classifier(other)
+    assert torch.equal(state["comparator.others.0.conv1.conv.weight"], reference.state_dict()["conv1.conv.weight"])
+    generator, _, _ = load_generator(result["last_checkpoint"])  # readers still see a plain generator
+    assert generator.code_dim == 128
+
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(CheckpointError, match="missing.ckpt"):
+        train(compose_in(tmp_path / "m", "task=generator", f"encoder.ckpt={encoder}", *small,
+                         f"task.comparators=[{missing}]"))
 
 
 def test_prior_job_and_code_compatibility(priors):

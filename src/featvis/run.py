@@ -17,6 +17,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier, read_checkpoint
@@ -127,8 +128,9 @@ def train_generator(cfg: DictConfig) -> dict[str, Any]:
     code_branch = encoder.code_dim if cfg.generator.code_branch else 0
     discriminator = instantiate(cfg.generator.discriminator, image_size=encoder.image_size,
                                 code_dim=code_branch)
+    comparators = nn.ModuleList(load_classifier(path)[0] for path in cfg.task.get("comparators") or [])
     module = instantiate(cfg.task.module, generator=generator, discriminator=discriminator,
-                         encoder=encoder, code_stats=stats, encoder_record=record)
+                         encoder=encoder, code_stats=stats, encoder_record=record, comparators=comparators)
     return _fit(cfg, module, datamodule)
 
 

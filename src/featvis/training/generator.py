@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -33,6 +34,7 @@ class GeneratorModule(L.LightningModule):
         balance: dict[str, float] | None = None,
         ema_decay: float | None = None,
         feature_layers: dict[str, float] | None = None,
+        comparators: Sequence[nn.Module] = (),
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -41,8 +43,11 @@ class GeneratorModule(L.LightningModule):
         self.encoder = encoder
         self.code_stats = code_stats
         self.encoder_record = encoder_record
-        # Several comparator layers (name -> weight) instead of the encoder's single one.
-        self.comparator = Comparator(encoder, feature_layers) if feature_layers else None
+        # Several comparator layers (name -> weight) instead of the encoder's single one, and
+        # more networks (frozen classifiers) whose features the reconstruction must match too.
+        if comparators and not feature_layers:
+            feature_layers = {encoder.roles["features"]: 1.0}
+        self.comparator = Comparator(encoder, feature_layers, comparators) if feature_layers else None
         self.optimizer_factory = optimizer
         self.discriminator_optimizer_factory = discriminator_optimizer or optimizer
         self.weights = LossWeights(**(loss_weights or {}))
