@@ -6,14 +6,15 @@
 Checkpoints not given are trained first with the tiny preset: the classifier (also the
 target), a comparator classifier (seed 2) whose features G's feature loss reads beside the
 encoder's (task.comparators), G, the DAE prior, and the judge (another classifier: seed 1,
-fc6 of 512; never seen by G or the sampler).  Prints a side-by-side table,
-then, as its last line, one JSON object with, per method: <method>_judge_transfer,
+fc6 of 512; never seen by G or the sampler).  Prints a side-by-side table, then, as its last
+line, one JSON object with, per method: <method>_judge_transfer,
 <method>_beats_real_top1 (fraction of units whose median synthesis beats the unit's top-1
 real validation image), <method>_diversity, <method>_kid; ppgn_diversity_ratio (PPGN
 diversity / DGN-AM diversity); and judge_real_accuracy, judge_reconstruction_accuracy: the
 judge's accuracy on 1000 real validation images and on G's reconstructions of them, G(E(x)),
-the ceiling of the code methods' judge transfer (per class in the table).  Targets: dgn_am and ppgn judge transfer and beats_real_top1
->= 0.90, ppgn_diversity_ratio >= 1.5 while PPGN transfer stays >= 0.90.
+the ceiling of the code methods' judge transfer (per class in the table).  Targets: dgn_am
+and ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_ratio >= 1.5 while PPGN
+transfer stays >= 0.90.
 --docs writes the contact sheet (rows = methods, columns = classes) to docs/methods.png.
 """
 

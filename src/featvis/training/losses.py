@@ -45,7 +45,8 @@ class Comparator(nn.Module):
             if size != encoder.image_size:
                 raise ConfigError(f"comparator {i} takes {size} px images; expected the encoder's "
                                   f"{encoder.image_size} px")
-        self.others = nn.ModuleList(tap(net, list(layer_weights)) for net in others)
+        self.encoder_layers = list(layer_weights)
+        self.others = nn.ModuleList(tap(net, self.encoder_layers) for net in others)
         self.weights = {**layer_weights, **{f"{name}@{i}": w for i in range(1, len(others) + 1)
                                             for name, w in layer_weights.items()}}
         self.requires_grad_(False)
@@ -57,7 +58,7 @@ class Comparator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         acts = self.layers(images)
-        features = {name: acts[name] for name in self.weights if name in acts}
+        features = {name: acts[name] for name in self.encoder_layers}
         for i, other in enumerate(self.others, 1):
             features.update({f"{name}@{i}": act for name, act in other(images).items()})
         return {"code": acts[self.code_layer].flatten(1), "logits": acts[self.logits_layer],
