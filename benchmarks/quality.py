@@ -54,8 +54,9 @@ def trained(out: Path, *overrides: str) -> str:
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("encoder", "comparator", "generator", "prior", "judge"):
+    for name in ("encoder", "generator", "prior", "judge"):
         parser.add_argument(f"--{name}")
+    parser.add_argument("--comparator", help="a classifier for G's feature loss; used only when G is trained here")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
