@@ -11,7 +11,7 @@ import torch
 
 import featvis.run
 from featvis.callbacks.evolution import FeatureEvolution, log_spaced_steps
-from featvis.checkpoints import read_checkpoint
+from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.errors import ConfigError
 from featvis.run import train
 from featvis.visualize import visualize
@@ -222,8 +222,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
               "callbacks.feature_evolution.units=[conv5:0,fc8:0]"]
     stages = tmp_path / "stages"
 
-    def run(out):
-        cfg = compose_in(out, "task=pipeline", f"task.stages_dir={stages}", "logger=csv")
+    def run(out, *overrides):
+        cfg = compose_in(out, "task=pipeline", f"task.stages_dir={stages}", "logger=csv", *overrides)
         with open_dict(cfg):
             cfg.task.overrides = small
         return train(cfg)
@@ -239,4 +239,19 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
     second = run(tmp_path / "run2")  # the stages are reused, only the target trains again
     assert {s: Path(second[s]).stat().st_mtime_ns for s in stamps} == stamps
     assert (tmp_path / "run2" / "evolution" / "index.html").is_file()
+
+    # A comparator classifier: its own stage, and a G of its own beside the first (not a stale reuse).
+    for seeds, taken in (("[0]", "the encoder's seed"), ("[1]", "task.target_seed"), ("[3,3]", "given twice")):
+        with pytest.raises(ConfigError, match=rf"task.comparator_seeds=\[.*is {taken}; expected other seeds"):
+            run(tmp_path / "bad", f"task.comparator_seeds={seeds}")
+    assert sorted(p.name for p in stages.iterdir()) == ["encoder", "generator", "prior"]  # nothing trained
+    third = run(tmp_path / "run3", "task.comparator_seeds=[2]")
+    comparator = json.loads((stages / "comparator-2" / "done.json").read_text())["checkpoint"]
+    assert third["generator"] == json.loads((stages / "generator-c2" / "done.json").read_text())["checkpoint"]
+    assert Path(third["encoder"]).stat().st_mtime_ns == stamps["encoder"]
+    state = read_checkpoint(third["generator"])["state_dict"]
+    reference, _ = load_classifier(comparator)
+    assert torch.equal(state["comparator.others.0.conv1.conv.weight"], reference.state_dict()["conv1.conv.weight"])
+    assert not torch.equal(reference.state_dict()["conv1.conv.weight"],
+                           load_classifier(third["encoder"])[0].state_dict()["conv1.conv.weight"])
 

@@ -197,15 +197,37 @@ def run_stage(folder: Path, overrides: list[str]) -> str:
     return checkpoint
 
 
+def comparator_seeds(cfg: DictConfig) -> list[int]:
+    """The pipeline's comparator classifiers' seeds: each a network other than the encoder and the target."""
+    seeds = list(cfg.task.get("comparator_seeds") or [])
+    taken = {int(cfg.seed): "the encoder's seed", int(cfg.task.target_seed): "task.target_seed"}
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"task.comparator_seeds={seeds}: {seed!r} is not an integer; expected seeds")
+        if seed in taken or seed in seeds[:i]:
+            raise ConfigError(f"task.comparator_seeds={seeds}: {seed} is "
+                              f"{taken.get(seed, 'given twice')}; expected other seeds")
+    return seeds
+
+
 def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    """Encoder -> generator -> DAE prior -> target classifier with the FeatureEvolution callback."""
+    """Encoder [-> comparators] -> generator -> DAE prior -> target classifier with the FeatureEvolution callback."""
     task, stages = cfg.task, Path(cfg.task.stages_dir)
+    seeds = comparator_seeds(cfg)  # checked before any stage trains
     forwarded = forwarded_overrides(cfg)
     shared = [o for o in forwarded if _key(o) not in TARGET_ONLY]
-    prior_stage = [*shared, f"logger={task.stage_logger}", f"seed={cfg.seed}"]
+    stage_logger = f"logger={task.stage_logger}"
+    prior_stage = [*shared, stage_logger, f"seed={cfg.seed}"]
     encoder = task.encoder_ckpt or run_stage(stages / "encoder", [*prior_stage, "task=classifier"])
     on_encoder = f"encoder.ckpt={encoder}"
-    generator = task.generator_ckpt or run_stage(stages / "generator", [*prior_stage, "task=generator", on_encoder])
+    generator = task.generator_ckpt
+    if not generator:
+        comparators = [run_stage(stages / f"comparator-{seed}", [*shared, stage_logger, f"seed={seed}",
+                                                                "task=classifier"]) for seed in seeds]
+        # A G trained with other comparators is another stage: its own folder, never a stale reuse.
+        folder = "-".join(["generator", *(f"c{seed}" for seed in seeds)])
+        generator = run_stage(stages / folder, [*prior_stage, "task=generator", on_encoder,
+                                                f"task.comparators=[{','.join(comparators)}]"])
     prior = task.prior_ckpt or run_stage(stages / "prior", [*prior_stage, "task=prior", on_encoder])
     evolution = "callbacks.feature_evolution"
     target = compose_stage([
