@@ -34,11 +34,31 @@ def test_objective_modes_follow_table_1():
     assert centre(acts).item() == 100.0 and mean(acts).item() == pytest.approx((9 + 10 + 11 + 12 + 14 + 15 + 16 + 17 + 100) / 9)
 
 
+
+def test_selectivity_adds_the_log_softmax_so_another_class_cannot_raise_a_raw_unit():
+    logits = torch.tensor([[5.0, 1.0, 0.0], [1.0, 5.0, 0.0]])  # unit 0 leads in row 0, unit 1 in row 1
+    batch = ObjectiveBatch([[Term("fc8", 0)], [Term("fc8", 0)]], {"fc8": 3}, selectivity=2.0)
+    expected = logits[:, 0] + 2.0 * logits.log_softmax(1)[:, 0]
+    assert torch.allclose(batch({"fc8": logits}), expected)
+    assert batch({"fc8": logits})[0].item() == pytest.approx(5.0, abs=0.05)  # ~raw while the unit leads
+    assert batch({"fc8": logits})[1].item() < 1.0 - 2 * 4.0  # penalized by the lead of unit 1
+    # The gradient of a trailing unit pulls the leader down; a plain raw unit's ignores it.
+    x = logits[1:].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(batch({"fc8": x})[1:].sum(), x)
+    assert grad[0, 0] > 1.0 and grad[0, 1] < -1.0
+    plain = ObjectiveBatch([[Term("fc8", 0)]], {"fc8": 3}, mode="softmax", selectivity=1.0)
+    assert plain({"fc8": logits[:1]}).item() == pytest.approx(
+        (logits[0].softmax(0)[0] + logits[0].log_softmax(0)[0]).item())
+    conv = ObjectiveBatch([[Term("conv", 1)]], {"conv": 2}, selectivity=1.0)  # channels do not compete
+    assert conv({"conv": torch.arange(18.0).view(1, 2, 3, 3)}).item() == 13.0
+
+
 @pytest.mark.parametrize("objectives, sizes, kwargs, message", [
     ([[Term("fc8", 3)]], {"fc8": 3}, {}, "unit 3 out of range for layer 'fc8'; expected 0 to 2"),
     ([[Term("fc9", 0)]], {"fc8": 3}, {}, "layer 'fc9' not available"),
     ([[Term("fc8", 0)]], {"fc8": 3}, {"mode": "prob"}, "objective mode 'prob'"),
     ([[]], {"fc8": 3}, {}, "empty objective"),
+    ([[Term("fc8", 0)]], {"fc8": 3}, {"selectivity": -1.0}, r"method.selectivity=-1.0; expected a non-negative"),
 ])
 def test_bad_objectives(objectives, sizes, kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -103,7 +103,8 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     settings = sampler_settings(method, cfg.get("steps"), record_every=int(cfg.record_every) if cfg.gif else 0)
     parts = load_method(method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"), target.image_size)
     objectives = ObjectiveBatch([u.terms for u in units for _ in range(int(cfg.seeds))], sizes,
-                                mode=method.objective, spatial=cfg.spatial)
+                                mode=method.objective, spatial=cfg.spatial,
+                                selectivity=method.get("selectivity", 0.0))
     judge, judge_record = None, None
     if cfg.judge.get("ckpt"):
         judge, judge_record = load_classifier(cfg.judge.ckpt)
@@ -178,7 +179,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     summary = {"method": cfg.method.name, "layer": cfg.layer, "target": str(cfg.target.ckpt),
                "generator": cfg.generator.get("ckpt"), "prior": cfg.prior.get("ckpt"),
                "settings": sampler.settings.__dict__, "objective_mode": cfg.method.objective,
-               "keep": cfg.keep, "results": records, "evaluation": evaluation,
+               "selectivity": objectives.selectivity, "keep": cfg.keep, "results": records, "evaluation": evaluation,
                "sweep": sweep_value(sweep_terms(cfg), records, evaluation, cfg.keep)}
     _log_to_logger(cfg, grid, records)
     save_text(json.dumps(summary, indent=2), out / "metrics.json")

@@ -107,7 +107,8 @@ class EvolutionRecorder:
         device = next(net.parameters()).device
         rows = torch.tensor([u * self.seeds + k for u in indices for k in range(self.seeds)])
         objectives = ObjectiveBatch([self.units[u].terms for u in indices for _ in range(self.seeds)],
-                                    self.sizes, mode=self.method["objective"], spatial=self.spatial)
+                                    self.sizes, mode=self.method["objective"], spatial=self.spatial,
+                                    selectivity=self.method.get("selectivity", 0.0))
         devices = [device] if device.type == "cuda" else []
         with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=devices):
             target = copy.deepcopy(net).eval()

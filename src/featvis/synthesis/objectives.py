@@ -5,7 +5,10 @@ A *term* is (layer, unit index, weight); an *objective* is a list of terms, so
 suppress B" a positive and a negative one.  A conv unit is one channel, read at
 the spatial centre (the DGN-AM convention) or averaged over space.  `mode` picks
 the survey's three variants: the raw activation, its softmax across the layer,
-or the log of that softmax.
+or the log of that softmax.  `selectivity` adds that many times the units' log-softmax to
+any mode, on fully connected layers (whose units compete as classes; conv channels do not): the
+term is ~0 while a unit leads its layer and pulls away from the leading unit while it does not,
+so a raw objective cannot be raised by drawing another class harder.
 
 Objectives for a whole batch are turned into one dense weight matrix per layer,
 so evaluating them is a few tensor ops, with no Python loop over units.
@@ -45,9 +48,12 @@ class ObjectiveBatch:
     """B objectives over one network, evaluated together."""
 
     def __init__(self, objectives: list[list[Term]], layer_sizes: dict[str, int],
-                 mode: str = "raw", spatial: str = "center"):
+                 mode: str = "raw", spatial: str = "center", selectivity: float = 0.0):
         if mode not in MODES:
             raise ConfigError(f"objective mode {mode!r}; expected one of {list(MODES)}")
+        if not selectivity >= 0:  # NaN too
+            raise ConfigError(f"method.selectivity={selectivity}; expected a non-negative number")
+        self.selectivity = float(selectivity)
         if spatial not in SPATIAL:
             raise ConfigError(f"objective spatial {spatial!r}; expected one of {list(SPATIAL)}")
         if not objectives or any(not terms for terms in objectives):
@@ -76,19 +82,24 @@ class ObjectiveBatch:
         self.weights = {k: w.to(device) for k, w in self.weights.items()}
         return self
 
-    def transform(self, units: torch.Tensor) -> torch.Tensor:
+    def transform(self, units: torch.Tensor, fully_connected: bool = True) -> torch.Tensor:
         if self.mode == "softmax":
-            return units.softmax(1)
-        if self.mode == "log_softmax":
-            return units.log_softmax(1)
-        return units
+            value = units.softmax(1)
+        elif self.mode == "log_softmax":
+            value = units.log_softmax(1)
+        else:
+            value = units
+        if self.selectivity and fully_connected:
+            value = value + self.selectivity * units.log_softmax(1)
+        return value
 
     def __call__(self, activations: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
         """The objective value of each sample, (B,); `rows` selects objectives for a sub-batch."""
         total = 0
         for layer in self.layers:
             weights = self.weights[layer] if rows is None else self.weights[layer][rows]
-            units = self.transform(reduce_units(activations[layer], self.spatial))
+            activation = activations[layer]
+            units = self.transform(reduce_units(activation, self.spatial), fully_connected=activation.ndim == 2)
             total = total + (weights * units).sum(1)
         return total
 
