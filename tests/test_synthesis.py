@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from featvis.checkpoints import load_classifier, load_generator
 from featvis.errors import CheckpointError, ConfigError
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.priors import GaussianPrior
 from featvis.visualize import parse_units, visualize
 
 from .conftest import CONF, ROOT
@@ -66,18 +67,21 @@ def test_bad_objectives(objectives, sizes, kwargs, message):
 
 
 @pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("steps", 0),
-                                          ("eps3", -0.1), ("eps3_end", -0.1), ("decay", 0.0), ("scale", 1.5),
+                                          ("eps2_end", -0.1), ("eps3", -0.1), ("eps3_end", -0.1), ("decay", 0.0),
+                                          ("scale", 1.5),
                                           ("rotate", -1.0)])
 def test_bad_sampler_settings_name_the_value(field, value):
     with pytest.raises(ConfigError, match=f"method.{field}="):
         SamplerSettings(**{field: value})
 
 
-def test_step_and_noise_schedules_are_linear_from_first_to_last_step():
-    s = SamplerSettings(steps=5, lr=1.0, lr_end=0.2, eps3=0.2, eps3_end=0.0)
+def test_step_prior_and_noise_schedules_are_linear_from_first_to_last_step():
+    s = SamplerSettings(steps=5, lr=1.0, lr_end=0.2, eps2=0.04, eps2_end=0.0, eps3=0.2, eps3_end=0.0)
     assert [round(s.lr_at(t), 6) for t in range(5)] == [1.0, 0.8, 0.6, 0.4, 0.2]
+    assert [round(s.eps2_at(t), 6) for t in range(5)] == [0.04, 0.03, 0.02, 0.01, 0.0]
     assert [round(s.eps3_at(t), 6) for t in range(5)] == [0.2, 0.15, 0.1, 0.05, 0.0]
-    assert SamplerSettings(steps=5, eps3=0.2).eps3_at(4) == 0.2  # no eps3_end: constant noise
+    constant = SamplerSettings(steps=5, eps2=0.03, eps3=0.2)  # no *_end: constant prior weight and noise
+    assert constant.eps2_at(4) == 0.03 and constant.eps3_at(4) == 0.2
 
 
 def test_units_by_index_name_and_combination():
@@ -96,9 +100,10 @@ def target(small_classifier):
     return net, record
 
 
-def _pixel_sampler(net, units, steps=30, **settings):
+def _pixel_sampler(net, units, steps=30, prior=None, **settings):
     objectives = ObjectiveBatch([[Term("fc8", u)] for u in units], {"fc8": 15})
-    return Sampler(net, objectives, SamplerSettings(steps=steps, lr=0.02, normalize_gradient=True, **settings))
+    settings = {"lr": 0.02, "normalize_gradient": True, **settings}
+    return Sampler(net, objectives, SamplerSettings(steps=steps, **settings), prior=prior)
 
 
 def test_pixel_am_raises_the_unit_and_leaves_the_network_alone(target):
@@ -119,6 +124,17 @@ def test_pixel_am_raises_the_unit_and_leaves_the_network_alone(target):
     assert [p.requires_grad for p in net.parameters()] == flags
     assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters()))
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_the_prior_weight_follows_its_schedule(target):
+    net, _ = target
+    z0 = torch.full((1, 3, 32, 32), 0.9)
+    # eps1 = 0: only the prior moves z.  Weight 0 at the first step, 1 at the second: one full
+    # step of the L2 prior (-z) from 0.9 lands on 0.
+    ramp = _pixel_sampler(net, [0], steps=2, prior=GaussianPrior(), eps1=0.0, eps2=0.0, eps2_end=1.0, lr=1.0)
+    assert torch.allclose(ramp.run(z0).last_z, torch.zeros_like(z0))
+    with pytest.raises(ConfigError, match=r"method.eps2=0.0 \(eps2_end=1.0\) but no prior"):
+        _pixel_sampler(net, [0], steps=2, eps2=0.0, eps2_end=1.0)
 
 
 def test_one_batched_step_equals_one_unit_at_a_time(target):

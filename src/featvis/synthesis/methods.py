@@ -125,7 +125,8 @@ def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[
 
 def sampler_settings(method: Mapping[str, Any], steps: int | None = None, record_every: int = 0) -> SamplerSettings:
     values = {k: method[k] for k in SETTINGS_KEYS}
-    values["eps3_end"] = method.get("eps3_end")  # optional: method configs written before it keep constant noise
+    # optional: method configs written before them keep a constant prior weight and noise
+    values.update(eps2_end=method.get("eps2_end"), eps3_end=method.get("eps3_end"))
     if steps is not None:
         values["steps"] = int(steps)
     return SamplerSettings(**values, record_every=record_every)

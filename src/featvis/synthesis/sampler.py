@@ -49,7 +49,8 @@ class SamplerSettings:
     lr: float = 1.0                  # step size at the first step
     lr_end: float | None = None      # linear schedule to this value at the last step; None = constant
     eps1: float = 1.0                # condition
-    eps2: float = 0.0                # prior
+    eps2: float = 0.0                # prior weight at the first step
+    eps2_end: float | None = None    # linear schedule to this weight at the last step; None = constant
     eps3: float = 0.0                # noise std at the first step
     eps3_end: float | None = None    # linear schedule to this std at the last step; None = constant
     normalize_gradient: bool = False  # divide the condition gradient by its mean |.| per sample
@@ -66,6 +67,7 @@ class SamplerSettings:
             "lr": self.lr >= 0,
             "lr_end": self.lr_end is None or self.lr_end >= 0,
             "eps1": self.eps1 >= 0, "eps2": self.eps2 >= 0, "eps3": self.eps3 >= 0,
+            "eps2_end": self.eps2_end is None or self.eps2_end >= 0,
             "eps3_end": self.eps3_end is None or self.eps3_end >= 0,
             "decay": 0 < self.decay <= 1,
             "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
@@ -81,15 +83,19 @@ class SamplerSettings:
         if self.clip_quantile is not None and not 0 < self.clip_quantile <= 1:
             raise ConfigError(f"method.clip_quantile={self.clip_quantile}; expected a value in (0, 1]")
 
+    def _linear(self, start: float, end: float | None, step: int) -> float:
+        if end is None or self.steps == 1:
+            return start
+        return start + (end - start) * step / (self.steps - 1)
+
     def lr_at(self, step: int) -> float:
-        if self.lr_end is None or self.steps == 1:
-            return self.lr
-        return self.lr + (self.lr_end - self.lr) * step / (self.steps - 1)
+        return self._linear(self.lr, self.lr_end, step)
+
+    def eps2_at(self, step: int) -> float:
+        return self._linear(self.eps2, self.eps2_end, step)
 
     def eps3_at(self, step: int) -> float:
-        if self.eps3_end is None or self.steps == 1:
-            return self.eps3
-        return self.eps3 + (self.eps3_end - self.eps3) * step / (self.steps - 1)
+        return self._linear(self.eps3, self.eps3_end, step)
 
 
 @dataclass
@@ -162,8 +168,9 @@ class Sampler:
         self.target_size = target_size or int(getattr(target, "image_size", 0)) or None
         if self.target_size is None:
             raise ConfigError("target has no image_size; expected target_size to be given")
-        if settings.eps2 > 0 and prior is None:
-            raise ConfigError(f"method.eps2={settings.eps2} but no prior is configured; "
+        if max(settings.eps2, settings.eps2_end or 0.0) > 0 and prior is None:
+            end = "" if settings.eps2_end is None else f" (eps2_end={settings.eps2_end})"
+            raise ConfigError(f"method.eps2={settings.eps2}{end} but no prior is configured; "
                               "expected method.prior or eps2=0")
 
     def render(self, z: torch.Tensor) -> torch.Tensor:
@@ -213,11 +220,12 @@ class Sampler:
                     scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12)
                     grad = grad / scale.view(-1, *([1] * (grad.ndim - 1)))
                 update = s.eps1 * grad
-                if s.eps2 > 0:
+                prior_weight = s.eps2_at(step)
+                if prior_weight > 0:
                     with torch.no_grad():
                         prior_term = self.prior(z)
                     terms["prior term"] = prior_term
-                    update = update + s.eps2 * prior_term
+                    update = update + prior_weight * prior_term
                 z = z + s.lr_at(step) * update
                 noise_std = s.eps3_at(step)
                 if noise_std > 0:
