@@ -60,6 +60,7 @@ def test_selectivity_adds_the_log_softmax_so_another_class_cannot_raise_a_raw_un
     ([[Term("fc8", 0)]], {"fc8": 3}, {"mode": "prob"}, "objective mode 'prob'"),
     ([[]], {"fc8": 3}, {}, "empty objective"),
     ([[Term("fc8", 0)]], {"fc8": 3}, {"selectivity": -1.0}, r"method.selectivity=-1.0; expected a non-negative"),
+    ([[Term("fc8", 0)]], {"fc8": 3}, {"selectivity": "high"}, r"method.selectivity=high; expected a non-negative"),
 ])
 def test_bad_objectives(objectives, sizes, kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -51,9 +51,12 @@ class ObjectiveBatch:
                  mode: str = "raw", spatial: str = "center", selectivity: float = 0.0):
         if mode not in MODES:
             raise ConfigError(f"objective mode {mode!r}; expected one of {list(MODES)}")
-        if not selectivity >= 0:  # NaN too
+        try:
+            self.selectivity = float(selectivity)
+        except (TypeError, ValueError):
+            self.selectivity = float("nan")
+        if not self.selectivity >= 0:  # NaN too
             raise ConfigError(f"method.selectivity={selectivity}; expected a non-negative number")
-        self.selectivity = float(selectivity)
         if spatial not in SPATIAL:
             raise ConfigError(f"objective spatial {spatial!r}; expected one of {list(SPATIAL)}")
         if not objectives or any(not terms for terms in objectives):
