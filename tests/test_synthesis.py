@@ -43,12 +43,13 @@ def test_selectivity_adds_the_log_softmax_so_another_class_cannot_raise_a_raw_un
     assert torch.allclose(batch({"fc8": logits}), expected)
     assert batch({"fc8": logits})[0].item() == pytest.approx(5.0, abs=0.05)  # ~raw while the unit leads
     assert batch({"fc8": logits})[1].item() < 1.0 - 2 * 4.0  # penalized by the lead of unit 1
-    # The gradient of a trailing unit pulls the leader down; a plain raw unit's ignores it.
-    x = logits[1:].clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(batch({"fc8": x})[1:].sum(), x)
+    # While unit 1 leads, unit 0's gradient also pulls unit 1 down (a raw unit's would not touch it).
+    one = ObjectiveBatch([[Term("fc8", 0)]], {"fc8": 3}, selectivity=2.0)
+    trailing = logits[1:].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(one({"fc8": trailing}).sum(), trailing)
     assert grad[0, 0] > 1.0 and grad[0, 1] < -1.0
-    plain = ObjectiveBatch([[Term("fc8", 0)]], {"fc8": 3}, mode="softmax", selectivity=1.0)
-    assert plain({"fc8": logits[:1]}).item() == pytest.approx(
+    softmax_mode = ObjectiveBatch([[Term("fc8", 0)]], {"fc8": 3}, mode="softmax", selectivity=1.0)
+    assert softmax_mode({"fc8": logits[:1]}).item() == pytest.approx(
         (logits[0].softmax(0)[0] + logits[0].log_softmax(0)[0]).item())
     conv = ObjectiveBatch([[Term("conv", 1)]], {"conv": 2}, selectivity=1.0)  # channels do not compete
     assert conv({"conv": torch.arange(18.0).view(1, 2, 3, 3)}).item() == 13.0
