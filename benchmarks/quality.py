@@ -12,7 +12,9 @@ line, one JSON object with, per method: <method>_judge_transfer,
 real validation image), <method>_diversity, <method>_kid; ppgn_diversity_ratio (PPGN
 diversity / DGN-AM diversity); and judge_real_accuracy, judge_reconstruction_accuracy: the
 judge's accuracy on 1000 real validation images and on G's reconstructions of them, G(E(x)),
-the ceiling of the code methods' judge transfer (per class in the table).  Targets: dgn_am
+the ceiling of the code methods' judge transfer (per class in the table); real_diversity,
+reconstruction_diversity: the diversity of as many real images (and of their reconstructions)
+per class as seeds, the scale the methods' diversity is read against.  Targets: dgn_am
 and ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_ratio >= 1.5 while PPGN
 transfer stays >= 0.90.
 --docs writes the contact sheet (rows = methods, columns = classes) to docs/methods.png.
@@ -36,7 +38,8 @@ from featvis.data import ShapesDataModule
 from featvis.nets.encoder import Encoder
 from featvis.reports.grids import labelled_grid, save_png
 from featvis.run import train
-from featvis.synthesis.evaluation import reconstruction_transfer
+from featvis.nets.adapters import fit_images
+from featvis.synthesis.evaluation import JudgeFeatures, per_class_diversity, reconstruction_transfer
 from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,9 +80,10 @@ def main() -> dict:
     judge = args.judge or trained(out / "judge", "task=classifier", "seed=1", "model.fc6_dim=512")
 
     figures: dict[str, float] = {}
-    ceiling = judge_on_reconstructions(encoder, generator, judge)
-    figures["judge_real_accuracy"] = round(ceiling["real"]["overall"], 4)
-    figures["judge_reconstruction_accuracy"] = round(ceiling["reconstruction"]["overall"], 4)
+    ceiling = judge_on_reconstructions(encoder, generator, judge, args.seeds)
+    for name in ("real", "reconstruction"):
+        figures[f"judge_{name}_accuracy"] = round(ceiling[name]["overall"], 4)
+        figures[f"{name}_diversity"] = round(ceiling[name]["diversity"], 4)
     sheet_rows, table = [], []
     methods = [m for m in METHODS if m in args.methods]
     for method in methods:
@@ -108,6 +112,9 @@ def main() -> dict:
     print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}{'seconds':>9}")
     for method, transfer, beats, diversity, kid, seconds in table:
         print(f"{method:<15}{transfer:>15.3f}{beats:>13.3f}{diversity:>11.3f}{kid:>9.4f}{seconds:>9.1f}")
+    for name, label in (("real", "real images"), ("reconstruction", "G(E(x))")):
+        print(f"{label:<15}{ceiling[name]['overall']:>15.3f}{'-':>13}{ceiling[name]['diversity']:>11.3f}"
+              f"{'-':>9}{'-':>9}")
     print(f"\njudge accuracy on real images {ceiling['real']['overall']:.3f}, on G(E(x)) "
           f"{ceiling['reconstruction']['overall']:.3f}; per class on G(E(x)):")
     print("  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, ceiling["reconstruction"]["per_class"])))
@@ -115,15 +122,25 @@ def main() -> dict:
     return figures
 
 
-def judge_on_reconstructions(encoder_ckpt: str, generator_ckpt: str, judge_ckpt: str) -> dict:
+def judge_on_reconstructions(encoder_ckpt: str, generator_ckpt: str, judge_ckpt: str, per_class: int) -> dict:
+    """The judge on real validation images and on G(E(x)): accuracy, and diversity per `per_class` images."""
     generator, _, record = load_generator(generator_ckpt)
     net, classifier = load_classifier(encoder_ckpt)
     encoder = Encoder(net, code_layer=record["encoder"]["code_layer"])
     judge, _ = load_classifier(judge_ckpt)
     data = ShapesDataModule(image_size=net.image_size, val_size=1000)
     data.setup("validate")
-    return reconstruction_transfer(generator, encoder, judge, data.val_dataloader(),
-                                   num_classes=len(classifier["class_names"]))
+    found = reconstruction_transfer(generator, encoder, judge, data.val_dataloader(),
+                                    num_classes=len(classifier["class_names"]))
+    images, labels = (torch.cat(parts) for parts in zip(*data.val_dataloader()))
+    keep = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique().tolist()])
+    images, labels = images[keep], labels[keep]
+    features = JudgeFeatures(judge, compose_cfg("visualize").judge.feature_layer)
+    with torch.no_grad():
+        reconstructions = generator(encoder.code(fit_images(images, encoder.image_size))).clamp(0, 1)
+    for name, shown in (("real", images), ("reconstruction", reconstructions)):
+        found[name]["diversity"] = float(per_class_diversity(features(shown), labels, per_class).mean())
+    return found
 
 
 def _load(path: Path) -> torch.Tensor:

@@ -229,10 +229,17 @@ def test_visualize_cli_one_line_error(tmp_path, small_classifier):
 
 
 def test_diversity_and_real_top_activations():
-    from featvis.synthesis.evaluation import pairwise_diversity, real_top_activations
+    from featvis.synthesis.evaluation import pairwise_diversity, per_class_diversity, real_top_activations
 
     features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0]])
     assert pairwise_diversity(features, groups=2).tolist() == [5.0, 0.0]
+
+    # per class, from the class's first items; a class with fewer items than asked is left out
+    mixed = torch.tensor([[1.0, 1.0], [0.0, 0.0], [7.0, 7.0], [3.0, 4.0], [1.0, 1.0], [0.0, 8.0]])
+    labels = torch.tensor([1, 0, 2, 0, 1, 0])
+    assert per_class_diversity(mixed, labels, per_class=2).tolist() == [5.0, 0.0]
+    with pytest.raises(ValueError, match="per_class=4.*at most 3"):
+        per_class_diversity(mixed, labels, per_class=4)
 
     class Identity(torch.nn.Module):
         image_size = 2

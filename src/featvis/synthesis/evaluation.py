@@ -9,7 +9,8 @@
     syntheses and real images in the judge's feature space, via torchmetrics.
 
 `reconstruction_transfer` bounds (b) for the code methods from above: how often the judge
-recognises G's reconstructions G(E(x)) of real images.
+recognises G's reconstructions G(E(x)) of real images; `per_class_diversity` puts (c) on a
+scale: the diversity of as many real images (or their reconstructions) per class as seeds.
 """
 
 from __future__ import annotations
@@ -74,6 +75,21 @@ def pairwise_diversity(features: torch.Tensor, groups: int) -> torch.Tensor:
         return torch.zeros(groups)
     distances = torch.cdist(per_group, per_group)
     return distances.sum((1, 2)) / (n * (n - 1))
+
+
+def per_class_diversity(features: torch.Tensor, labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """(c) for data instead of syntheses: the diversity among the first `per_class` items of each class.
+
+    The scale that a unit's `per_class` seeds are read against: real images, or G's
+    reconstructions of them, score what a sampler drawing like the data would.  One value per
+    class that has `per_class` items.
+    """
+    groups = [features[labels == c][:per_class] for c in labels.unique().tolist()]
+    groups = [g for g in groups if len(g) == per_class]
+    if not groups:
+        raise ValueError(f"per_class={per_class}: no class has that many items; expected at most "
+                         f"{int(labels.bincount().max()) if len(labels) else 0}")
+    return pairwise_diversity(torch.cat(groups), len(groups))
 
 
 @torch.no_grad()
