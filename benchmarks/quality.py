@@ -35,10 +35,10 @@ from PIL import Image
 
 from featvis.checkpoints import load_classifier, load_generator
 from featvis.data import ShapesDataModule
+from featvis.nets.adapters import fit_images
 from featvis.nets.encoder import Encoder
 from featvis.reports.grids import labelled_grid, save_png
 from featvis.run import train
-from featvis.nets.adapters import fit_images
 from featvis.synthesis.evaluation import JudgeFeatures, per_class_diversity, reconstruction_transfer
 from featvis.visualize import visualize
 
@@ -132,6 +132,7 @@ def judge_on_reconstructions(encoder_ckpt: str, generator_ckpt: str, judge_ckpt:
     data.setup("validate")
     found = reconstruction_transfer(generator, encoder, judge, data.val_dataloader(),
                                     num_classes=len(classifier["class_names"]))
+    # reconstruct only the images the diversity reads: the first `per_class` of each class
     images, labels = (torch.cat(parts) for parts in zip(*data.val_dataloader()))
     keep = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique().tolist()])
     images, labels = images[keep], labels[keep]
