@@ -21,14 +21,14 @@ def dae_gaussian_score_check(dim: int = 16, samples: int = 20000, sigma: float =
     estimates the score of p smoothed by that noise, -(S + sigma^2 I)^-1 (h - mu);
     both are reported as the mean cosine over fresh samples.
     """
-    gen = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(dim, dim, generator=gen) / dim**0.5
-    covariance = mixing @ mixing.T + 0.5 * torch.eye(dim)
-    mean = torch.randn(dim, generator=gen)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    mixing = torch.randn(dim, dim, generator=gen, device="cpu") / dim**0.5
+    covariance = mixing @ mixing.T + 0.5 * torch.eye(dim, device="cpu")
+    mean = torch.randn(dim, generator=gen, device="cpu")
     chol = torch.linalg.cholesky(covariance)
 
     def draw(n: int) -> torch.Tensor:
-        return mean + torch.randn(n, dim, generator=gen) @ chol.T
+        return mean + torch.randn(n, dim, generator=gen, device="cpu") @ chol.T
 
     train = draw(samples)
     dae = CodeDAE(dim, hidden=[128, 128], sigma=sigma)
@@ -45,6 +45,6 @@ def dae_gaussian_score_check(dim: int = 16, samples: int = 20000, sigma: float =
         estimate = dae.eval().score(test)
     centred = test - mean
     true_score = -centred @ torch.linalg.inv(covariance)
-    smoothed_score = -centred @ torch.linalg.inv(covariance + sigma**2 * torch.eye(dim))
+    smoothed_score = -centred @ torch.linalg.inv(covariance + sigma**2 * torch.eye(dim, device="cpu"))
     return {"cosine_to_true_score": F.cosine_similarity(estimate, true_score, dim=1).mean().item(),
             "cosine_to_smoothed_score": F.cosine_similarity(estimate, smoothed_score, dim=1).mean().item()}

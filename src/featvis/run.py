@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier, read_checkpoint
 from featvis.cli import writable_dir
+from featvis.devices import use_tf32
 from featvis.distributed import check_launcher, ddp_job, share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
@@ -267,6 +268,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         read_checkpoint(resume)  # missing, truncated or unsafe: one line now, not a traceback later
     out = writable_dir(Path(cfg.output_dir))
     share_cpus_with_parallel_jobs()
+    use_tf32(cfg.performance.tf32)
     result = TASKS[name](cfg)
     if getattr(rank_zero_only, "rank", 0) == 0:
         summary = {"task": name, "monitor": cfg.task.monitor, "monitor_mode": cfg.task.monitor_mode,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from featvis.checkpoints import load_classifier, load_record
 from featvis.cli import writable_dir
+from featvis.devices import resolve_device, use_tf32
 from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.layers import layer_names
@@ -124,15 +125,10 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     for module in (target, *parts.modules(), judge):
         if module is not None:
             module.to(device)
-    sampler = Sampler(target, objectives, settings, **parts.sampler_kwargs(), **cfg.performance)
+    speed = {k: v for k, v in cfg.performance.items() if k != "tf32"}  # tf32 is process-wide: see visualize()
+    sampler = Sampler(target, objectives, settings, **parts.sampler_kwargs(), **speed)
     return {"sampler": sampler, "units": units, "stats": parts.stats, "target_record": t_record,
             "judge": judge, "judge_record": judge_record, "real": real}
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def visualize(cfg: DictConfig) -> dict[str, Any]:
@@ -142,7 +138,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("mode", "synthesis") != "synthesis":
         raise ConfigError(f"mode={cfg.mode!r}; expected synthesis or evolution")
     share_cpus_with_parallel_jobs()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
+    use_tf32(cfg.performance.tf32)
     built = build(cfg, device)
     sampler, units, seeds = built["sampler"], built["units"], int(cfg.seeds)
     z0 = initial_z(cfg.method, built["stats"], len(units), seeds, sampler.target.image_size, device)
@@ -259,7 +256,8 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     """The feature-evolution outputs (<output_dir>/evolution) for saved checkpoints of a run."""
     if not cfg.target.get("ckpt_dir"):
         raise ConfigError("mode=evolution needs target.ckpt_dir; expected a folder of classifier checkpoints")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
+    use_tf32(cfg.performance.tf32)
     checkpoints = checkpoints_in_order(cfg.target.ckpt_dir)
     recorder = EvolutionRecorder(cfg.units, cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"),
                                  cfg.judge.get("ckpt"), output_dir=Path(cfg.output_dir) / "evolution",

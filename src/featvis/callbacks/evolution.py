@@ -36,7 +36,7 @@ def log_spaced_steps(total: int, frames: int) -> set[int]:
     """About `frames` steps in 1..total, log-spaced so early training is sampled densely."""
     if total < 1 or frames < 1:
         return set()
-    return {int(round(float(s))) for s in torch.logspace(0, torch.log10(torch.tensor(float(total))), frames)}
+    return {int(round(float(s))) for s in torch.logspace(0, torch.log10(torch.tensor(float(total), device="cpu")), frames, device="cpu")}
 
 
 class FeatureEvolution(L.Callback):

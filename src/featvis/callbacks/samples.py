@@ -49,7 +49,7 @@ class GeneratorSamples(L.Callback):
             val_set = trainer.datamodule.val_set
             count = min(self.num_images, len(val_set))
             self._real = torch.stack([val_set[i][0] for i in range(count)])
-            self._codes = pl_module.code_stats.sample(count, torch.Generator(pl_module.device).manual_seed(0))
+            self._codes = pl_module.code_stats.sample(count, torch.Generator(device="cpu").manual_seed(0))
         real = self._real.to(pl_module.device)
         generator = pl_module.sampling_generator
         was_training = generator.training

@@ -60,8 +60,8 @@ class ImageDataModule(L.LightningDataModule):
 
 def _in_memory(dataset: ShapesDataset, desc: str) -> TensorDataset:
     """Render every item once, as uint8, so epochs after the first cost no rendering."""
-    images = torch.empty(len(dataset), 3, dataset.image_size, dataset.image_size, dtype=torch.uint8)
-    labels = torch.empty(len(dataset), dtype=torch.long)
+    images = torch.empty(len(dataset), 3, dataset.image_size, dataset.image_size, dtype=torch.uint8, device="cpu")
+    labels = torch.empty(len(dataset), dtype=torch.long, device="cpu")
     for i in tqdm(range(len(dataset)), desc=desc, leave=False, mininterval=1.0):
         image, labels[i] = dataset[i]
         images[i] = (image * 255).round_().to(torch.uint8)

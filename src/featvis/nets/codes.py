@@ -37,7 +37,7 @@ class CodeStatistics(nn.Module):
         codes = codes.float()
         self.mean.copy_(codes.mean(0))
         self.std.copy_(codes.std(0))
-        levels = torch.tensor(self.quantile_levels)
+        levels = torch.tensor(self.quantile_levels, device=codes.device)
         # torch.quantile caps its input size; a strided subsample keeps it exact enough.
         sample = codes[:: max(1, len(codes) // 200_000)]
         self.quantiles.copy_(torch.quantile(sample, levels, dim=0))
@@ -51,7 +51,9 @@ class CodeStatistics(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random codes: per-unit Gaussians with the data's mean and std, rectified like the codes."""
-        noise = torch.randn(n, self.mean.numel(), generator=generator, device=self.mean.device)
+        # Drawn where the generator lives, so one seed gives the same codes wherever the statistics are.
+        where = generator.device if generator is not None else self.mean.device
+        noise = torch.randn(n, self.mean.numel(), generator=generator, device=where).to(self.mean.device)
         return (self.mean + noise * self.std).clamp(min=0)
 
 

@@ -24,7 +24,8 @@ class Encoder(nn.Module):
         self.layers.requires_grad_(False)
         self.image_size = int(getattr(net, "image_size", 0)) or None
         with torch.no_grad():
-            probe = torch.zeros(1, 3, self.image_size or 64, self.image_size or 64)
+            probe = torch.zeros(1, 3, self.image_size or 64, self.image_size or 64,
+                                device=next(self.layers.parameters()).device)
             self.code_dim = int(self.layers.eval()(probe)[code_layer].flatten(1).shape[1])
         self.train(False)
 

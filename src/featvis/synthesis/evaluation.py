@@ -72,7 +72,7 @@ def pairwise_diversity(features: torch.Tensor, groups: int) -> torch.Tensor:
     per_group = features.view(groups, -1, features.shape[1])
     n = per_group.shape[1]
     if n < 2:
-        return torch.zeros(groups)
+        return torch.zeros(groups, device=features.device)
     distances = torch.cdist(per_group, per_group)
     return distances.sum((1, 2)) / (n * (n - 1))
 
@@ -115,7 +115,7 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
     judge = judge.eval()
     if judge_classes_match:
         predicted = judge(fit_images(images, judge.image_size)).argmax(1).view(units, seeds)
-        wanted = torch.tensor([t.unit for t in terms]).view(units, 1)
+        wanted = torch.tensor([t.unit for t in terms], device=predicted.device).view(units, 1)
         transfer = (predicted == wanted).float()
         for u, row in enumerate(report["per_unit"]):
             row["judge_transfer"] = float(transfer[u].mean())

@@ -103,9 +103,9 @@ class EvolutionRecorder:
         """
         indices = list(range(len(self.units))) if unit_indices is None else list(unit_indices)
         if not indices:
-            return torch.empty(0), []
+            return torch.empty(0, device="cpu"), []
         device = next(net.parameters()).device
-        rows = torch.tensor([u * self.seeds + k for u in indices for k in range(self.seeds)])
+        rows = torch.tensor([u * self.seeds + k for u in indices for k in range(self.seeds)], device="cpu")
         objectives = ObjectiveBatch([self.units[u].terms for u in indices for _ in range(self.seeds)],
                                     self.sizes, mode=self.method["objective"], spatial=self.spatial,
                                     selectivity=self.method.get("selectivity", 0.0))

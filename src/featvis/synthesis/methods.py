@@ -196,18 +196,20 @@ def prior_term(name: str | None, generator: nn.Module | None, prior_ckpt: str | 
 
 def initial_z(method: Mapping[str, Any], stats: CodeStatistics | None, units: int, seeds: int,
               image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per seed k the same start for every unit, so a grid column shares its starting point."""
+    """Per seed k the same start for every unit, so a grid column shares its starting point.
+
+    Drawn on the host, so a seed gives the same starts on every device."""
     starts = []
     for seed in range(seeds):
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
         if method["space"] == "pixel":
-            starts.append((0.5 + 0.05 * torch.randn(1, 3, image_size, image_size, generator=gen)).clamp(0, 1))
+            starts.append((0.5 + 0.05 * torch.randn(1, 3, image_size, image_size, generator=gen, device="cpu")).clamp(0, 1))
         elif method["space"] == "fft":
             starts.append(FourierImage(image_size).initial(1, gen))
         elif method["init"] == "stats":
-            starts.append(stats.sample(1, gen))
+            starts.append(stats.sample(1, gen).cpu())
         elif method["init"] == "zeros":
-            starts.append(torch.zeros(1, stats.mean.numel()))
+            starts.append(torch.zeros(1, stats.mean.numel(), device="cpu"))
         else:
             raise ConfigError(f"method.init={method['init']!r}; expected stats or zeros for code methods")
     z = torch.cat(starts)  # (seeds, ...)

@@ -67,7 +67,7 @@ class ObjectiveBatch:
         for layer in self.layers:
             if layer not in layer_sizes:
                 raise ConfigError(f"layer {layer!r} not available; expected one of {sorted(layer_sizes)}")
-            self.weights[layer] = torch.zeros(len(objectives), layer_sizes[layer])
+            self.weights[layer] = torch.zeros(len(objectives), layer_sizes[layer], device="cpu")  # moved by .to()
         for row, terms in enumerate(objectives):
             for term in terms:
                 size = layer_sizes[term.layer]

@@ -15,7 +15,7 @@ from torch import nn
 # by their largest norm: maps decorrelated channels back to RGB.
 _COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02],
                              [0.27, 0.00, -0.05],
-                             [0.27, -0.09, 0.03]])
+                             [0.27, -0.09, 0.03]], device="cpu")
 COLOUR_SQRT = _COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0).max()
 
 
@@ -34,7 +34,7 @@ class FourierImage(nn.Module):
         return (batch, 3, self.size, self.size // 2 + 1, 2)
 
     def initial(self, batch: int, generator: torch.Generator, std: float = 0.01) -> torch.Tensor:
-        return std * torch.randn(self.shape(batch), generator=generator)
+        return std * torch.randn(self.shape(batch), generator=generator, device=generator.device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         spectrum = torch.view_as_complex(z.contiguous()) * self.scale

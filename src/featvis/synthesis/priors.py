@@ -88,13 +88,17 @@ class ImageOperators:
 def robustness_transform(images: torch.Tensor, pixels: int, scale: float, degrees: float,
                          generator: torch.Generator) -> torch.Tensor:
     """Random roll, scale and rotation of the whole batch (features must survive them; lucid's
-    transformation robustness).  Differentiable, so gradients reach the untransformed image."""
+    transformation robustness).  Differentiable, so gradients reach the untransformed image.
+
+    The parameters are host scalars drawn from `generator`, a CPU generator whatever the
+    images' device: reading them never waits for the device.
+    """
     if pixels > 0:
-        dx, dy = torch.randint(-pixels, pixels + 1, (2,), generator=generator).tolist()
+        dx, dy = torch.randint(-pixels, pixels + 1, (2,), generator=generator, device="cpu").tolist()
         images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
     if scale > 0 or degrees > 0:
-        factor = 1.0 + scale * (2 * torch.rand((), generator=generator).item() - 1)
-        angle = degrees * (2 * torch.rand((), generator=generator).item() - 1)
+        factor = 1.0 + scale * (2 * torch.rand((), generator=generator, device="cpu").item() - 1)
+        angle = degrees * (2 * torch.rand((), generator=generator, device="cpu").item() - 1)
         images = affine(images, angle=angle, translate=[0, 0], scale=factor, shear=[0.0, 0.0],
                         interpolation=InterpolationMode.BILINEAR)
     return images

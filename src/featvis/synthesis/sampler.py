@@ -9,7 +9,8 @@ eps1 = condition, eps2 = prior, eps3 = noise (the PPGN paper and its code swap
 eps1 and eps2).
 
 The whole batch (units x seeds) moves in one tensor step: one forward, one
-backward, no Python loop over units, no graph kept between steps.
+backward, no Python loop over units, no graph kept between steps, and no wait for
+the device between checks.
 """
 
 from __future__ import annotations
@@ -22,25 +23,33 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from featvis.devices import to_host, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
 from featvis.nets.adapters import fit_images
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.priors import ImageOperators, robustness_transform
 
 
-def require_finite(step: int, terms: dict[str, torch.Tensor]) -> None:
-    """Stop with a NumericsError naming the step, the first non-finite term and its batch rows.
+def nonfinite_rows(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per term, which batch rows hold a NaN or inf: (B,) flags that stay on the device."""
+    return {name: ~torch.isfinite(t.reshape(len(t), -1)).all(1) for name, t in terms.items()}
 
-    One device sync per step for the common, all-finite case.
+
+def require_finite(pending: list[tuple[int, dict[str, torch.Tensor]]]) -> None:
+    """Stop with a NumericsError naming the first step, term and batch rows that were not finite.
+
+    `pending` holds (step, nonfinite_rows) of the steps since the last check: one device sync
+    for all of them in the common, all-finite case.
     """
-    if bool(torch.stack([torch.isfinite(t).all() for t in terms.values()]).all()):
+    if not pending or not bool(torch.cat([f for _, rows in pending for f in rows.values()]).any()):
         return
-    for name, tensor in terms.items():
-        rows = (~torch.isfinite(tensor.reshape(len(tensor), -1)).all(1)).nonzero().flatten().tolist()
-        if rows:
-            raise NumericsError(f"synthesis: the {name} is not finite at step {step} (batch rows "
-                                f"{rows[:8]}{' ...' if len(rows) > 8 else ''}); expected finite values "
-                                "(lower method.lr or method.eps1/eps2)")
+    for step, rows in pending:
+        for name, flags in rows.items():
+            bad = flags.nonzero().flatten().tolist()
+            if bad:
+                raise NumericsError(f"synthesis: the {name} is not finite at step {step} (batch rows "
+                                    f"{bad[:8]}{' ...' if len(bad) > 8 else ''}); expected finite values "
+                                    "(lower method.lr or method.eps1/eps2)")
 
 
 @dataclass
@@ -146,6 +155,7 @@ class Sampler:
         autocast: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        check_every: int = 10,
     ):
         from featvis.nets.layers import tap
 
@@ -159,6 +169,11 @@ class Sampler:
                 if module is not None:
                     module.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self._values) if compile else self._values
+        # Each finiteness check waits for the device; every step's flags are kept, so a check
+        # every k steps still names the first bad step, at the cost of up to k - 1 wasted steps.
+        if not (isinstance(check_every, int) and check_every >= 1):
+            raise ConfigError(f"performance.check_every={check_every}; expected a positive integer")
+        self.check_every = check_every
         self.objectives = objectives
         self.settings = settings
         self.generator = generator
@@ -178,24 +193,39 @@ class Sampler:
         images = z if self.generator is None else self.generator(z)
         return fit_images(images, self.target_size).clamp(0, 1)
 
-    def _values(self, z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _values(self, z: torch.Tensor, transforms: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             s = self.settings
-            images = robustness_transform(self.render(z), s.jitter, s.scale, s.rotate, generator)
+            images = robustness_transform(self.render(z), s.jitter, s.scale, s.rotate, transforms)
             values = self.objectives(self.taps(images.contiguous(memory_format=self.memory_format)))
         return values.float(), images.float()
 
     def run(self, z0: torch.Tensor, seed: int = 0, progress: bool = False) -> SamplerResult:
-        """Optimize every row of z0 for `settings.steps` steps; nets and global RNG untouched."""
+        """Optimize every row of z0 for `settings.steps` steps; nets and global RNG untouched.
+
+        The step never waits for the device except for the finiteness check every
+        `check_every` steps; recorded frames and the results are copied to the host as they come.
+        """
         s = self.settings
         device = z0.device
         self.objectives.to(device)
         noise = torch.Generator(device=device).manual_seed(seed)
+        # The transforms' few random scalars per step come from the host: no device sync to read
+        # them, and a CPU and a GPU run draw the same ones.
+        transforms = torch.Generator(device="cpu").manual_seed(seed)
         z = z0.detach().clone()
         best_value = torch.full((len(z),), -torch.inf, device=device)
         best_z, best_step = z.clone(), torch.zeros(len(z), dtype=torch.long, device=device)
         frames, frame_steps = [], []
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         upper = self.code_upper.to(device) if self.code_upper is not None else None
+
+        def keep_best(values: torch.Tensor, z: torch.Tensor, step: int) -> None:
+            nonlocal best_value, best_z, best_step
+            improved = values > best_value
+            best_value = torch.where(improved, values, best_value)
+            best_z = torch.where(improved.view(-1, *([1] * (z.ndim - 1))), z, best_z)
+            best_step = torch.where(improved, step, best_step)
 
         # The taps are a traced copy with their own train/eval graphs: freeze them too.
         with frozen(self.target, self.taps, self.generator, getattr(self.prior, "dae", None),
@@ -203,17 +233,14 @@ class Sampler:
             for step in tqdm(range(s.steps), desc="synthesis", disable=not progress, leave=False):
                 z.requires_grad_(True)
                 with torch.enable_grad():
-                    values, images = self._forward(z, noise)
+                    values, images = self._forward(z, transforms)
                     (grad,) = torch.autograd.grad(values.sum(), z)
                 z = z.detach()
                 values = values.detach()
                 terms = {"objective": values, "gradient": grad}  # checked together at the end of the step
-                improved = values > best_value
-                best_value = torch.where(improved, values, best_value)
-                best_z[improved] = z[improved]
-                best_step[improved] = step
+                keep_best(values, z, step)
                 if s.record_every and step % s.record_every == 0:
-                    frames.append(images.detach().cpu())
+                    frames.append(to_host(images))
                     frame_steps.append(step)
 
                 if s.normalize_gradient:
@@ -237,18 +264,21 @@ class Sampler:
                 if self.image_operators is not None:
                     z = self.image_operators(z, step)
                 terms["z after the update"] = z
-                require_finite(step, terms)
+                pending.append((step, nonfinite_rows(terms)))
+                if len(pending) == self.check_every or step == s.steps - 1:
+                    require_finite(pending)
+                    pending.clear()
 
             with torch.no_grad():
                 last_value = self.objectives(self.taps(self.render(z)))
-                improved = last_value > best_value
-                best_value = torch.where(improved, last_value, best_value)
-                best_z[improved] = z[improved]
-                best_step[improved] = s.steps
+                keep_best(last_value, z, s.steps)
                 last_images, best_images = self.render(z), self.render(best_z)
         if s.record_every:
-            frames.append(last_images.cpu())
+            frames.append(to_host(last_images))
             frame_steps.append(s.steps)
-        return SamplerResult(last=last_images.cpu(), best=best_images.cpu(), last_value=last_value.cpu(),
-                             best_value=best_value.cpu(), best_step=best_step.cpu(), last_z=z.cpu(),
-                             best_z=best_z.cpu(), frames=frames, frame_steps=frame_steps)
+        result = SamplerResult(last=to_host(last_images), best=to_host(best_images),
+                               last_value=to_host(last_value), best_value=to_host(best_value),
+                               best_step=to_host(best_step), last_z=to_host(z), best_z=to_host(best_z),
+                               frames=frames, frame_steps=frame_steps)
+        wait_for_copies(device)
+        return result
