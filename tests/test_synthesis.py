@@ -254,6 +254,24 @@ def test_diversity_and_real_top_activations():
     assert top9.item() == column.topk(9).values.mean().item() and len(seen) == 20
 
 
+def test_grid_artifact_score_flags_a_checkerboard_and_not_real_images():
+    from featvis.data import ShapesDataset
+    from featvis.synthesis.evaluation import grid_artifact_score
+
+    shapes = ShapesDataset(240, 64, split="val")
+    real = torch.stack([shapes[i][0] for i in range(240)])
+    rows, columns = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checkerboard = ((rows + columns) % 2).float()  # the up-convolution's period-2 print
+    lines = ((rows % 4 == 0) | (columns % 4 == 0)).float()  # a grid of period 4
+    for batch in (real[:120], real[120:]):
+        assert grid_artifact_score(batch) < 1.6
+        assert grid_artifact_score(batch + 0.01 * checkerboard) > 10
+        assert grid_artifact_score(batch + 0.02 * lines) > 10
+    assert grid_artifact_score(torch.full((4, 3, 32, 32), 0.5)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="images of 2 px; expected at least 4 px"):
+        grid_artifact_score(real[:2, :, :2, :2])
+
+
 def test_reconstruction_transfer_reads_the_judge_on_real_images_and_on_their_reconstructions():
     from featvis.synthesis.evaluation import reconstruction_transfer
 

@@ -8,6 +8,9 @@
 (d) realism: KID (and FID when there are more syntheses than feature dimensions) between
     syntheses and real images in the judge's feature space, via torchmetrics.
 
+`grid_artifact_score` measures what an up-sampling generator prints: the spectral power at its
+periods relative to the neighbouring frequencies (about 1 for natural images).
+
 `reconstruction_transfer` bounds (b) for the code methods from above: how often the judge
 recognises G's reconstructions G(E(x)) of real images; `per_class_diversity` puts (c) on a
 scale: the diversity of as many real images (or their reconstructions) per class as seeds.
@@ -15,7 +18,7 @@ scale: the diversity of as many real images (or their reconstructions) per class
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -67,6 +70,34 @@ def real_top_activations(target: nn.Module, terms: list[Term], batches: Iterable
     return top[0], top.mean(0), torch.cat(seen)[:max_images]
 
 
+def grid_artifact_score(images: torch.Tensor, periods: Sequence[int] = (2, 4, 8, 16)) -> float:
+    """Spectral power at the periods of 2x up-sampling over that of the neighbouring frequencies.
+
+    A 2x up-sampling stage that does not hide its pixel grid leaves a pattern of period 2 in its
+    output, of period 2, 4, 8, ... pixels in the final image: peaks of the power spectrum at the
+    frequencies S/p on both axes and the diagonal.  The score is the geometric mean over those
+    peaks of the power at the peak over the mean power of the 8 bins around it, with the spectrum
+    averaged over the batch (grey levels, each image's mean removed): about 1 where the spectrum
+    is smooth, as for natural images, and far above 1 for a grid.
+    """
+    size = images.shape[-1]
+    grey = images.float().mean(1)
+    grey = grey - grey.mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(grey).abs().square().mean(0)
+    floor = power.mean() * 1e-6 + 1e-30  # keeps a blank image's 0 / 0 at 1
+    ratios = []
+    for period in (p for p in periods if 2 <= p <= size // 2):
+        k = round(size / period)
+        peaks, around = [], []
+        for fy, fx in ((0, k), (k, 0), (k, k)):
+            peaks.append(power[fy, fx])
+            around += [power[(fy + dy) % size, (fx + dx) % size] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+        ratios.append((torch.stack(peaks).mean() + floor) / (torch.stack(around).mean() + floor))
+    if not ratios:
+        raise ValueError(f"grid_artifact_score: images of {size} px; expected at least 4 px")
+    return float(torch.stack(ratios).max())
+
+
 def pairwise_diversity(features: torch.Tensor, groups: int) -> torch.Tensor:
     """Mean pairwise L2 distance within each of `groups` consecutive equal-size groups."""
     per_group = features.view(groups, -1, features.shape[1])
@@ -98,7 +129,8 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
              judge_layer: str = "fc7", judge_classes_match: bool = False, max_real: int = 2000) -> dict[str, Any]:
     """The figures (a)-(d) for syntheses `images` (units x seeds, unit-major) of `terms` (one per unit)."""
     units = len(terms)
-    report: dict[str, Any] = {"per_unit": [{"unit_index": t.unit, "layer": t.layer} for t in terms]}
+    report: dict[str, Any] = {"per_unit": [{"unit_index": t.unit, "layer": t.layer} for t in terms],
+                              "grid_artifact": grid_artifact_score(images)}
     per_sample = activations.view(units, seeds)
     medians = per_sample.median(1).values
     real_images = None
@@ -109,6 +141,7 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
             row.update(real_top1=float(top1[u]), real_top9_mean=float(top9[u]),
                        median_activation=float(medians[u]), beats_real_top1=bool(beats[u]))
         report["beats_real_top1"] = float(beats.float().mean())
+        report["real_grid_artifact"] = grid_artifact_score(fit_images(real_images, images.shape[-1]))
     if judge is None:
         return report
 
