@@ -235,3 +235,29 @@ def test_deepsim_generator_and_caffenet_encoder_from_torchvision_weights(tmp_pat
         assert encoder(fit_images(image, 227))["code"].shape == (1, 4096)
     dae = instantiate(cfg.dae, code_dim=4096)
     assert [m.out_features for m in dae.net if isinstance(m, torch.nn.Linear)] == [2048, 1024, 500, 1024, 2048, 4096]
+
+
+def _epochs_run(folder: Path) -> int:
+    """The epochs a csv-logged run validated: one val row per epoch."""
+    rows = next(folder.rglob("metrics.csv")).read_text().splitlines()
+    header = rows[0].split(",")
+    epoch, val = header.index("epoch"), header.index("val/loss")
+    return len({r.split(",")[epoch] for r in rows[1:] if r.split(",")[val]})
+
+
+def test_priors_train_for_a_budget_of_steps_whatever_the_data_size(small_classifier, tmp_path):
+    encoder = small_classifier[1]["best_checkpoint"]
+    by_steps = [o for o in SMALL_PRIOR if not o.startswith("trainer.max_epochs")] + ["task.batch_size=64"]
+    # 256 codes in batches of 64: 4 steps per epoch, so 12 steps are 3 epochs, and on a set
+    # twice the size the same 12 steps are 2 epochs (rounded to whole epochs)
+    for train_size, budget, epochs in ((256, 12, 3), (512, 12, 2)):
+        out = tmp_path / f"n{train_size}"
+        train(compose_in(out, "task=prior", f"encoder.ckpt={encoder}", *by_steps,
+                         f"data.train_size={train_size}", f"task.train_steps={budget}"))
+        assert _epochs_run(out) == epochs, (train_size, budget)
+    explicit = tmp_path / "explicit"  # an epoch count on the command line wins over the budget
+    train(compose_in(explicit, "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=12",
+                     "trainer.max_epochs=1"))
+    assert _epochs_run(explicit) == 1
+    with pytest.raises(ConfigError, match=r"task.train_steps=0; expected a positive number of training steps"):
+        train(compose_in(tmp_path / "bad", "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=0"))

@@ -39,7 +39,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     configured = {**(cfg.get("callbacks") or {}), **(cfg.task.get("callbacks") or {})}
     callbacks = [instantiate(c) for c in configured.values() if c]
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    # A budget in steps (task.train_steps) sets the epochs once the data is known: see _fit.
+    epochs = {"max_epochs": -1} if _step_budget(cfg) else {}
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **epochs)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return trainer
@@ -75,9 +77,36 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     return _fit(cfg, module, datamodule)
 
 
+def _step_budget(cfg: DictConfig) -> int | None:
+    """task.train_steps, unless trainer.max_epochs is given (an explicit epoch count wins)."""
+    steps = cfg.task.get("train_steps")
+    if steps is None or cfg.trainer.get("max_epochs") is not None:
+        return None
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ConfigError(f"task.train_steps={steps}; expected a positive number of training steps")
+    return steps
+
+
+def _epochs_for_budget(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+    """Turn task.train_steps into whole epochs of this data set on this many processes.
+
+    The budget is what a prior needs, whatever the data set's size; whole epochs, because each
+    epoch ends with the validation that picks the best checkpoint and with last.ckpt.
+    """
+    steps = _step_budget(cfg)
+    if steps is None:
+        return
+    datamodule.setup("fit")
+    per_epoch = max(1, len(datamodule.train_dataloader()) // trainer.world_size)
+    trainer.fit_loop.max_epochs = max(1, round(steps / per_epoch))
+    log.info("%s: task.train_steps=%d is %d epochs of %d steps", cfg.task.name, steps,
+             trainer.fit_loop.max_epochs, per_epoch)
+
+
 def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
     trainer = build_trainer(cfg)
     check_launcher(trainer)
+    _epochs_for_budget(cfg, trainer, datamodule)
     wandb_run = None
     try:
         # A resumed checkpoint may come from anywhere: tensors and plain types only, never code.
