@@ -97,3 +97,27 @@ def fault_inputs(small_classifier, small_priors, tmp_path_factory):
                    "generator": small_priors["generator"][1]["last_checkpoint"],
                    "prior": small_priors["prior"][1]["last_checkpoint"]}
     return broken_inputs(tmp_path_factory.mktemp("inputs"), checkpoints)
+
+
+def chosen_device() -> str:
+    """Where the `gpu` tests run: FEATVIS_TEST_DEVICE, CUDA unless it names another device."""
+    return os.environ.get("FEATVIS_TEST_DEVICE", "cuda")
+
+
+@pytest.fixture(scope="session")
+def device():
+    return chosen_device()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without CUDA the `gpu` tests are skipped; FEATVIS_TEST_DEVICE=cpu runs them on the CPU instead."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests or not chosen_device().startswith("cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="CUDA is not available")
+    for item in gpu_tests:
+        item.add_marker(skip)
