@@ -1,23 +1,39 @@
-"""Quality of the methods on the tiny preset: every class unit of fc8, 8 seeds each.
+"""Quality of the methods on the tiny preset: every class unit of fc8, 8 seeds each, over fresh
+checkpoint sets.
 
-    python benchmarks/quality.py [--encoder C.ckpt --comparator K.ckpt --generator G.ckpt --prior R.ckpt
-                                  --judge J.ckpt] [--docs]
+    python benchmarks/quality.py [--repeats N] [--data-root DIR] [--seeds 8] [--methods ...] [--docs]
+    python benchmarks/quality.py --encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt
 
-Checkpoints not given are trained first with the tiny preset: the classifier (also the
-target), a comparator classifier (seed 2) whose features G's feature loss reads beside the
-encoder's (task.comparators), G, the DAE prior, and the judge (another classifier: seed 1,
-fc6 of 512; never seen by G or the sampler).  Prints a side-by-side table, then, as its last
-line, one JSON object with, per method: <method>_judge_transfer,
-<method>_beats_real_top1 (fraction of units whose median synthesis beats the unit's top-1
-real validation image), <method>_diversity, <method>_kid; ppgn_diversity_ratio (PPGN
-diversity / DGN-AM diversity); and judge_real_accuracy, judge_reconstruction_accuracy: the
-judge's accuracy on 1000 real validation images and on G's reconstructions of them, G(E(x)),
-the ceiling of the code methods' judge transfer (per class in the table); real_diversity,
-reconstruction_diversity: the diversity of as many real images (and of their reconstructions)
-per class as seeds, the scale the methods' diversity is read against.  Targets: dgn_am
-and ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_ratio >= 1.5 while PPGN
-transfer stays >= 0.90.
---docs writes the contact sheet (rows = methods, columns = classes) to docs/methods.png.
+Each repeat trains one independent checkpoint set, with its own seed for every network: the
+classifier (also the target), a comparator classifier whose features G's feature loss reads
+beside the encoder's (task.comparators), G, the DAE prior, and the judge (another classifier,
+fc6 of 512; never seen by G or the sampler).  Repeat r uses seeds 100 r (+1 judge, +2
+comparator), so repeat 0 is the set earlier versions trained.  Checkpoints given on the command
+line replace the trained ones (one set, --repeats 1).  --data-root DIR runs everything on an
+ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*) instead of the built-in shapes; the
+judge is then a classifier of that data too.
+
+Prints, per set, a table of the methods beside two reference rows (real images and G's
+reconstructions G(E(x))), then the worst case over the sets, and as its last line one JSON
+object: the worst case of every figure (the minimum, or the maximum for figures where lower is
+better: KID, grid artefacts, minutes) and `repeats`, the list of each set's figures.  Per method:
+<method>_judge_transfer, <method>_beats_real_top1 (fraction of units whose median synthesis
+beats the unit's top-1 real validation image), <method>_diversity, <method>_kid,
+<method>_grid_artifact.  And: judge_real_accuracy, judge_reconstruction_accuracy (the judge on
+1000 real validation images and on G(E(x)), the ceiling of the code methods' judge transfer);
+real_diversity, reconstruction_diversity (as many real images, or reconstructions, per class as
+seeds: the scale of the methods' diversity); ppgn_diversity_vs_reconstruction (PPGN diversity /
+G(E(x)) diversity); judge_confidence_real, _random_codes, _dae_codes (the judge's mean
+max-probability on real images, on G of codes drawn from the code statistics, and on G of those
+codes after 10 applications of the DAE's denoiser); real_grid_artifact,
+reconstruction_grid_artifact and grid_artifact_ratio (the larger of dgn_am's and ppgn's grid
+artefact score / the real images'; see featvis.synthesis.evaluation.grid_artifact_score);
+generator_train_minutes (when G is trained here).
+
+Targets on shapes, worst case over --repeats 2: judge_reconstruction_accuracy >= 0.95, dgn_am and
+ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_vs_reconstruction >= 0.80 with
+ppgn transfer >= 0.90, grid_artifact_ratio <= 1.5, generator_train_minutes <= 15.
+--docs writes the first set's contact sheet (rows = methods, columns = classes) to docs/methods.png.
 """
 
 from __future__ import annotations
@@ -31,19 +47,26 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from PIL import Image
 
-from featvis.checkpoints import load_classifier, load_generator
-from featvis.data import ShapesDataModule
+from featvis.checkpoints import load_classifier, load_generator, load_prior
 from featvis.nets.adapters import fit_images
 from featvis.nets.encoder import Encoder
 from featvis.reports.grids import labelled_grid, save_png
 from featvis.run import train
-from featvis.synthesis.evaluation import JudgeFeatures, per_class_diversity, reconstruction_transfer
+from featvis.synthesis.evaluation import (JudgeFeatures, grid_artifact_score, per_class_diversity,
+                                          reconstruction_transfer)
 from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["pixel_noprior", "pixel", "pixel_fft", "dgn_am", "ppgn"]
+CHECKPOINTS = ("encoder", "generator", "prior", "judge")
+LOWER_IS_BETTER = ("_kid", "grid_artifact", "grid_artifact_ratio", "_minutes")
+TARGETS = {"judge_reconstruction_accuracy": ">= 0.95", "dgn_am_judge_transfer": ">= 0.90",
+           "ppgn_judge_transfer": ">= 0.90", "dgn_am_beats_real_top1": ">= 0.90",
+           "ppgn_beats_real_top1": ">= 0.90", "ppgn_diversity_vs_reconstruction": ">= 0.80",
+           "grid_artifact_ratio": "<= 1.5", "generator_train_minutes": "<= 15"}
 
 
 def compose_cfg(name: str, *overrides: str):
@@ -55,99 +78,177 @@ def trained(out: Path, *overrides: str) -> str:
     return train(compose_cfg("config", f"output_dir={out}", "logger=csv", *overrides))["best_checkpoint"]
 
 
-def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("encoder", "generator", "prior", "judge"):
-        parser.add_argument(f"--{name}")
-    parser.add_argument("--comparator", help="a classifier for G's feature loss; used only when G is trained here")
-    parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--docs", action="store_true")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
-                        help="a subset of the methods (default: all); the ratio needs dgn_am and ppgn")
-    args = parser.parse_args()
-    if args.comparator and args.comparator == args.judge:
-        parser.error(f"--comparator {args.comparator} is the judge; expected another classifier (the judge "
-                     "must be independent of G)")
-    os.environ.setdefault("WANDB_MODE", "disabled")
-    out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
-    encoder = args.encoder or trained(out / "classifier", "task=classifier")
-    comparator = args.comparator
-    if not (args.generator or comparator):
-        comparator = trained(out / "comparator", "task=classifier", "seed=2")
-    generator = args.generator or trained(out / "generator", "task=generator", f"encoder.ckpt={encoder}",
-                                          f"task.comparators=[{comparator}]")
-    prior = args.prior or trained(out / "prior", "task=prior", f"encoder.ckpt={encoder}")
-    judge = args.judge or trained(out / "judge", "task=classifier", "seed=1", "model.fc6_dim=512")
+def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str | None],
+                   comparator: str | None) -> tuple[dict[str, str], float | None]:
+    """One independent set of checkpoints (seeds 100 * repeat + ...) and G's training minutes."""
+    seed = 100 * repeat
+    found = dict(given)
+    found["encoder"] = given["encoder"] or trained(out / "classifier", "task=classifier", f"seed={seed}", *data)
+    minutes = None
+    if not given["generator"]:
+        comparator = comparator or trained(out / "comparator", "task=classifier", f"seed={seed + 2}", *data)
+        start = time.perf_counter()
+        found["generator"] = trained(out / "generator", "task=generator", f"seed={seed}", *data,
+                                     f"encoder.ckpt={found['encoder']}", f"task.comparators=[{comparator}]")
+        minutes = (time.perf_counter() - start) / 60
+    found["prior"] = given["prior"] or trained(out / "prior", "task=prior", f"seed={seed}", *data,
+                                               f"encoder.ckpt={found['encoder']}")
+    found["judge"] = given["judge"] or trained(out / "judge", "task=classifier", f"seed={seed + 1}",
+                                               "model.fc6_dim=512", *data)
+    return found, minutes
 
+
+def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
+            methods: list[str]) -> tuple[dict[str, float], torch.Tensor]:
+    """Every figure of one checkpoint set, its printed table, and its contact sheet."""
     figures: dict[str, float] = {}
-    ceiling = judge_on_reconstructions(encoder, generator, judge, args.seeds)
+    reference = reference_rows(checkpoints, data, seeds)
     for name in ("real", "reconstruction"):
-        figures[f"judge_{name}_accuracy"] = round(ceiling[name]["overall"], 4)
-        figures[f"{name}_diversity"] = round(ceiling[name]["diversity"], 4)
+        figures[f"judge_{name}_accuracy"] = round(reference[name]["overall"], 4)
+        figures[f"{name}_diversity"] = round(reference[name]["diversity"], 4)
+        figures[f"{name}_grid_artifact"] = round(reference[name]["grid_artifact"], 3)
+    for name in ("real", "random_codes", "dae_codes"):
+        figures[f"judge_confidence_{name}"] = round(reference["confidence"][name], 4)
+    classes = reference["classes"]
     sheet_rows, table = [], []
-    methods = [m for m in METHODS if m in args.methods]
     for method in methods:
         start = time.perf_counter()
         summary = visualize(compose_cfg(
-            "visualize", f"method={method}", f"output_dir={out / method}", f"target.ckpt={encoder}",
-            f"generator.ckpt={generator}", f"prior.ckpt={prior}", f"judge.ckpt={judge}",
-            f"units=[{','.join(str(u) for u in range(15))}]", f"seeds={args.seeds}", "gif=false",
+            "visualize", f"method={method}", f"output_dir={out / method}", *data,
+            f"target.ckpt={checkpoints['encoder']}", f"generator.ckpt={checkpoints['generator']}",
+            f"prior.ckpt={checkpoints['prior']}", f"judge.ckpt={checkpoints['judge']}",
+            f"units=[{','.join(str(u) for u in range(len(classes)))}]", f"seeds={seeds}", "gif=false",
             "evaluation.real_images=1000"))
         seconds = time.perf_counter() - start
         ev = summary["evaluation"]
-        figures[f"{method}_judge_transfer"] = round(ev["judge_transfer"], 4)
-        figures[f"{method}_beats_real_top1"] = round(ev["beats_real_top1"], 4)
-        figures[f"{method}_diversity"] = round(ev["diversity"], 4)
-        figures[f"{method}_kid"] = round(ev["kid_mean"], 4)
-        table.append((method, ev["judge_transfer"], ev["beats_real_top1"], ev["diversity"], ev["kid_mean"], seconds))
+        row = {"judge_transfer": ev["judge_transfer"], "beats_real_top1": ev["beats_real_top1"],
+               "diversity": ev["diversity"], "kid": ev["kid_mean"], "grid_artifact": ev["grid_artifact"]}
+        figures.update({f"{method}_{k}": round(v, 4) for k, v in row.items()})
+        table.append((method, row, seconds))
         firsts = [r["files"]["best"] for r in summary["results"] if r["seed"] == 0]
         sheet_rows.append(torch.stack([_load(out / method / f) for f in firsts]))
-    if {"ppgn", "dgn_am"} <= set(methods):
-        figures["ppgn_diversity_ratio"] = round(figures["ppgn_diversity"] / max(figures["dgn_am_diversity"], 1e-12), 3)
+    if "ppgn" in methods:
+        figures["ppgn_diversity_vs_reconstruction"] = round(
+            figures["ppgn_diversity"] / max(figures["reconstruction_diversity"], 1e-12), 3)
+    code_methods = [m for m in ("dgn_am", "ppgn") if m in methods]
+    if code_methods:
+        figures["grid_artifact_ratio"] = round(
+            max(figures[f"{m}_grid_artifact"] for m in code_methods) / figures["real_grid_artifact"], 3)
 
-    classes = [r["unit"].split(" ", 1)[-1] for r in summary["results"] if r["seed"] == 0]
-    sheet = labelled_grid(torch.cat(sheet_rows), len(methods), methods, [c.replace(" ", "\n") for c in classes])
-    sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else out / "methods.png")
-
-    print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}{'seconds':>9}")
-    for method, transfer, beats, diversity, kid, seconds in table:
-        print(f"{method:<15}{transfer:>15.3f}{beats:>13.3f}{diversity:>11.3f}{kid:>9.4f}{seconds:>9.1f}")
+    print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}"
+          f"{'grid':>8}{'seconds':>9}")
+    for method, row, seconds in table:
+        print(f"{method:<15}{row['judge_transfer']:>15.3f}{row['beats_real_top1']:>13.3f}"
+              f"{row['diversity']:>11.3f}{row['kid']:>9.4f}{row['grid_artifact']:>8.2f}{seconds:>9.1f}")
     for name, label in (("real", "real images"), ("reconstruction", "G(E(x))")):
-        print(f"{label:<15}{ceiling[name]['overall']:>15.3f}{'-':>13}{ceiling[name]['diversity']:>11.3f}"
-              f"{'-':>9}{'-':>9}")
-    print(f"\njudge accuracy on real images {ceiling['real']['overall']:.3f}, on G(E(x)) "
-          f"{ceiling['reconstruction']['overall']:.3f}; per class on G(E(x)):")
-    print("  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, ceiling["reconstruction"]["per_class"])))
-    print(f"ppgn_diversity_ratio {figures.get('ppgn_diversity_ratio')}  (contact sheet: {sheet_path}; runs: {out})")
-    return figures
+        print(f"{label:<15}{reference[name]['overall']:>15.3f}{'-':>13}{reference[name]['diversity']:>11.3f}"
+              f"{'-':>9}{reference[name]['grid_artifact']:>8.2f}{'-':>9}")
+    print("judge accuracy per class on G(E(x)): "
+          + "  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, reference["reconstruction"]["per_class"])))
+    print("judge confidence (mean max-probability): "
+          + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in reference["confidence"].items()))
+    sheet = labelled_grid(torch.cat(sheet_rows), len(methods), methods, [c.replace(" ", "\n") for c in classes])
+    return figures, sheet
 
 
-def judge_on_reconstructions(encoder_ckpt: str, generator_ckpt: str, judge_ckpt: str, per_class: int) -> dict:
-    """The judge on real validation images and on G(E(x)): accuracy, and diversity per `per_class` images."""
-    generator, _, record = load_generator(generator_ckpt)
-    net, classifier = load_classifier(encoder_ckpt)
+def reference_rows(checkpoints: dict[str, str], data: list[str], per_class: int) -> dict:
+    """The judge on real validation images and on G(E(x)): accuracy, diversity per `per_class`
+    images, grid artefacts; and its confidence on real images and on G of drawn codes."""
+    generator, stats, record = load_generator(checkpoints["generator"])
+    dae, _, _ = load_prior(checkpoints["prior"])
+    net, classifier = load_classifier(checkpoints["encoder"])
     encoder = Encoder(net, code_layer=record["encoder"]["code_layer"])
-    judge, _ = load_classifier(judge_ckpt)
-    data = ShapesDataModule(image_size=net.image_size, val_size=1000)
-    data.setup("validate")
-    found = reconstruction_transfer(generator, encoder, judge, data.val_dataloader(),
+    judge, _ = load_classifier(checkpoints["judge"])
+    data_cfg = compose_cfg("visualize", *data).data
+    fewer = {"val_size": 1000} if "val_size" in data_cfg else {}
+    datamodule = instantiate(data_cfg, image_size=net.image_size, **fewer)
+    datamodule.setup("validate")
+    found = reconstruction_transfer(generator, encoder, judge, datamodule.val_dataloader(),
                                     num_classes=len(classifier["class_names"]))
+    images, labels = (torch.cat(parts)[:1000] for parts in zip(*datamodule.val_dataloader()))
     # reconstruct only the images the diversity reads: the first `per_class` of each class
-    images, labels = (torch.cat(parts) for parts in zip(*data.val_dataloader()))
     keep = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique().tolist()])
-    images, labels = images[keep], labels[keep]
     features = JudgeFeatures(judge, compose_cfg("visualize").judge.feature_layer)
     with torch.no_grad():
-        reconstructions = generator(encoder.code(fit_images(images, encoder.image_size))).clamp(0, 1)
-    for name, shown in (("real", images), ("reconstruction", reconstructions)):
-        found[name]["diversity"] = float(per_class_diversity(features(shown), labels, per_class).mean())
+        reconstructions = generator(encoder.code(fit_images(images[keep], encoder.image_size))).clamp(0, 1)
+        drawn = stats.sample(len(keep), torch.Generator(device="cpu").manual_seed(0))
+        denoised = drawn
+        for _ in range(10):
+            denoised = dae(denoised).clamp(min=0)  # codes are rectified, like E's
+
+        def confidence(shown: torch.Tensor) -> float:
+            return float(judge(fit_images(shown, judge.image_size)).softmax(1).max(1).values.mean())
+
+        found["confidence"] = {"real": confidence(images[keep]),
+                               "random_codes": confidence(generator(drawn).clamp(0, 1)),
+                               "dae_codes": confidence(generator(denoised).clamp(0, 1))}
+    for name, shown in (("real", images[keep]), ("reconstruction", reconstructions)):
+        found[name]["diversity"] = float(per_class_diversity(features(shown), labels[keep], per_class).mean())
+    found["real"]["grid_artifact"] = grid_artifact_score(images)
+    found["reconstruction"]["grid_artifact"] = grid_artifact_score(reconstructions)
+    found["classes"] = list(classifier["class_names"])
     return found
+
+
+def worst_case(sets: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's worst value over the sets: the maximum where lower is better, else the minimum."""
+    keys = [k for k in sets[0] if all(k in s and isinstance(s[k], (int, float)) for s in sets)]
+    return {k: (max if k.endswith(LOWER_IS_BETTER) else min)(s[k] for s in sets) for k in keys}
 
 
 def _load(path: Path) -> torch.Tensor:
     from torchvision.transforms.functional import pil_to_tensor
 
     return pil_to_tensor(Image.open(path).convert("RGB")).float() / 255
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in CHECKPOINTS:
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--comparator", help="a classifier for G's feature loss; used only when G is trained here")
+    parser.add_argument("--repeats", type=int, default=1, help="independent checkpoint sets (default 1)")
+    parser.add_argument("--data-root", help="an ImageFolder tree (train/ and val/) instead of shapes")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--docs", action="store_true")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
+                        help="a subset of the methods (default: all)")
+    args = parser.parse_args()
+    given = {name: getattr(args, name) for name in CHECKPOINTS}
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}; expected a positive number of checkpoint sets")
+    if args.repeats > 1 and (any(given.values()) or args.comparator):
+        parser.error("--repeats > 1 trains fresh sets; expected no checkpoints on the command line")
+    if args.comparator and args.comparator == args.judge:
+        parser.error(f"--comparator {args.comparator} is the judge; expected another classifier (the judge "
+                     "must be independent of G)")
+    if args.data_root and not (Path(args.data_root) / "train").is_dir():
+        parser.error(f"--data-root {args.data_root} has no train/ folder; expected DIR/train/<class>/* "
+                     "and DIR/val/<class>/*")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    data = ["data=imagefolder", f"data.root={Path(args.data_root).resolve()}"] if args.data_root else []
+    methods = [m for m in METHODS if m in args.methods]
+    out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
+    sets = []
+    for repeat in range(args.repeats):
+        folder = out / f"set{repeat}"
+        checkpoints, minutes = checkpoint_set(folder, repeat, data, given, args.comparator)
+        print(f"\n== set {repeat} (seeds {100 * repeat}+): {json.dumps(checkpoints)}")
+        figures, sheet = measure(checkpoints, folder, data, args.seeds, methods)
+        if minutes is not None:
+            figures["generator_train_minutes"] = round(minutes, 2)
+        sets.append(figures)
+        if repeat == 0:
+            sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else folder / "methods.png")
+            print(f"contact sheet: {sheet_path}")
+    worst = worst_case(sets)
+    print(f"\n{'figure (worst over ' + str(len(sets)) + ' sets)':<40}" + "".join(f"{'set ' + str(i):>9}"
+                                                                         for i in range(len(sets)))
+          + f"{'worst':>9}  target")
+    for key, value in worst.items():
+        print(f"{key:<40}" + "".join(f"{s[key]:>9.3f}" for s in sets) + f"{value:>9.3f}  {TARGETS.get(key, '')}")
+    print(f"runs: {out}")
+    return {**worst, "repeats": sets}
 
 
 if __name__ == "__main__":
