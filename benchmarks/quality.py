@@ -2,6 +2,7 @@
 checkpoint sets.
 
     python benchmarks/quality.py [--repeats N] [--data-root DIR] [--seeds 8] [--methods ...] [--docs]
+                                 [--generator-override KEY=VALUE ...]
     python benchmarks/quality.py --encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt
 
 Each repeat trains one independent checkpoint set, with its own seed for every network: the
@@ -79,7 +80,7 @@ def trained(out: Path, *overrides: str) -> str:
 
 
 def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str | None],
-                   comparator: str | None) -> tuple[dict[str, str], float | None]:
+                   comparator: str | None, generator_overrides: list[str]) -> tuple[dict[str, str], float | None]:
     """One independent set of checkpoints (seeds 100 * repeat + ...) and G's training minutes."""
     seed = 100 * repeat
     found = dict(given)
@@ -89,7 +90,8 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
         comparator = comparator or trained(out / "comparator", "task=classifier", f"seed={seed + 2}", *data)
         start = time.perf_counter()
         found["generator"] = trained(out / "generator", "task=generator", f"seed={seed}", *data,
-                                     f"encoder.ckpt={found['encoder']}", f"task.comparators=[{comparator}]")
+                                     f"encoder.ckpt={found['encoder']}", f"task.comparators=[{comparator}]",
+                                     *generator_overrides)
         minutes = (time.perf_counter() - start) / 60
     found["prior"] = given["prior"] or trained(out / "prior", "task=prior", f"seed={seed}", *data,
                                                f"encoder.ckpt={found['encoder']}")
@@ -208,6 +210,9 @@ def main() -> dict:
         parser.add_argument(f"--{name}")
     parser.add_argument("--comparator", help="a classifier for G's feature loss; used only when G is trained here")
     parser.add_argument("--repeats", type=int, default=1, help="independent checkpoint sets (default 1)")
+    parser.add_argument("--generator-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train.py override for G's training only (repeatable), e.g. "
+                             "generator.net.stages=[[128,128],[64,0],[32,0],[16,0]]")
     parser.add_argument("--data-root", help="an ImageFolder tree (train/ and val/) instead of shapes")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
@@ -232,7 +237,8 @@ def main() -> dict:
     sets = []
     for repeat in range(args.repeats):
         folder = out / f"set{repeat}"
-        checkpoints, minutes = checkpoint_set(folder, repeat, data, given, args.comparator)
+        checkpoints, minutes = checkpoint_set(folder, repeat, data, given, args.comparator,
+                                              args.generator_override)
         print(f"\n== set {repeat} (seeds {100 * repeat}+): {json.dumps(checkpoints)}")
         figures, sheet = measure(checkpoints, folder, data, args.seeds, methods)
         if minutes is not None:
