@@ -36,6 +36,21 @@ def test_generator_nearest_upsampling_keeps_sizes_and_spec():
         Generator(32, upsample="bicubic")
 
 
+def test_generator_bilinear_upsampling_and_group_norm_behave_alike_in_train_and_eval():
+    g = Generator(32, fc_dims=[16], start_channels=8, stages=[[12, 8], [4, 0]], upsample="bilinear",
+                  norm="group", to_rgb="up")
+    codes = torch.rand(3, 32)
+    out = g.train()(codes)
+    assert out.shape == (3, 3, 32, 32) and g.spec["norm"] == "group" and g.spec["upsample"] == "bilinear"
+    norms = [m for m in g.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert [n.num_channels for n in norms] == [12, 8, 4] and [n.num_groups for n in norms] == [4, 8, 4]
+    assert torch.allclose(g.eval()(codes), out)  # no running statistics: an EMA copy needs none
+    assert Generator(**{k: v for k, v in g.spec.items() if k != "arch"}).spec == g.spec
+    assert "norm" not in Generator(32).spec  # older checkpoints keep loading
+    with pytest.raises(ConfigError, match=r"generator.norm='batch'; expected one of \['none', 'group'\]"):
+        Generator(32, norm="batch")
+
+
 @pytest.mark.parametrize("code_dim", [0, 24])
 def test_discriminator_with_and_without_code_branch(code_dim):
     d = Discriminator(32, code_dim=code_dim, channels=[8, 16])

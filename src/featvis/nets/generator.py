@@ -2,15 +2,18 @@
 
 DeePSiM layout (Dosovitskiy & Brox 2016, the fc6 generator of DGN-AM and PPGN):
 fully connected layers -> a 4x4 map -> stages of (2x up-convolution [+ 3x3
-convolution]), LeakyReLU(0.3), linear output.  `upsample="nearest"` swaps each 4x4
-stride-2 up-convolution for a nearest 2x resize and a 3x3 convolution (Odena et al. 2016):
-the up-convolution's uneven kernel overlap prints a checkerboard that activation
-maximization then amplifies.  G outputs RGB images in the [0, 1]
+convolution]), LeakyReLU(0.3), linear output.  `upsample="nearest"` (or "bilinear") swaps each
+4x4 stride-2 up-convolution for a 2x resize and a 3x3 convolution (Odena et al. 2016): the
+up-convolution's uneven kernel overlap prints a checkerboard that activation maximization then
+amplifies; a bilinear resize also leaves no 2x2 blocks for it to find.  `norm="group"` puts a
+GroupNorm before each activation of the up-stages: the same in training and in eval, so an
+averaged (EMA) copy needs no running statistics.  G outputs RGB images in the [0, 1]
 range the networks take (not clamped: the samplers clip where they need to).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -26,7 +29,8 @@ def _positive(name: str, values: Sequence[int], allow_zero: bool = False) -> Non
             raise ConfigError(f"{name}={list(values)}; expected positive sizes")
 
 
-UPSAMPLE = ("deconv", "nearest")
+UPSAMPLE = ("deconv", "nearest", "bilinear")
+NORMS = ("none", "group")
 
 
 TO_RGB = ("conv", "up")
@@ -50,12 +54,15 @@ class Generator(nn.Module):
         negative_slope: float = 0.3,
         upsample: str = "deconv",
         to_rgb: str = "conv",
+        norm: str = "none",
     ):
         super().__init__()
         if upsample not in UPSAMPLE:
             raise ConfigError(f"generator.upsample={upsample!r}; expected one of {list(UPSAMPLE)}")
         if to_rgb not in TO_RGB:
             raise ConfigError(f"generator.to_rgb={to_rgb!r}; expected one of {list(TO_RGB)}")
+        if norm not in NORMS:
+            raise ConfigError(f"generator.norm={norm!r}; expected one of {list(NORMS)}")
         _positive("generator.fc_dims", [code_dim, *fc_dims, start_channels])
         if not stages or any(len(s) != 2 for s in stages):
             raise ConfigError(f"generator.stages={[list(s) for s in stages]}; "
@@ -66,8 +73,9 @@ class Generator(nn.Module):
                      "start_channels": int(start_channels),
                      "stages": [[int(a), int(b)] for a, b in stages],
                      "negative_slope": float(negative_slope), "upsample": upsample}
-        if to_rgb != "conv":  # older checkpoints have no key: the default
-            self.spec["to_rgb"] = to_rgb
+        for key, value, default in (("to_rgb", to_rgb, "conv"), ("norm", norm, "none")):
+            if value != default:  # older checkpoints have no key: the default
+                self.spec[key] = value
         self.code_dim = int(code_dim)
         self.image_size = 4 * 2 ** (len(stages) + (to_rgb == "up"))
         self.start_channels = int(start_channels)
@@ -78,18 +86,28 @@ class Generator(nn.Module):
             fc += [nn.Linear(d_in, d_out), nn.LeakyReLU(negative_slope)]
         self.fc = nn.Sequential(*fc)
 
+        def resize() -> nn.Module:  # resize, then convolve: every output pixel sees the same kernel taps
+            return nn.Upsample(scale_factor=2, mode=upsample, **({} if upsample == "nearest" else
+                                                                  {"align_corners": False}))
+
+        def normalized(name: str, width: int) -> None:
+            if norm == "group":
+                layers[f"{name}_norm"] = nn.GroupNorm(math.gcd(8, width), width)
+
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = start_channels
         for i, (up, conv) in enumerate(stages):
             if upsample == "deconv":
                 layers[f"up{i}"] = nn.ConvTranspose2d(channels, up, 4, stride=2, padding=1)
-            else:  # resize, then convolve: every output pixel sees the same kernel taps
-                layers[f"resize{i}"] = nn.Upsample(scale_factor=2, mode="nearest")
+            else:
+                layers[f"resize{i}"] = resize()
                 layers[f"up{i}"] = nn.Conv2d(channels, up, 3, padding=1)
+            normalized(f"up{i}", up)
             layers[f"act{i}"] = nn.LeakyReLU(negative_slope)
             channels = up
             if conv:
                 layers[f"conv{i}"] = nn.Conv2d(channels, conv, 3, padding=1)
+                normalized(f"conv{i}", conv)
                 layers[f"conv{i}_act"] = nn.LeakyReLU(negative_slope)
                 channels = conv
         if to_rgb == "conv":
@@ -97,7 +115,7 @@ class Generator(nn.Module):
         elif upsample == "deconv":
             layers["to_rgb"] = nn.ConvTranspose2d(channels, 3, 4, stride=2, padding=1)
         else:
-            layers["to_rgb_resize"] = nn.Upsample(scale_factor=2, mode="nearest")
+            layers["to_rgb_resize"] = resize()
             layers["to_rgb"] = nn.Conv2d(channels, 3, 3, padding=1)
         self.deconv = nn.Sequential(layers)
 
