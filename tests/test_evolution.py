@@ -1,6 +1,7 @@
 """Feature evolution: the callback during training, resume, outputs, index.html, visualize mode=evolution."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -228,9 +229,13 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
             cfg.task.overrides = small
         return train(cfg)
 
+    def done(name):  # the one complete stage folder <name>-<hash>
+        (folder,) = [d for d in stages.iterdir() if re.fullmatch(rf"{name}-[0-9a-f]{{8}}", d.name)]
+        return json.loads((folder / "done.json").read_text())
+
     first = run(tmp_path / "run1")
     for stage in ("encoder", "generator", "prior"):
-        assert json.loads((stages / stage / "done.json").read_text())["checkpoint"] == first[stage]
+        assert done(stage)["checkpoint"] == first[stage]
     assert read_checkpoint(first["generator"])["featvis"]["encoder"]["checkpoint"] == first["encoder"]
     doc = check_folder_agrees(tmp_path / "run1" / "evolution")
     assert [u["label"] for u in doc["units"]] == ["conv5 0", "fc8 0 red circle"]
@@ -244,10 +249,11 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
     for seeds, taken in (("[0]", "the encoder's seed"), ("[1]", "task.target_seed"), ("[3,3]", "given twice")):
         with pytest.raises(ConfigError, match=rf"task.comparator_seeds=\[.*is {taken}; expected other seeds"):
             run(tmp_path / "bad", f"task.comparator_seeds={seeds}")
-    assert sorted(p.name for p in stages.iterdir()) == ["encoder", "generator", "prior"]  # nothing trained
+    assert len(list(stages.iterdir())) == 3  # nothing trained
     third = run(tmp_path / "run3", "task.comparator_seeds=[2]")
-    comparator = json.loads((stages / "comparator-2" / "done.json").read_text())["checkpoint"]
-    assert third["generator"] == json.loads((stages / "generator-c2" / "done.json").read_text())["checkpoint"]
+    comparator = done("comparator-2")["checkpoint"]
+    assert third["generator"] == done("generator-c2")["checkpoint"]
+    assert done("generator")["checkpoint"] == first["generator"]  # the G without comparators stays
     assert Path(third["encoder"]).stat().st_mtime_ns == stamps["encoder"]
     state = read_checkpoint(third["generator"])["state_dict"]
     reference, _ = load_classifier(comparator)
@@ -255,3 +261,41 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert not torch.equal(reference.state_dict()["conv1.conv.weight"],
                            load_classifier(third["encoder"])[0].state_dict()["conv1.conv.weight"])
 
+
+
+def test_a_stage_is_reused_only_for_the_same_config_and_inputs(tmp_path, caplog, monkeypatch):
+    """Stage folders are keyed by what the stage trains; a change of config or of an input
+    checkpoint is another stage, and the log says what changed."""
+    import logging
+
+    from featvis.run import stage_changes, stage_record
+
+    encoder = tmp_path / "encoder.ckpt"
+    encoder.write_bytes(b"weights")
+    base = ["task=generator", f"encoder.ckpt={encoder}"]
+    record = stage_record(base)
+    assert record["inputs"] == {str(encoder): [7, encoder.stat().st_mtime_ns]}
+    assert stage_record([*base, "logger=csv", "trainer.accelerator=cpu", "output_dir=/elsewhere"]) == record
+    wider = stage_record([*base, "model.fc6_dim=256"])
+    assert stage_changes(record, wider) == "model.fc6_dim: 1024 -> 256"
+    other_data = stage_record([*base, "data=imagefolder", "data.root=/data/two-classes"])
+    assert "data._target_: featvis.data.ShapesDataModule -> featvis.data.ImageFolderDataModule" in \
+        stage_changes(record, other_data)
+    encoder.write_bytes(b"retrained")  # the same path, other weights
+    assert stage_changes(record, stage_record(base)).startswith(f"inputs.{encoder}: [7, ")
+
+    # The pipeline's folders follow: a finished stage of this config is reused, another config trains
+    # in a folder of its own and says why (here without training: the stage is faked complete).
+    from featvis import run
+
+    stages = tmp_path / "stages"
+    trained = []
+    fake = {"best_checkpoint": str(encoder), "last_checkpoint": None, "metrics": {}}
+    monkeypatch.setattr(run, "train", lambda cfg: trained.append(cfg.model.fc6_dim) or fake)
+    with caplog.at_level(logging.INFO, logger="featvis.run"):
+        for overrides in (base, base, [*base, "model.fc6_dim=256"]):
+            assert run.run_stage(stages, "generator", overrides) == str(encoder)
+    assert trained == [1024, 256] and len(list(stages.glob("generator-*"))) == 2
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline: generator")]
+    assert "(no earlier stage)" in lines[0] and "reusing" in lines[1]
+    assert lines[2].endswith("was trained with model.fc6_dim: 1024 -> 256)"), lines[2]

@@ -6,8 +6,10 @@ one-line error report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -209,20 +211,87 @@ def forwarded_overrides(cfg: DictConfig) -> list[str]:
     return [o for o in given if _key(o) not in PIPELINE_ONLY] + list(cfg.task.overrides)
 
 
-def run_stage(folder: Path, overrides: list[str]) -> str:
-    """Train one stage in `folder`, or reuse it when complete; resume it when interrupted."""
+STAGE_FOLDER = re.compile(r"-[0-9a-f]{8}")
+# Keys that say where a stage writes and how it logs or runs, not what it trains.
+NOT_TRAINED = ("output_dir", "ckpt_path", "logger")
+NOT_TRAINED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "default_root_dir")
+
+
+def stage_record(overrides: list[str]) -> dict[str, Any]:
+    """What a stage trains: its composed config, less where it writes and how it logs or runs, and
+    the size and modification time of every checkpoint or weights file it reads."""
+    config = OmegaConf.to_container(compose_stage([*overrides, "output_dir=."]), resolve=True)
+    for key in NOT_TRAINED:
+        config.pop(key, None)
+    for key in NOT_TRAINED_TRAINER:
+        config.get("trainer", {}).pop(key, None)
+    inputs: dict[str, list[int]] = {}
+
+    def find_inputs(value: Any) -> None:
+        if isinstance(value, dict | list):
+            for item in value.values() if isinstance(value, dict) else value:
+                find_inputs(item)
+        elif isinstance(value, str) and value.endswith((".ckpt", ".pth", ".pt")) and Path(value).is_file():
+            stat = Path(value).stat()
+            inputs[value] = [stat.st_size, stat.st_mtime_ns]
+
+    find_inputs(config)
+    return {"config": config, "inputs": inputs}
+
+
+def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        flat.update(_flat(value, f"{name}.") if isinstance(value, dict) and value else {name: value})
+    return flat
+
+
+def stage_changes(before: dict[str, Any], now: dict[str, Any], most: int = 3) -> str:
+    """The first keys in which two stage records differ, as "key: old -> new"."""
+    old, new = _flat(before), _flat(now)
+    changed = [f"{k.removeprefix('config.')}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}"
+               for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return "; ".join(changed[:most]) + (f"; and {len(changed) - most} more" if len(changed) > most else "")
+
+
+def _trained(folder: Path) -> dict[str, Any]:
+    """The stage record a complete stage folder was trained with."""
+    done = json.loads((folder / "done.json").read_text())
+    return {key: done.get(key, {}) for key in ("config", "inputs")}
+
+
+def run_stage(stages: Path, name: str, overrides: list[str]) -> str:
+    """Train one stage, or reuse it when a stage of the same config and inputs is complete; resume
+    it when interrupted.
+
+    Each config has its own folder, <name>-<hash of stage_record>: stages trained for other
+    configs (a sweep's other points, other data) stay where they are and are reused when asked
+    for again, and two configs never share a folder.
+    """
+    record = stage_record(overrides)
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    folder = stages / f"{name}-{digest}"
     done = folder / "done.json"
     if done.is_file():
         checkpoint = json.loads(done.read_text()).get("checkpoint")
         if checkpoint and Path(checkpoint).is_file():
-            log.info("pipeline: reusing %s", checkpoint)
+            log.info("pipeline: %s: reusing %s (same config and inputs)", name, checkpoint)
             return checkpoint
     last = folder / "checkpoints" / "last.ckpt"
+    earlier = sorted((d for d in stages.glob(f"{name}-*") if STAGE_FOLDER.fullmatch(d.name.removeprefix(name))
+                      and (d / "done.json").is_file() and d != folder), key=lambda d: (d / "done.json").stat().st_mtime)
+    why = ("resuming its last.ckpt" if last.is_file() else
+           f"{earlier[-1].name} was trained with {stage_changes(_trained(earlier[-1]), record)}"
+           if earlier else "no earlier stage")
+    log.info("pipeline: %s: training in %s (%s)", name, folder, why)
     resume = [f"ckpt_path={last}"] if last.is_file() else []
     result = train(compose_stage([*overrides, f"output_dir={folder}", *resume]))
     checkpoint = result["best_checkpoint"] or result["last_checkpoint"]
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".done.json.partial"
-    tmp.write_text(json.dumps({"checkpoint": checkpoint, "metrics": result["metrics"]}, indent=1))
+    tmp.write_text(json.dumps({"checkpoint": checkpoint, "metrics": result["metrics"], **record}, indent=1,
+                              default=str))
     tmp.replace(done)  # written last: a stage with done.json is complete
     return checkpoint
 
@@ -248,17 +317,16 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
     shared = [o for o in forwarded if _key(o) not in TARGET_ONLY]
     stage_logger = f"logger={task.stage_logger}"
     prior_stage = [*shared, stage_logger, f"seed={cfg.seed}"]
-    encoder = task.encoder_ckpt or run_stage(stages / "encoder", [*prior_stage, "task=classifier"])
+    encoder = task.encoder_ckpt or run_stage(stages, "encoder", [*prior_stage, "task=classifier"])
     on_encoder = f"encoder.ckpt={encoder}"
     generator = task.generator_ckpt
     if not generator:
-        comparators = [run_stage(stages / f"comparator-{seed}", [*shared, stage_logger, f"seed={seed}",
-                                                                "task=classifier"]) for seed in seeds]
-        # A G trained with other comparators is another stage: its own folder, never a stale reuse.
-        folder = "-".join(["generator", *(f"c{seed}" for seed in seeds)])
-        generator = run_stage(stages / folder, [*prior_stage, "task=generator", on_encoder,
-                                                f"task.comparators=[{','.join(comparators)}]"])
-    prior = task.prior_ckpt or run_stage(stages / "prior", [*prior_stage, "task=prior", on_encoder])
+        comparators = [run_stage(stages, f"comparator-{seed}", [*shared, stage_logger, f"seed={seed}",
+                                                               "task=classifier"]) for seed in seeds]
+        name = "-".join(["generator", *(f"c{seed}" for seed in seeds)])
+        generator = run_stage(stages, name, [*prior_stage, "task=generator", on_encoder,
+                                             f"task.comparators=[{','.join(comparators)}]"])
+    prior = task.prior_ckpt or run_stage(stages, "prior", [*prior_stage, "task=prior", on_encoder])
     evolution = "callbacks.feature_evolution"
     target = compose_stage([
         *shared, "task=classifier", f"seed={task.target_seed}", f"output_dir={cfg.output_dir}",
