@@ -8,6 +8,8 @@ resume_frames_lost        frames of the schedule missing after `train.py` was ki
 resume_frames_duplicated  and resumed with ckpt_path=last.ckpt, plus files on disk that
                           evolution.json does not name (targets 0 and 0)
 main_job_minutes          `python train.py` from nothing (every stage trained; target <= 20)
+blank_tile_fraction       tiles after step 0 of the callback's run that still show their start
+                          image (or one flat colour): units no gradient reached (target <= 0.05)
 
 Priors not given are trained first (tiny preset).  The last line is one JSON object.
 """
@@ -121,9 +123,11 @@ def main() -> dict:
     print(f"{'frames x units x seeds':<32}{len(doc['steps']):>6} x {len(doc['units'])} x {doc['seeds']}")
     print(f"{'killed after frames at steps':<32}{str(killed_at):>12}  (last.ckpt at step {killed_checkpoint_step})")
     print(f"{'main job (minutes)':<32}{'skipped' if main_minutes is None else f'{main_minutes:.2f}':>12}")
+    print(f"{'blank tiles after step 0':<32}{doc['blank_tile_fraction']:>12.3f}")
     return {"callback_overhead": round(with_callback / without, 3), "resume_frames_lost": lost,
             "resume_frames_duplicated": duplicated,
             "main_job_minutes": None if main_minutes is None else round(main_minutes, 2),
+            "blank_tile_fraction": round(doc["blank_tile_fraction"], 3),
             "frames": len(doc["steps"]), "units": len(doc["units"]), "seeds": doc["seeds"]}
 
 

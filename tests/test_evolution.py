@@ -76,6 +76,9 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
     for frame in doc["frames"]:
         assert ("judge_correct" in frame) == (frame["layer"] == "fc8")
         assert 0 <= frame["probability"] <= 1
+        assert isinstance(frame["blank"], bool)
+    later = [f["blank"] for f in doc["frames"] if f["step"] > 0]
+    assert doc["blank_tile_fraction"] == sum(later) / len(later)
     for name in ("strip.png", "change.svg", "index.html"):
         assert (root / name).stat().st_size > 0
     assert sorted(p.name for p in (root / "videos").glob("*.gif")) == sorted(f"{u['slug']}.gif" for u in doc["units"])
@@ -89,6 +92,19 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
     # CSV logger received the per-unit scalars at the frame steps
     metrics = (out / "csv" / "version_0" / "metrics.csv").read_text()
     assert "evolution/fc8-0_red_circle/judge_transfer" in metrics
+    assert "evolution/blank_tile_fraction" in metrics
+
+
+def test_a_tile_is_blank_when_it_shows_its_start_image_or_one_colour():
+    from featvis.synthesis.evolution import blank_tiles
+
+    start = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    moved = start.clone()
+    moved[1] += 0.5 / 255  # a nudge below the tolerance: still the start image
+    moved[2] = 0.3  # one flat colour
+    moved[3] = 1 - moved[3]  # a new picture
+    assert blank_tiles(start, start).tolist() == [True] * 4
+    assert blank_tiles(moved, start).tolist() == [True, True, True, False]
 
 
 def test_callback_does_not_disturb_training(small_priors, tmp_path):

@@ -168,6 +168,8 @@ class FeatureEvolution(L.Callback):
             judged = [r["judge_correct"] for r in mine if "judge_correct" in r]
             if judged:
                 metrics[f"evolution/{unit.slug}/judge_transfer"] = sum(judged) / len(judged)
+        # tiles still showing their start image: units no gradient reached at this step
+        metrics["evolution/blank_tile_fraction"] = sum(r["blank"] for r in rows) / len(rows)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):

@@ -175,6 +175,9 @@ def index_html(doc: dict[str, Any], layers: dict[str, Any], title: str = "Featur
     verdict_text = {None: "not enough frames yet to tell", True: "yes, on this run",
                     False: "no, not on this run"}[verdict]
     grids = json.dumps([grid_file(s) for s in steps])
+    blank = blank_tile_fraction(doc)
+    blank_text = ("" if blank is None else f"Blank tiles after step 0 (the start image, untouched: no "
+                  f"gradient reached the unit): <b id=\"blank\">{blank:.0%}</b>.")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -188,7 +191,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 {len(steps)} recorded steps ({first} to {last}). Initial codes and noise are fixed, so what changes from
 frame to frame is the network. Data: <a href="evolution.json">evolution.json</a>.</p>
 <h2>Units over training</h2>
-<p>Rows are units, columns the recorded steps (seed 0).</p>
+<p>Rows are units, columns the recorded steps (seed 0). {blank_text}</p>
 <img class="strip" src="strip.png" alt="strip of units over training">
 <h2>Step by step</h2>
 <input id="step" type="range" min="0" max="{max(len(steps) - 1, 0)}" value="{max(len(steps) - 1, 0)}">
@@ -229,4 +232,11 @@ def build_reports(root: Path, doc: dict[str, Any]) -> dict[str, Any]:
     write_videos(doc, images, root)
     save_text(change_svg(layers), root / "change.svg")
     save_text(index_html(doc, layers), root / "index.html")
-    return {"layers": layers, "lower_layers_settle_first": lower_layers_settle_first(layers)}
+    return {"layers": layers, "lower_layers_settle_first": lower_layers_settle_first(layers),
+            "blank_tile_fraction": blank_tile_fraction(doc)}
+
+
+def blank_tile_fraction(doc: dict[str, Any]) -> float | None:
+    """The fraction of tiles after step 0 that show their start image (or one flat colour)."""
+    flags = [f["blank"] for f in doc["frames"] if f["step"] > 0 and "blank" in f]
+    return sum(flags) / len(flags) if flags else None

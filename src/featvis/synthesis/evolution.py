@@ -34,6 +34,16 @@ from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.sampler import Sampler
 
 FORMAT_VERSION = 1
+# A tile differs from its start image by less than this in mean |pixel| (or its pixels spread less):
+# no gradient moved it, so it shows no feature.
+BLANK_TOLERANCE = 2 / 255
+
+
+def blank_tiles(images: torch.Tensor, starts: torch.Tensor, tolerance: float = BLANK_TOLERANCE) -> torch.Tensor:
+    """(B,) flags: images still (nearly) their start image, or (nearly) one flat colour."""
+    unchanged = (images - starts).abs().flatten(1).mean(1) < tolerance
+    flat = images.flatten(1).std(1) < tolerance
+    return unchanged | flat
 
 
 class EvolutionRecorder:
@@ -115,17 +125,20 @@ class EvolutionRecorder:
             for module in self.parts.modules():
                 module.to(device)
             sampler = Sampler(target, objectives, self.settings, **self.parts.sampler_kwargs())
-            result = sampler.run(self.z0[rows].to(device), seed=self.noise_seed)
+            z0 = self.z0[rows].to(device)
+            result = sampler.run(z0, seed=self.noise_seed)
             images = result.best if self.keep == "best" else result.last
             with torch.no_grad():
                 metrics = objectives.to(device).unit_metrics(sampler.taps(images.to(device)))
                 judged = self._judge(images, device)
+                blank = blank_tiles(images, sampler.render(z0).cpu())
         metric_rows = []
         for i, row in enumerate(rows.tolist()):
             unit = self.units[row // self.seeds]
             entry = {"unit": unit.label, "layer": unit.layer, "seed": row % self.seeds,
                      "activation": float(metrics["activation"][i]),
-                     "probability": float(metrics["probability"][i]), "rank": int(metrics["rank"][i])}
+                     "probability": float(metrics["probability"][i]), "rank": int(metrics["rank"][i]),
+                     "blank": bool(blank[i])}
             if judged is not None and unit.layer == self.logits_layer and len(unit.terms) == 1:
                 entry["judge_correct"] = bool(judged[i] == unit.terms[0].unit)
             metric_rows.append(entry)
