@@ -40,6 +40,7 @@ ppgn transfer >= 0.90, grid_artifact_ratio <= 1.5, generator_train_minutes <= 15
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import tempfile
@@ -79,25 +80,45 @@ def trained(out: Path, *overrides: str) -> str:
     return train(compose_cfg("config", f"output_dir={out}", "logger=csv", *overrides))["best_checkpoint"]
 
 
+def generators_by_budget(out: Path, budgets: list[int], steps_per_epoch: int) -> dict[int, str]:
+    """The checkpoint a G run of each budget would keep, from one run of the largest budget that
+    kept every epoch: the best val/agreement among the budget's whole epochs (as task.train_steps
+    rounds them), the first of equals, as ModelCheckpoint keeps it."""
+    rows = list(csv.DictReader(next(out.rglob("metrics.csv")).open()))
+    agreement = {int(r["epoch"]): float(r["val/agreement"]) for r in rows if r.get("val/agreement")}
+    found = {}
+    for budget in budgets:
+        epochs = max(1, round(budget / steps_per_epoch))
+        best = max(range(epochs), key=lambda e: (agreement[e], -e))
+        found[budget] = str(next((out / "checkpoints").glob(f"epoch{best:03d}-*.ckpt")))
+    return found
+
+
 def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str | None],
-                   comparator: str | None, generator_overrides: list[str]) -> tuple[dict[str, str], float | None]:
-    """One independent set of checkpoints (seeds 100 * repeat + ...) and G's training minutes."""
+                   comparator: str | None, generator_overrides: list[str],
+                   budgets: list[int]) -> tuple[dict[str, str], dict[int, str], float | None]:
+    """One independent set of checkpoints (seeds 100 * repeat + ...), G's checkpoint for each of
+    `budgets` (G steps; none: the configured budget alone) and G's training minutes."""
     seed = 100 * repeat
     found = dict(given)
     found["encoder"] = given["encoder"] or trained(out / "classifier", "task=classifier", f"seed={seed}", *data)
-    minutes = None
+    minutes, by_budget = None, {}
     if not given["generator"]:
         comparator = comparator or trained(out / "comparator", "task=classifier", f"seed={seed + 2}", *data)
+        every_epoch = [f"task.train_steps={max(budgets)}", "callbacks.model_checkpoint.save_top_k=-1"] if budgets else []
         start = time.perf_counter()
-        found["generator"] = trained(out / "generator", "task=generator", f"seed={seed}", *data,
-                                     f"encoder.ckpt={found['encoder']}", f"task.comparators=[{comparator}]",
-                                     *generator_overrides)
+        result = train(compose_cfg("config", f"output_dir={out / 'generator'}", "logger=csv", "task=generator",
+                                   f"seed={seed}", *data, f"encoder.ckpt={found['encoder']}",
+                                   f"task.comparators=[{comparator}]", *generator_overrides, *every_epoch))
         minutes = (time.perf_counter() - start) / 60
+        found["generator"] = result["best_checkpoint"]
+        if budgets:
+            by_budget = generators_by_budget(out / "generator", budgets, result["steps_per_epoch"])
     found["prior"] = given["prior"] or trained(out / "prior", "task=prior", f"seed={seed}", *data,
                                                f"encoder.ckpt={found['encoder']}")
     found["judge"] = given["judge"] or trained(out / "judge", "task=classifier", f"seed={seed + 1}",
                                                "model.fc6_dim=512", *data)
-    return found, minutes
+    return found, by_budget, minutes
 
 
 def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
@@ -214,6 +235,9 @@ def main() -> dict:
                         help="a train.py override for G's training only (repeatable), e.g. "
                              "generator.net.stages=[[128,128],[64,0],[32,0],[16,0]]")
     parser.add_argument("--data-root", help="an ImageFolder tree (train/ and val/) instead of shapes")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[], metavar="STEPS",
+                        help="G step budgets to compare (one G run of the largest keeps every epoch; "
+                             "each budget's figures come from the checkpoint a run of that length keeps)")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
@@ -227,6 +251,8 @@ def main() -> dict:
     if args.comparator and args.comparator == args.judge:
         parser.error(f"--comparator {args.comparator} is the judge; expected another classifier (the judge "
                      "must be independent of G)")
+    if any(b < 1 for b in args.budgets) or (args.budgets and args.generator):
+        parser.error(f"--budgets {args.budgets}; expected positive G step counts, and no --generator")
     if args.data_root and not (Path(args.data_root) / "train").is_dir():
         parser.error(f"--data-root {args.data_root} has no train/ folder; expected DIR/train/<class>/* "
                      "and DIR/val/<class>/*")
@@ -234,27 +260,42 @@ def main() -> dict:
     data = ["data=imagefolder", f"data.root={Path(args.data_root).resolve()}"] if args.data_root else []
     methods = [m for m in METHODS if m in args.methods]
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
-    sets = []
+    budgets = sorted(set(args.budgets))
+    sets: dict[int | None, list[dict[str, float]]] = {b: [] for b in budgets or [None]}
     for repeat in range(args.repeats):
         folder = out / f"set{repeat}"
-        checkpoints, minutes = checkpoint_set(folder, repeat, data, given, args.comparator,
-                                              args.generator_override)
+        checkpoints, by_budget, minutes = checkpoint_set(folder, repeat, data, given, args.comparator,
+                                                         args.generator_override, budgets)
         print(f"\n== set {repeat} (seeds {100 * repeat}+): {json.dumps(checkpoints)}")
-        figures, sheet = measure(checkpoints, folder, data, args.seeds, methods)
-        if minutes is not None:
-            figures["generator_train_minutes"] = round(minutes, 2)
-        sets.append(figures)
-        if repeat == 0:
-            sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else folder / "methods.png")
-            print(f"contact sheet: {sheet_path}")
+        for budget in sets:
+            if budget is not None:
+                checkpoints = {**checkpoints, "generator": by_budget[budget]}
+                print(f"\n-- G budget {budget} steps: {by_budget[budget]}")
+            figures, sheet = measure(checkpoints, folder / (f"budget{budget}" if budget else ""), data,
+                                     args.seeds, methods)
+            if minutes is not None:
+                # a shorter budget's share of the longest run's minutes, in proportion to its epochs
+                figures["generator_train_minutes"] = round(minutes * min(1.0, budget / max(budgets)) if budget
+                                                           else minutes, 2)
+            sets[budget].append(figures)
+            if repeat == 0 and budget == max(budgets, default=None):
+                sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else folder / "methods.png")
+                print(f"contact sheet: {sheet_path}")
+    worst = {budget: print_worst(runs, f" (G budget {budget} steps)" if budget else "") for budget, runs in sets.items()}
+    print(f"runs: {out}")
+    if budgets:
+        return {"budgets": {str(b): {**worst[b], "repeats": sets[b]} for b in budgets}}
+    return {**worst[None], "repeats": sets[None]}
+
+
+def print_worst(sets: list[dict[str, float]], title: str) -> dict[str, float]:
+    """Print each figure per set, its worst case and its target; returns the worst case."""
     worst = worst_case(sets)
-    print(f"\n{'figure (worst over ' + str(len(sets)) + ' sets)':<40}" + "".join(f"{'set ' + str(i):>9}"
-                                                                         for i in range(len(sets)))
-          + f"{'worst':>9}  target")
+    print(f"\n{'figure (worst over ' + str(len(sets)) + ' sets)' + title:<40}"
+          + "".join(f"{'set ' + str(i):>9}" for i in range(len(sets))) + f"{'worst':>9}  target")
     for key, value in worst.items():
         print(f"{key:<40}" + "".join(f"{s[key]:>9.3f}" for s in sets) + f"{value:>9.3f}  {TARGETS.get(key, '')}")
-    print(f"runs: {out}")
-    return {**worst, "repeats": sets}
+    return worst
 
 
 if __name__ == "__main__":

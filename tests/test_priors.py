@@ -267,12 +267,13 @@ def test_priors_train_for_a_budget_of_steps_whatever_the_data_size(small_classif
     # twice the size the same 12 steps are 2 epochs (rounded to whole epochs)
     for train_size, budget, epochs in ((256, 12, 3), (512, 12, 2)):
         out = tmp_path / f"n{train_size}"
-        train(compose_in(out, "task=prior", f"encoder.ckpt={encoder}", *by_steps,
-                         f"data.train_size={train_size}", f"task.train_steps={budget}"))
+        result = train(compose_in(out, "task=prior", f"encoder.ckpt={encoder}", *by_steps,
+                                  f"data.train_size={train_size}", f"task.train_steps={budget}"))
         assert _epochs_run(out) == epochs, (train_size, budget)
+        assert result["steps_per_epoch"] == train_size // 64
     explicit = tmp_path / "explicit"  # an epoch count on the command line wins over the budget
-    train(compose_in(explicit, "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=12",
-                     "trainer.max_epochs=1"))
-    assert _epochs_run(explicit) == 1
+    result = train(compose_in(explicit, "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=12",
+                              "trainer.max_epochs=1"))
+    assert _epochs_run(explicit) == 1 and "steps_per_epoch" not in result
     with pytest.raises(ConfigError, match=r"task.train_steps=0; expected a positive number of training steps"):
         train(compose_in(tmp_path / "bad", "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=0"))

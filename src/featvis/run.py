@@ -89,26 +89,28 @@ def _step_budget(cfg: DictConfig) -> int | None:
     return steps
 
 
-def _epochs_for_budget(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
-    """Turn task.train_steps into whole epochs of this data set on this many processes.
+def _epochs_for_budget(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule) -> int | None:
+    """Turn task.train_steps into whole epochs of this data set on this many processes; returns
+    the steps per epoch (None without a budget).
 
     The budget is what a prior needs, whatever the data set's size; whole epochs, because each
     epoch ends with the validation that picks the best checkpoint and with last.ckpt.
     """
     steps = _step_budget(cfg)
     if steps is None:
-        return
+        return None
     datamodule.setup("fit")
     per_epoch = max(1, len(datamodule.train_dataloader()) // trainer.world_size)
     trainer.fit_loop.max_epochs = max(1, round(steps / per_epoch))
     log.info("%s: task.train_steps=%d is %d epochs of %d steps", cfg.task.name, steps,
              trainer.fit_loop.max_epochs, per_epoch)
+    return per_epoch
 
 
 def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
     trainer = build_trainer(cfg)
     check_launcher(trainer)
-    _epochs_for_budget(cfg, trainer, datamodule)
+    steps_per_epoch = _epochs_for_budget(cfg, trainer, datamodule)
     wandb_run = None
     try:
         # A resumed checkpoint may come from anywhere: tensors and plain types only, never code.
@@ -118,6 +120,8 @@ def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningData
     finally:
         wandb_run = finish_loggers(trainer)
     result = {"metrics": metrics, **_checkpoint_paths(trainer), "wandb_run": wandb_run}
+    if steps_per_epoch is not None:
+        result["steps_per_epoch"] = steps_per_epoch
     log.info("%s: %s", cfg.task.name, result)
     return result
 
