@@ -50,3 +50,12 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, named):
     assert len(errors) == 1 and named in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_wandb_disabled_writes_no_run(tmp_path):
+    """WANDB_MODE=disabled (what the tests set) over logger=wandb's offline default: no wandb folder at all."""
+    run = tmp_path / "run"
+    proc = _train(tmp_path, "task=classifier", "logger=wandb", *TINY, f"hydra.run.dir={run}", wandb_mode="disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not list(run.rglob("*wandb*")) and not (tmp_path / "wandb").exists()

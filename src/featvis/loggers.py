@@ -15,16 +15,13 @@ PROBE_SECONDS = 5.0
 
 
 def wandb_server() -> str:
-    """The wandb server an online run would talk to (WANDB_BASE_URL, `wandb login --host`, or the default)."""
-    from wandb.sdk.wandb_settings import Settings
+    """The wandb server an online run would talk to (WANDB_BASE_URL, `wandb login --host`, or the default).
 
-    settings = Settings()
-    try:  # the host saved by `wandb login --host`, then the environment
-        settings.update_from_system_settings()
-    except Exception:  # noqa: BLE001 - an unreadable settings file leaves the default
-        pass
-    settings.update_from_env_vars(dict(os.environ))
-    return str(settings.base_url)
+    `wandb.setup()` is what `wandb.init` starts with anyway; its settings resolve the host the same way.
+    """
+    import wandb
+
+    return str(wandb.setup().settings.base_url)
 
 
 def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
@@ -39,22 +36,35 @@ def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
     return None
 
 
+def wandb_mode(offline: bool) -> str | None:
+    """The run's mode: WANDB_MODE when set, else `logger.offline`; None leaves it to wandb's settings."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode == "disabled":
+        return "disabled"
+    if mode in ("offline", "dryrun"):
+        return "offline"
+    if mode == "online" or not offline:
+        return None if mode is None else "online"
+    return "offline"
+
+
 def wandb_logger(offline: bool = True, **kwargs) -> WandbLogger:
     """Lightning's WandbLogger; an online run whose server cannot be reached goes offline at once.
 
     wandb itself retries an unreachable server for about 90 s and then fails the job. A
     training job should not die for its logger: the run is kept offline in the run dir and
-    `wandb sync` uploads it later.
+    `wandb sync` uploads it later. The mode goes to `wandb.init` as its `mode` argument:
+    WandbLogger's own `offline=True` would set WANDB_MODE=dryrun for the whole process, over
+    a WANDB_MODE=disabled that must write nothing.
     """
-    mode = os.environ.get("WANDB_MODE")
-    online = mode == "online" or (not offline and mode not in ("offline", "dryrun", "disabled"))
-    if online:
+    mode = wandb_mode(offline)
+    if mode in (None, "online"):
         server = wandb_server()
         problem = unreachable(server)
         if problem:
             print(f"featvis: warning: wandb server {server} is unreachable ({problem}); logging offline "
                   "instead (upload later with `wandb sync <run dir>/wandb/offline-run-*`)", file=sys.stderr)
-            offline = True
-            if mode == "online":
-                os.environ["WANDB_MODE"] = "offline"
-    return WandbLogger(offline=offline, **kwargs)
+            mode = "offline"
+    if mode is not None:
+        kwargs["mode"] = mode
+    return WandbLogger(**kwargs)

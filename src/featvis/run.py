@@ -58,7 +58,9 @@ def finish_loggers(trainer: L.Trainer) -> str | None:
         return None
     import wandb
 
-    folder = str(Path(runs[0].experiment.dir).parent) if trainer.is_global_zero else None
+    run = runs[0].experiment if trainer.is_global_zero else None
+    # A disabled run (WANDB_MODE=disabled) writes nothing: there is no folder to name.
+    folder = str(Path(run.dir).parent) if run is not None and not run.disabled else None
     wandb.finish()
     return folder
 
