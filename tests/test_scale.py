@@ -72,18 +72,18 @@ def test_ddp_generator_two_processes(tmp_path, small_classifier):
     assert checkpoint["featvis"]["kind"] == "generator"
 
 
-def test_ddp_prior_multirun_two_jobs_two_processes_each(tmp_path, small_classifier):
-    """A sweep of DDP jobs (one after another): each job's rank 1 runs that job, in that job's dir."""
+def test_prior_multirun_two_jobs_and_its_summary(tmp_path, small_classifier):
+    """A local sweep of prior jobs (one process each): each job in its own dir, one summary sorted by val/loss."""
     encoder = small_classifier[1]["best_checkpoint"]
     sweep = tmp_path / "sweep"
-    proc = run_script("train.py", tmp_path, "-m", "task=prior", f"encoder.ckpt={encoder}", *SMALL_PRIOR, *DDP,
+    one_process = [arg for arg in DDP if arg.split("=")[0] not in ("trainer", "trainer.devices")]
+    proc = run_script("train.py", tmp_path, "-m", "task=prior", f"encoder.ckpt={encoder}", *SMALL_PRIOR, *one_process,
                       "logger=csv", "encoder.stats_images=128", "dae.sigma=0.25,0.5", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert only_dirs(tmp_path) == ["sweep"]  # no outputs/ dir from a child's hydra.run.dir
+    assert only_dirs(tmp_path) == ["sweep"]
     assert only_dirs(sweep) == ["0", "1"]
     losses = {}
     for job, sigma in zip(("0", "1"), (0.25, 0.5)):
-        assert (sweep / job / "train_ddp_process_1.log").is_file()
         checkpoint = read_checkpoint(sweep / job / "checkpoints" / "last.ckpt")
         assert checkpoint["featvis"]["dae"]["sigma"] == sigma
         metrics = json.loads((sweep / job / "metrics.json").read_text())
@@ -304,6 +304,8 @@ def test_caffenet_one_training_step_and_one_dgn_am_step(tmp_path):
     from featvis.nets import CodeStatistics
     from featvis.run import train
     from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+    from featvis.synthesis.priors import ClipCodes, Decay
+    from featvis.synthesis.spaces import CodeSpace
 
     root = _jpeg_folder(tmp_path / "imagenet")
     cfg = _caffenet_cfg("task=classifier", f"data.root={root}", f"output_dir={tmp_path / 'run'}", "logger=none",
@@ -320,20 +322,29 @@ def test_caffenet_one_training_step_and_one_dgn_am_step(tmp_path):
     stats = CodeStatistics(4096).fit(torch.rand(256, 4096).relu_() * 2)
     units = [1, 2]
     sampler = Sampler(target, ObjectiveBatch([[Term("fc8", u)] for u in units], {"fc8": 1000}),
-                      SamplerSettings(steps=1, lr=1.0, lr_end=1.0, normalize_gradient=True, clip_quantile=0.99,
-                                      decay=0.99), generator=generator, code_upper=stats.quantile(0.99))
+                      SamplerSettings(steps=1, lr=1.0, lr_end=1.0, normalize_gradient=True),
+                      space=CodeSpace(generator, stats), operators=[ClipCodes(stats.quantile(0.99)), Decay(0.99)])
     out = sampler.run(stats.sample(len(units), torch.Generator().manual_seed(0)))
     assert out.last.shape == (2, 3, 227, 227)
     assert torch.isfinite(out.last_value).all()
 
 
-def test_ddp_under_joblib_is_a_one_line_error(tmp_path):
-    proc = run_script("train.py", tmp_path, "-m", "task=classifier", "trainer=ddp", "hydra/launcher=joblib",
-                      "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_ddp_in_a_local_multirun_is_a_one_line_error(tmp_path, launcher):
+    """Lightning starts DDP ranks by re-running the command line, which in a sweep is the whole sweep:
+    refused before any job output (Hydra's own records aside); DDP sweeps run on SLURM."""
+    sweep = tmp_path / "sweep"
+    proc = run_script("train.py", tmp_path, "-m", "task=classifier", "trainer=ddp", "trainer.accelerator=cpu",
+                      f"hydra/launcher={launcher}", "seed=0,1", "logger=wandb", f"hydra.sweep.dir={sweep}",
+                      wandb_mode="offline")
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("featvis: error:")]
-    assert len(errors) == 1 and "trainer=ddp under hydra/launcher=joblib" in errors[0], proc.stderr[-2000:]
-    assert not (tmp_path / "sweep").exists()
+    assert errors and len(set(errors)) == 1, proc.stderr[-2000:]
+    assert f"trainer=ddp with trainer.devices=2 in a multirun under hydra/launcher={launcher}" in errors[0]
+    assert "hydra/launcher=slurm" in errors[0]
+    assert "Traceback" not in proc.stderr
+    written = [p.relative_to(sweep) for p in sweep.rglob("*") if p.is_file()]
+    assert all(p.name == "multirun.yaml" or ".hydra" in p.parts or p.suffix == ".log" for p in written), written
 
 
 @pytest.mark.parametrize("config, overrides", [

@@ -1,27 +1,17 @@
-"""DDP jobs under Hydra: Lightning's own launcher, plus what a multirun sweep needs from it.
+"""DDP jobs under Hydra, and CPU threads for parallel sweep jobs.
 
-Lightning's DDP launcher (`_SubprocessScriptLauncher`) starts ranks 1..N-1 of a node by
-running the script again, and under Hydra it adds `hydra.run.dir=<the run dir>` and
-`hydra.output_subdir=null`, so every rank shares the job's one run dir and only rank zero
-writes `.hydra/`.  That is right for a single run.  In a multirun sweep it is not:
-
-- the children would get the whole command line again, `-m` and every swept value, and each
-  would start the entire sweep; and `hydra.run.dir` is not the job's dir (`hydra.sweep.dir/N`);
-- the launcher leaves `LOCAL_RANK`, `MASTER_PORT`, ... in the environment and the process group
-  open, so the next job of the sweep would think its processes were started for it and wait
-  on the finished job's ranks.
-
-`ddp_job` fixes both around `trainer.fit`: in a multirun job the children run the job's own
-overrides (`hydra.overrides.task`) in its own dir, and afterwards the process group is
-destroyed and the launch variables are put back.  A SLURM job (hydra/launcher=slurm) starts its
-ranks itself (Lightning's SLURMEnvironment): nothing is launched here and nothing changes.
+Lightning's DDP launcher starts ranks 1..N-1 of a node by running the script again with the
+command line it was given (plus the run dir): right for a single run, where every rank joins
+the job's run dir. A job of a local multirun cannot be started that way, since the command
+line is the whole sweep (and a joblib worker has no script at all), so `check_launcher` refuses
+it with one line. DDP sweeps run on SLURM (hydra/launcher=slurm), where SLURM starts the ranks
+and Lightning reads them from its environment; on one machine, DDP jobs run as single runs.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import lightning as L
@@ -39,60 +29,40 @@ def _hydra_mode() -> str | None:
     return str(HydraConfig.get().mode).rsplit(".", 1)[-1]  # RUN or MULTIRUN
 
 
-def child_command(local_rank: int) -> tuple[Sequence[str], str]:
-    """The command line of DDP rank `local_rank` of a multirun job: the job's overrides, its dir."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_original_cwd, to_absolute_path
-
-    import __main__
-
-    hydra_cfg = HydraConfig.get()
-    if __main__.__spec__ is None:
-        command = [sys.executable, to_absolute_path(sys.argv[0])]
-    else:
-        command = [sys.executable, "-m", __main__.__spec__.name]
-    command += list(hydra_cfg.overrides.task)
-    command += [f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
-                f"hydra.job.name={hydra_cfg.job.name}_ddp_process_{local_rank}", "hydra.output_subdir=null"]
-    return command, get_original_cwd()
-
-
-def launches_subprocesses(trainer: L.Trainer) -> bool:
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    launcher = getattr(trainer.strategy, "launcher", None)
-    return isinstance(launcher, _SubprocessScriptLauncher) and not launcher.cluster_environment.creates_processes_externally
+def starts_its_own_ranks(trainer: L.Trainer) -> bool:
+    """Whether Lightning would start this node's other ranks itself (not SLURM, not torchrun)."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return trainer.num_devices > 1 and environment is not None and not environment.creates_processes_externally
 
 
 def check_launcher(trainer: L.Trainer) -> None:
-    """DDP's launcher re-runs the script: not possible from a joblib worker, which has no script."""
+    """In a local multirun job, refuse a strategy whose ranks Lightning would start by re-running the script."""
     from hydra.core.hydra_config import HydraConfig
 
-    if _hydra_mode() != "MULTIRUN" or not launches_subprocesses(trainer):
+    if _hydra_mode() != "MULTIRUN" or not starts_its_own_ranks(trainer):
         return
-    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
-    if "joblib" in launcher.lower():
-        raise ConfigError("trainer=ddp under hydra/launcher=joblib; expected DDP jobs one after another "
-                          "(the default launcher) or on SLURM (hydra/launcher=slurm), or joblib with "
-                          "trainer=default")
+    launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
+    raise ConfigError(f"trainer=ddp with trainer.devices={trainer.num_devices} in a multirun under "
+                      f"hydra/launcher={launcher}; expected DDP sweeps on SLURM (hydra/launcher=slurm), "
+                      "DDP jobs as single runs, or trainer=default in a local sweep")
 
 
 @contextmanager
 def ddp_job(trainer: L.Trainer) -> Iterator[None]:
-    """Around `trainer.fit`: DDP children of a multirun job run that job; the next job starts clean."""
-    if _hydra_mode() != "MULTIRUN" or not launches_subprocesses(trainer) or "LOCAL_RANK" in os.environ:
-        yield  # a single run (Lightning's own handling is right), a SLURM rank, or a child
+    """Around `trainer.fit` in a multirun job: the next job of the sweep starts clean.
+
+    A DDP job of one process leaves its process group open and `LOCAL_RANK`, `MASTER_PORT`, ...
+    in the environment; the next job would take them for ranks started for it.
+    """
+    if _hydra_mode() != "MULTIRUN":
+        yield
         return
     import torch.distributed as dist
-    from lightning.pytorch.strategies.launchers import subprocess_script
 
     saved = {name: os.environ.get(name) for name in LAUNCH_VARIABLES}
-    original = subprocess_script._hydra_subprocess_cmd
-    subprocess_script._hydra_subprocess_cmd = child_command
     try:
         yield
     finally:
-        subprocess_script._hydra_subprocess_cmd = original
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for name, value in saved.items():

@@ -44,6 +44,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     # A budget in steps (task.train_steps) sets the epochs once the data is known: see _fit.
     epochs = {"max_epochs": -1} if _step_budget(cfg) else {}
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **epochs)
+    check_launcher(trainer)  # before the logger writes its run
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return trainer
@@ -111,7 +112,6 @@ def _epochs_for_budget(cfg: DictConfig, trainer: L.Trainer, datamodule: L.Lightn
 
 def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
     trainer = build_trainer(cfg)
-    check_launcher(trainer)
     steps_per_epoch = _epochs_for_budget(cfg, trainer, datamodule)
     wandb_run = None
     try:
