@@ -1,17 +1,15 @@
 """Train featvis networks: `python train.py task=classifier [overrides]` (Hydra)."""
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-from featvis.cli import exit_on_bad_command_line, report_errors
+from featvis.cli import report_errors, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @report_errors
 def main(cfg: DictConfig) -> float | None:
-    from featvis.run import train  # torch and Lightning load after the command line is checked
+    from featvis.run import train  # torch and Lightning load once Hydra has composed the config
 
     result = train(cfg)
     # Returned for Hydra sweepers that optimize a metric.
@@ -19,5 +17,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    exit_on_bad_command_line(Path(__file__).parent / "conf", "config")  # Hydra's own errors as one line, before any output
-    main()
+    run(main)  # featvis's errors and Hydra's own as one line, exit 2

@@ -52,6 +52,43 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, named):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("args, named", [
+    (["nosuch_key=1"], "nosuch_key is not a key of the config"),
+    (["model=nosuch"], "model=nosuch is not a config option; expected one of alexnet_mini, caffenet"),
+    (["hydra/launcher=nosuch"], "hydra/launcher=nosuch is not a config option"),
+    (["model.fc6_dim=[1"], "model.fc6_dim=[1 does not parse"),
+    (["-m", "model=alexnet_mini,nosuch"], "model=nosuch is not a config option"),  # any point of a sweep
+    (["--cfg", "job", "nosuch_key=1"], "nosuch_key is not a key of the config"),
+])
+def test_hydras_own_errors_are_one_line_and_exit_2(tmp_path, args, named):
+    """Hydra's errors, raised before the job, come out as featvis's one line: no job output, no traceback."""
+    proc = _train(tmp_path, *args, "task=classifier", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featvis: error:") and named in lines[0], proc.stderr[-2000:]
+    assert "expected" in lines[0]
+    assert not (tmp_path / "run").exists()
+    assert not list(tmp_path.glob("sweep/*/.hydra"))  # a sweep stops before its first job
+
+
+def test_unwritable_run_dir_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    for flags in ([f"hydra.run.dir={tmp_path / 'blocker' / 'run'}"],
+                  ["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'blocker' / 'sweep'}"]):
+        proc = _train(tmp_path, *flags, "task=classifier", "logger=none", *TINY)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{tmp_path / 'blocker'}/" in lines[0], proc.stderr[-2000:]
+        assert lines[0].startswith("featvis: error:") and "expected a writable directory" in lines[0]
+
+
+def test_hydra_flags_are_hydras(tmp_path):
+    proc = _train(tmp_path, "--cfg", "job", "task=classifier")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fc6_dim" in proc.stdout and not list(tmp_path.iterdir())
+
+
 def test_wandb_disabled_writes_no_run(tmp_path):
     """WANDB_MODE=disabled (what the tests set) over logger=wandb's offline default: no wandb folder at all."""
     run = tmp_path / "run"
