@@ -53,10 +53,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from featvis.nets import CodeStatistics, Encoder
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.priors import ClipCodes, Decay
 from featvis.synthesis.sampler import frozen
+from featvis.synthesis.spaces import CodeSpace
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = dict(lr=1.0, lr_end=0.01, normalize_gradient=True, clip_quantile=0.99, decay=0.99)
+SETTINGS = dict(lr=1.0, lr_end=0.01, normalize_gradient=True)
 SELECTIVITY = 1.0  # conf/method/dgn_am.yaml
 PRECISIONS = ("fp32", "tf32", "bf16")
 SLOTS = ("64", "256")  # figure names of the first and second --units count
@@ -121,7 +123,8 @@ def build_sampler(nets: dict, units: list[int], steps: int, bf16: bool) -> Sampl
     for net in (nets["target"], nets["generator"]):
         net.to(memory_format=torch.contiguous_format)
     return Sampler(nets["target"], objectives, SamplerSettings(steps=steps, **SETTINGS),
-                   generator=nets["generator"], code_upper=nets["upper"], autocast=bf16, channels_last=bf16)
+                   space=nets["space"], operators=[ClipCodes(nets["upper"]), Decay(0.99)], autocast=bf16,
+                   channels_last=bf16)
 
 
 def bare_step(sampler: Sampler, z0: torch.Tensor, bf16: bool):
@@ -147,7 +150,7 @@ def time_precision(nets: dict, units: list[int], z0: torch.Tensor, sizes: dict, 
         sampler_seconds = timed(lambda: sampler.run(z0), device) / steps
         step = bare_step(sampler, z0, bf16)
         sampler.objectives.to(device)
-        with frozen(sampler.target, sampler.taps, sampler.generator):
+        with frozen(sampler.target, sampler.taps, sampler.space):
             for _ in range(sizes["warmup"]):
                 step()
             bare_seconds = timed(lambda: [step() for _ in range(steps)], device) / steps
@@ -222,9 +225,10 @@ def build_nets(cfg, classes: int, device: torch.device) -> dict:
                       cfg.encoder.comparator_layer, cfg.encoder.logits_layer)
     code_dim = encoder.code_dim
     stats = CodeStatistics(code_dim).fit(torch.rand(1024, code_dim).relu_() * 2)
+    generator = instantiate(cfg.generator.net, code_dim=code_dim).eval().to(device)
     return {"target": instantiate(cfg.model, num_classes=classes).eval().to(device),
-            "generator": instantiate(cfg.generator.net, code_dim=code_dim).eval().to(device),
-            "encoder": encoder, "stats": stats, "upper": stats.quantile(0.99), "classes": classes,
+            "generator": generator, "space": CodeSpace(generator, stats), "encoder": encoder, "stats": stats,
+            "upper": stats.quantile(0.99), "classes": classes,
             "code_dim": code_dim, "image_size": encoder.image_size}
 
 

@@ -53,6 +53,8 @@ def am_step_child(units: int, steps: int) -> None:
 
     from featvis.nets import CodeStatistics
     from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+    from featvis.synthesis.priors import ClipCodes, Decay
+    from featvis.synthesis.spaces import CodeSpace
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=caffenet", "task=generator", "data.root=/unused"])
@@ -64,9 +66,9 @@ def am_step_child(units: int, steps: int) -> None:
 
     def sampler(n_steps: int) -> Sampler:
         objectives = ObjectiveBatch([[Term("fc8", c)] for c in classes], {"fc8": 1000})
-        settings = SamplerSettings(steps=n_steps, lr=1.0, lr_end=0.01, normalize_gradient=True,
-                                   clip_quantile=0.99, decay=0.99)
-        return Sampler(target, objectives, settings, generator=generator, code_upper=stats.quantile(0.99))
+        settings = SamplerSettings(steps=n_steps, lr=1.0, lr_end=0.01, normalize_gradient=True)
+        return Sampler(target, objectives, settings, space=CodeSpace(generator, stats),
+                       operators=[ClipCodes(stats.quantile(0.99)), Decay(0.99)])
 
     z0 = stats.sample(units, torch.Generator().manual_seed(0))
     sampler(1).run(z0)  # warm-up: first-call allocations

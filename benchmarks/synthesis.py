@@ -23,9 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from featvis.nets import AlexNet, CodeStatistics, Generator
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.priors import ClipCodes, Decay
 from featvis.synthesis.sampler import frozen
+from featvis.synthesis.spaces import CodeSpace
 
-SETTINGS = dict(lr=1.0, lr_end=0.01, normalize_gradient=True, clip_quantile=0.99, decay=0.99)
+SETTINGS = dict(lr=1.0, lr_end=0.01, normalize_gradient=True)
 
 
 def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
@@ -39,8 +41,8 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
 
 def make_sampler(target, generator, stats, units: list[int], steps: int) -> Sampler:
     objectives = ObjectiveBatch([[Term("fc8", u)] for u in units], {"fc8": target.num_classes})
-    return Sampler(target, objectives, SamplerSettings(steps=steps, **SETTINGS), generator=generator,
-                   code_upper=stats.quantile(0.99))
+    return Sampler(target, objectives, SamplerSettings(steps=steps, **SETTINGS), space=CodeSpace(generator, stats),
+                   operators=[ClipCodes(stats.quantile(0.99)), Decay(0.99)])
 
 
 def main() -> dict:

@@ -96,7 +96,7 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
 
 
 def test_a_tile_is_blank_when_it_shows_its_start_image_or_one_colour():
-    from featvis.synthesis.evolution import blank_tiles
+    from featvis.synthesis.synthesize import blank_tiles
 
     start = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     moved = start.clone()

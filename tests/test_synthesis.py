@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from featvis.checkpoints import load_classifier, load_generator
 from featvis.errors import CheckpointError, ConfigError
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
-from featvis.synthesis.priors import GaussianPrior
+from featvis.synthesis.priors import ClipCodes, Decay, GaussianPrior
+from featvis.synthesis.spaces import CodeSpace
 from featvis.visualize import parse_units, visualize
 
 from .conftest import CONF, ROOT
@@ -69,7 +70,7 @@ def test_bad_objectives(objectives, sizes, kwargs, message):
 
 
 @pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("steps", 0),
-                                          ("eps2_end", -0.1), ("eps3", -0.1), ("eps3_end", -0.1), ("decay", 0.0),
+                                          ("eps2_end", -0.1), ("eps3", -0.1), ("eps3_end", -0.1),
                                           ("scale", 1.5),
                                           ("rotate", -1.0)])
 def test_bad_sampler_settings_name_the_value(field, value):
@@ -154,15 +155,14 @@ def test_dgn_am_keeps_codes_clipped_and_ppgn_noise_diversifies(target, small_pri
     upper = stats.quantile(0.99)
     objectives = ObjectiveBatch([[Term("fc8", 2)]] * 2, {"fc8": 15})
     z0 = stats.sample(1, torch.Generator().manual_seed(0)).repeat(2, 1)
-    dgn = Sampler(net, objectives, SamplerSettings(steps=20, lr=1.0, lr_end=0.1, normalize_gradient=True,
-                                                   clip_quantile=0.99, decay=0.99),
-                  generator=generator, code_upper=upper).run(z0)
+    space = CodeSpace(generator, stats)
+    dgn = Sampler(net, objectives, SamplerSettings(steps=20, lr=1.0, lr_end=0.1, normalize_gradient=True),
+                  space=space, operators=[ClipCodes(upper), Decay(0.99)]).run(z0)
     assert dgn.last_z.min() >= 0 and (dgn.last_z <= upper + 1e-6).all()
     assert dgn.last.shape == (2, 3, 32, 32)
     assert torch.equal(dgn.last_z[0], dgn.last_z[1])  # no noise: identical starts stay identical
-    noisy = Sampler(net, objectives, SamplerSettings(steps=20, lr=1.0, normalize_gradient=True, eps3=0.1,
-                                                     clip_quantile=0.99), generator=generator,
-                    code_upper=upper).run(z0)
+    noisy = Sampler(net, objectives, SamplerSettings(steps=20, lr=1.0, normalize_gradient=True, eps3=0.1),
+                    space=space, operators=[ClipCodes(upper)]).run(z0)
     assert not torch.equal(noisy.last_z[0], noisy.last_z[1])
     with torch.no_grad():  # the sampler reads the net in eval mode; an earlier test left it training
         start = objectives({"fc8": net.eval()(generator(z0).clamp(0, 1))})
@@ -366,3 +366,56 @@ def test_a_torchvision_model_as_target(tmp_path):
         visualize(_compose(*base, "layer=layer9", "units=[0]"))
     with pytest.raises(ConfigError, match="'resnet999' is not a torchvision model"):
         visualize(_compose(*base, "target.torchvision=resnet999"))
+
+
+def test_the_readmes_python_example_runs(small_classifier, small_priors, small_judge, monkeypatch, capsys):
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("### From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    checkpoints = {"classifier/<run>": small_classifier[1]["best_checkpoint"],
+                   "classifier/<other run>": small_judge[1]["best_checkpoint"],
+                   "generator/<run>": small_priors["generator"][1]["last_checkpoint"],
+                   "prior/<run>": small_priors["prior"][1]["last_checkpoint"]}
+    for name, path in checkpoints.items():
+        placeholder = f'"outputs/{name}/checkpoints/last.ckpt"'
+        assert placeholder in code, placeholder
+        code = code.replace(placeholder, repr(str(path)))
+    monkeypatch.chdir(ROOT.parent)  # the example does not depend on the working directory
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    found, scored = namespace["found"], namespace["scored"]
+    assert found.images.shape == (8, 3, 32, 32) and 0 <= float(found.images.min()) <= float(found.images.max()) <= 1
+    assert [r["unit"] for r in found.rows[::4]] == ["red circle", "3+7"]
+    assert 0 <= scored.evaluation["judge_transfer"] <= 1 and len(scored.rows) == 4
+    assert all("judge_correct" in r for r in scored.rows)
+    assert "torch.Size([8, 3, 32, 32])" in capsys.readouterr().out
+
+
+def test_a_method_is_a_space_a_prior_term_and_operators(small_priors):
+    from featvis.synthesis.methods import load_method, method_config
+    from featvis.synthesis.priors import DAEPrior, ImageOperators, PriorTerm
+    from featvis.synthesis.spaces import FourierSpace, PixelSpace
+
+    checkpoints = {"generator_ckpt": small_priors["generator"][1]["last_checkpoint"],
+                   "prior_ckpt": small_priors["prior"][1]["last_checkpoint"], "image_size": 32}
+
+    def method(name: str, *changes: str):
+        return load_method(method_config(name, *changes), **checkpoints)
+
+    dgn, ppgn, pixel, fft = (method(n) for n in ("dgn_am", "ppgn", "pixel", "pixel_fft"))
+    assert isinstance(dgn.space, CodeSpace) and dgn.prior is None
+    assert [type(op) for op in dgn.operators] == [ClipCodes, Decay]
+    assert isinstance(ppgn.prior, DAEPrior) and isinstance(ppgn.prior, PriorTerm)
+    assert ppgn.prior.dae in ppgn.modules()[1].modules()  # the DAE moves and freezes with its term
+    assert isinstance(pixel.space, PixelSpace) and [type(op) for op in pixel.operators] == [ImageOperators]
+    assert isinstance(fft.space, FourierSpace) and fft.operators == []
+    # A seed's start is the same for every unit, and the space renders it as an image.
+    starts = dgn.start(units=2, seeds=3)
+    assert torch.equal(starts[:3], starts[3:]) and not torch.equal(starts[0], starts[1])
+    assert dgn.space(starts).shape == (6, 3, 32, 32)
+    assert torch.equal(pixel.start(1, 2)[1:], PixelSpace(32).start(torch.Generator().manual_seed(1)))
+    for change, message in (("decay=0.0", r"method.decay=0.0; expected a value in \(0, 1\]"),
+                            ("clip_quantile=1.5", r"method.clip_quantile=1.5; expected a value in \(0, 1\]"),
+                            ("init=ones", r"method.init='ones'; expected stats or zeros"),
+                            ("space=wavelet", r"method.space='wavelet'; expected pixel, fft or code")):
+        with pytest.raises(ConfigError, match=message):
+            method("dgn_am", change)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier, read_checkpoint
+from featvis.configs import compose_config
 from featvis.cli import writable_dir
 from featvis.devices import use_tf32
 from featvis.distributed import check_launcher, ddp_job, share_cpus_with_parallel_jobs
@@ -188,7 +189,6 @@ def train_prior(cfg: DictConfig) -> dict[str, Any]:
     return _fit(cfg, module, datamodule)
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Overrides that belong to the pipeline job itself, not to its stages; and those for the target only.
 PIPELINE_ONLY = ("task", "output_dir", "ckpt_path", "hydra", "seed", "logger")
 TARGET_ONLY = ("callbacks", "method")
@@ -200,13 +200,7 @@ def _key(override: str) -> str:
 
 def compose_stage(overrides: list[str]) -> DictConfig:
     """The config of one stage: `config` composed again with the stage's overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # inside train.py: Hydra's own search path
-        return compose("config", overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose_config("config", overrides)
 
 
 def forwarded_overrides(cfg: DictConfig) -> list[str]:

@@ -23,15 +23,13 @@ from featvis.cli import writable_dir
 from featvis.devices import resolve_device, use_tf32
 from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
-from featvis.nets.layers import layer_names
 from featvis.nets.torchvision_target import TorchvisionTarget
 from featvis.reports.grids import labelled_grid, remove_partials, save_gif, save_png, save_text
-from featvis.synthesis import ObjectiveBatch, Sampler
-from featvis.synthesis.evaluation import evaluate
 from featvis.synthesis.evolution import EvolutionRecorder
-from featvis.synthesis.methods import Unit, initial_z, load_method, parse_units, sampler_settings, units_of
+from featvis.synthesis.methods import Unit, load_method, parse_units, units_of
+from featvis.synthesis.synthesize import load_judge, sampler_for, synthesize
 
-__all__ = ["Unit", "build", "parse_units", "visualize"]
+__all__ = ["Unit", "build", "parse_units", "synthesize", "visualize"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +85,6 @@ def sweep_value(terms: list[str], records: list[dict[str, Any]], evaluation: dic
 
 def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     """Load and check everything `cfg` names; nothing is written here."""
-    method = cfg.method
     sweep_terms(cfg)
     if cfg.target.get("ckpt"):
         target, t_record = load_classifier(cfg.target.ckpt)
@@ -98,37 +95,22 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     else:
         raise ConfigError("target.ckpt is not set; expected a classifier checkpoint (task=classifier) "
                           "or target.torchvision=<model name> with target.weights=<local file>")
-    units, sizes = units_of(target, cfg.units, cfg.layer, t_record["class_names"], cfg.spatial)
+    units, _ = units_of(target, cfg.units, cfg.layer, t_record["class_names"], cfg.spatial)
     if int(cfg.seeds) < 1:
         raise ConfigError(f"seeds={cfg.seeds}; expected a positive number of seeds per unit")
-    settings = sampler_settings(method, cfg.get("steps"), record_every=int(cfg.record_every) if cfg.gif else 0)
-    parts = load_method(method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"), target.image_size)
-    objectives = ObjectiveBatch([u.terms for u in units for _ in range(int(cfg.seeds))], sizes,
-                                mode=method.objective, spatial=cfg.spatial,
-                                selectivity=method.get("selectivity", 0.0))
-    judge, judge_record = None, None
-    if cfg.judge.get("ckpt"):
-        judge, judge_record = load_classifier(cfg.judge.ckpt)
-        same_weights = judge.spec == getattr(target, "spec", None) and all(
-            torch.equal(a, b) for a, b in zip(judge.state_dict().values(), target.state_dict().values()))
-        if same_weights:
-            raise ConfigError(f"judge.ckpt={cfg.judge.ckpt} has the target's own weights; expected an "
-                              "independent classifier (another seed or width)")
-        if cfg.judge.feature_layer not in layer_names(judge):
-            raise ConfigError(f"judge.feature_layer={cfg.judge.feature_layer!r} not found in the judge")
+    method = load_method(cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"), target.image_size)
+    performance = {k: v for k, v in cfg.performance.items() if k != "tf32"}  # tf32 is process-wide
+    sampler_for(target, units[:1], method, steps=cfg.get("steps"), spatial=cfg.spatial,
+                performance=performance)  # what the sampler refuses, refused before anything is written
+    judge = load_judge(cfg.judge.ckpt, cfg.judge.feature_layer, target) if cfg.judge.get("ckpt") else None
     real = None
     if int(cfg.evaluation.real_images) > 0:
         # Render or load no more validation images than the figures use.
         fewer = {"val_size": int(cfg.evaluation.real_images)} if "val_size" in cfg.data else {}
         real = instantiate(cfg.data, image_size=target.image_size, **fewer)
         real.setup("validate")
-    for module in (target, *parts.modules(), judge):
-        if module is not None:
-            module.to(device)
-    speed = {k: v for k, v in cfg.performance.items() if k != "tf32"}  # tf32 is process-wide: see visualize()
-    sampler = Sampler(target, objectives, settings, **parts.sampler_kwargs(), **speed)
-    return {"sampler": sampler, "units": units, "stats": parts.stats, "target_record": t_record,
-            "judge": judge, "judge_record": judge_record, "real": real}
+    return {"target": target.to(device), "units": units, "method": method, "target_record": t_record,
+            "judge": judge, "real": real, "performance": performance}
 
 
 def visualize(cfg: DictConfig) -> dict[str, Any]:
@@ -141,79 +123,46 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     use_tf32(cfg.performance.tf32)
     built = build(cfg, device)
-    sampler, units, seeds = built["sampler"], built["units"], int(cfg.seeds)
-    z0 = initial_z(cfg.method, built["stats"], len(units), seeds, sampler.target.image_size, device)
+    units, seeds = built["units"], int(cfg.seeds)
     out = writable_dir(Path(cfg.output_dir))
     remove_partials(out)  # what a killed run in this dir left; its complete files are rewritten
-    result = sampler.run(z0, seed=int(cfg.noise_seed), progress=True)
-    with torch.no_grad():
-        acts = {k: v.cpu() for k, v in sampler.taps(result.last.to(device)).items()}
-        best_acts = {k: v.cpu() for k, v in sampler.taps(result.best.to(device)).items()}
-    objectives = sampler.objectives.to(torch.device("cpu"))
-    last_metrics, best_metrics = objectives.unit_metrics(acts), objectives.unit_metrics(best_acts)
-
-    shown = result.best if cfg.keep == "best" else result.last
-    grid = labelled_grid(shown, len(units), [u.label for u in units], [f"seed {k}" for k in range(seeds)])
+    found = synthesize(
+        built["target"], units, built["method"], class_names=built["target_record"]["class_names"],
+        seeds=seeds, steps=cfg.get("steps"), spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed),
+        record_every=int(cfg.record_every) if cfg.gif else 0, judge=built["judge"],
+        real=built["real"].val_dataloader() if built["real"] is not None else None,
+        max_real=int(cfg.evaluation.real_images),
+        performance=built["performance"], progress=True)
+    result = found.result
+    grid = labelled_grid(found.images, len(units), [u.label for u in units], [f"seed {k}" for k in range(seeds)])
     save_png(grid, out / "grid.png")
     records = []
-    for u, unit in enumerate(units):
-        for k in range(seeds):
-            b = u * seeds + k
-            files = {kind: str(save_png(images[b], out / "images" / unit.slug / f"seed{k}_{kind}.png")
-                               .relative_to(out)) for kind, images in (("last", result.last), ("best", result.best))}
-            records.append({
-                "unit": unit.label, "terms": [t.__dict__ for t in unit.terms], "seed": k,
-                "last": {"objective": float(result.last_value[b]), **_metric_row(last_metrics, b)},
-                "best": {"objective": float(result.best_value[b]), "step": int(result.best_step[b]),
-                         **_metric_row(best_metrics, b)},
-                "files": files,
-            })
-        if result.frames:
+    for b, row in enumerate(found.rows):
+        unit, k = units[b // seeds], b % seeds
+        files = {kind: str(save_png(images[b], out / "images" / unit.slug / f"seed{k}_{kind}.png").relative_to(out))
+                 for kind, images in (("last", result.last), ("best", result.best))}
+        records.append({**row, "files": files})
+    if result.frames:
+        for u, unit in enumerate(units):
             frames = [make_row(frame[u * seeds:(u + 1) * seeds]) for frame in result.frames]
             save_gif(frames, out / "gifs" / f"{unit.slug}.gif")
 
-    evaluation = _evaluate(cfg, built, shown, best_metrics if cfg.keep == "best" else last_metrics, device)
+    evaluation = found.evaluation
     summary = {"method": cfg.method.name, "layer": cfg.layer, "target": str(cfg.target.ckpt),
                "generator": cfg.generator.get("ckpt"), "prior": cfg.prior.get("ckpt"),
-               "settings": sampler.settings.__dict__, "objective_mode": cfg.method.objective,
-               "selectivity": objectives.selectivity, "keep": cfg.keep, "results": records, "evaluation": evaluation,
-               "sweep": sweep_value(sweep_terms(cfg), records, evaluation, cfg.keep)}
+               "settings": found.settings.__dict__, "objective_mode": cfg.method.objective,
+               "selectivity": float(cfg.method.get("selectivity", 0.0)), "keep": cfg.keep, "results": records,
+               "evaluation": evaluation, "sweep": sweep_value(sweep_terms(cfg), records, evaluation, cfg.keep)}
     _log_to_logger(cfg, grid, records)
     save_text(json.dumps(summary, indent=2), out / "metrics.json")
     log.info("wrote %s", out / "grid.png")
     return summary
 
 
-def _evaluate(cfg: DictConfig, built: dict[str, Any], images: torch.Tensor, metrics: dict[str, torch.Tensor],
-              device: torch.device) -> dict[str, Any] | None:
-    """Faithfulness figures of the shown images (see featvis.synthesis.evaluation)."""
-    if built["real"] is None and built["judge"] is None:
-        return None
-    units, judge, t_record = built["units"], built["judge"], built["target_record"]
-    judge_record = built["judge_record"] or {}
-    # Judge transfer asks the judge for the unit's class: only for single class units of the logits.
-    classes_match = (judge is not None and all(u.layer == "fc8" for u in units)
-                     and judge_record.get("class_names") == t_record["class_names"]
-                     and all(len(u.terms) == 1 for u in units))
-    target, judge = built["sampler"].target.cpu(), judge.cpu() if judge is not None else None
-    real = built["real"].val_dataloader() if built["real"] is not None else None
-    report = evaluate(target, judge, [u.terms[0] for u in units], images, metrics["activation"],
-                      int(cfg.seeds), real, spatial=cfg.spatial, judge_layer=cfg.judge.feature_layer,
-                      judge_classes_match=classes_match, max_real=int(cfg.evaluation.real_images))
-    for row, unit in zip(report["per_unit"], units):
-        row["unit"] = unit.label
-    return report
-
-
 def make_row(images: torch.Tensor) -> torch.Tensor:
     from torchvision.utils import make_grid
 
     return make_grid(images.clamp(0, 1), nrow=len(images), padding=2, pad_value=1.0)
-
-
-def _metric_row(metrics: dict[str, torch.Tensor], b: int) -> dict[str, float]:
-    return {"activation": float(metrics["activation"][b]), "probability": float(metrics["probability"][b]),
-            "rank": int(metrics["rank"][b])}
 
 
 def _log_to_logger(cfg: DictConfig, grid, records: list[dict[str, Any]]) -> None:

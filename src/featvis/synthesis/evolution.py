@@ -24,26 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from featvis.checkpoints import load_classifier
 from featvis.errors import ConfigError
-from featvis.nets.adapters import fit_images
 from featvis.reports.evolution import build_reports, grid_file, step_name
 from featvis.reports.grids import labelled_grid, remove_partials, save_png, save_text
-from featvis.synthesis.methods import MethodParts, Unit, initial_z, load_method, sampler_settings, units_of
-from featvis.synthesis.objectives import ObjectiveBatch
-from featvis.synthesis.sampler import Sampler
+from featvis.synthesis.methods import Method, Unit, load_method, sampler_settings, units_of
+from featvis.synthesis.synthesize import Judge, load_judge, synthesize
 
 FORMAT_VERSION = 1
-# A tile differs from its start image by less than this in mean |pixel| (or its pixels spread less):
-# no gradient moved it, so it shows no feature.
-BLANK_TOLERANCE = 2 / 255
-
-
-def blank_tiles(images: torch.Tensor, starts: torch.Tensor, tolerance: float = BLANK_TOLERANCE) -> torch.Tensor:
-    """(B,) flags: images still (nearly) their start image, or (nearly) one flat colour."""
-    unchanged = (images - starts).abs().flatten(1).mean(1) < tolerance
-    flat = images.flatten(1).std(1) < tolerance
-    return unchanged | flat
 
 
 class EvolutionRecorder:
@@ -81,8 +68,8 @@ class EvolutionRecorder:
         self.units: list[Unit] = []
         self.sizes: dict[str, int] = {}
         self.class_names: list[str] = []
-        self.parts: MethodParts | None = None
-        self.judge: nn.Module | None = None
+        self.parts: Method | None = None
+        self.judge: Judge | None = None
         self.z0: torch.Tensor | None = None
         self.frames: list[dict[str, Any]] = []
 
@@ -97,12 +84,12 @@ class EvolutionRecorder:
             self.units, self.sizes = units_of(net, self.unit_spec, self.layer, self.class_names, self.spatial)
             self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size)
             if self.judge_ckpt:
-                self.judge, record = load_classifier(self.judge_ckpt)
-                if record["class_names"] != self.class_names:
+                self.judge = load_judge(self.judge_ckpt, target=net)
+                if self.judge.class_names != self.class_names:
                     raise ConfigError(f"judge_ckpt={self.judge_ckpt} has other classes than the target; "
                                       "expected a classifier of the same classes")
         if self.z0 is None:
-            self.z0 = initial_z(self.method, self.parts.stats, len(self.units), self.seeds, net.image_size)
+            self.z0 = self.parts.start(len(self.units), self.seeds)
 
     # -- synthesis ----------------------------------------------------------------------------
     def synthesize(self, net: nn.Module, unit_indices: list[int] | None = None) -> tuple[torch.Tensor, list[dict]]:
@@ -114,41 +101,18 @@ class EvolutionRecorder:
         indices = list(range(len(self.units))) if unit_indices is None else list(unit_indices)
         if not indices:
             return torch.empty(0, device="cpu"), []
-        device = next(net.parameters()).device
         rows = torch.tensor([u * self.seeds + k for u in indices for k in range(self.seeds)], device="cpu")
-        objectives = ObjectiveBatch([self.units[u].terms for u in indices for _ in range(self.seeds)],
-                                    self.sizes, mode=self.method["objective"], spatial=self.spatial,
-                                    selectivity=self.method.get("selectivity", 0.0))
-        devices = [device] if device.type == "cuda" else []
-        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=devices):
-            target = copy.deepcopy(net).eval()
-            for module in self.parts.modules():
-                module.to(device)
-            sampler = Sampler(target, objectives, self.settings, **self.parts.sampler_kwargs())
-            z0 = self.z0[rows].to(device)
-            result = sampler.run(z0, seed=self.noise_seed)
-            images = result.best if self.keep == "best" else result.last
-            with torch.no_grad():
-                metrics = objectives.to(device).unit_metrics(sampler.taps(images.to(device)))
-                judged = self._judge(images, device)
-                blank = blank_tiles(images, sampler.render(z0).cpu())
-        metric_rows = []
-        for i, row in enumerate(rows.tolist()):
-            unit = self.units[row // self.seeds]
-            entry = {"unit": unit.label, "layer": unit.layer, "seed": row % self.seeds,
-                     "activation": float(metrics["activation"][i]),
-                     "probability": float(metrics["probability"][i]), "rank": int(metrics["rank"][i]),
-                     "blank": bool(blank[i])}
-            if judged is not None and unit.layer == self.logits_layer and len(unit.terms) == 1:
-                entry["judge_correct"] = bool(judged[i] == unit.terms[0].unit)
-            metric_rows.append(entry)
-        return images.cpu(), metric_rows
-
-    def _judge(self, images: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-        if self.judge is None:
-            return None
-        self.judge.to(device).eval()
-        return self.judge(fit_images(images.to(device), self.judge.image_size)).argmax(1).cpu()
+        with torch.inference_mode(False):
+            target = copy.deepcopy(net).eval()  # the training network's BN statistics and hooks stay its own
+        found = synthesize(target, [self.units[u] for u in indices], self.parts, class_names=self.class_names,
+                           seeds=self.seeds, steps=self.steps, spatial=self.spatial, keep=self.keep,
+                           start=self.z0[rows], noise_seed=self.noise_seed, judge=self.judge, evaluation=False,
+                           logits_layer=self.logits_layer)
+        keys = ("unit", "layer", "seed", "blank", "judge_correct")
+        metric_rows = [{**{k: row[k] for k in keys if k in row},
+                        **{k: row[self.keep][k] for k in ("activation", "probability", "rank")}}
+                       for row in found.rows]
+        return found.images.cpu(), metric_rows
 
     # -- records on disk ----------------------------------------------------------------------
     def has_frame(self, step: int) -> bool:

@@ -1,16 +1,17 @@
-"""From a method config (conf/method/*.yaml) and checkpoints to a ready Sampler.
+"""From a method config (conf/method/*.yaml) and checkpoints to the parts the Sampler runs,
+and from a units spec to the objectives' units.
 
-Shared by `visualize.py` and the feature-evolution callback, so both read the
-same configs the same way: units (indices, class names, sums; one layer or a
-mapping of layers), the prior named by `method.prior`, the generator and its
-code statistics, the starting points.
+A method config is read here only: its space (pixel, fft, or the code of a generator
+loaded with its code statistics), the prior term named by `method.prior`, and the
+post-step operators (code clipping, decay, image operators).  Units are indices, class
+names or sums, of one layer or of a mapping of layers.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -18,17 +19,14 @@ from torch import nn
 
 from featvis.checkpoints import check_same_code, load_classifier, load_generator, load_prior
 from featvis.errors import ConfigError
-from featvis.nets.codes import CodeStatistics
 from featvis.nets.encoder import Encoder
 from featvis.nets.layers import activations, layer_names, tap
 from featvis.synthesis.objectives import Term, reduce_units
-from featvis.synthesis.parametrizations import FourierImage
-from featvis.synthesis.priors import (CenteredGaussianPrior, DAEPrior, EncoderLoopPrior, GaussianPrior,
-                                      ImageOperators, TotalVariationPrior)
+from featvis.synthesis.priors import (CenteredGaussianPrior, ClipCodes, DAEPrior, Decay, EncoderLoopPrior,
+                                      GaussianPrior, ImageOperators, PriorTerm, TotalVariationPrior)
 from featvis.synthesis.sampler import SamplerSettings, frozen
+from featvis.synthesis.spaces import CodeSpace, FourierSpace, PixelSpace, starting_points
 
-SETTINGS_KEYS = ("steps", "lr", "lr_end", "eps1", "eps2", "eps3", "normalize_gradient",
-                 "clip_quantile", "decay", "jitter", "scale", "rotate")
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")
 
 
@@ -123,63 +121,95 @@ def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[
     return units, sizes
 
 
+def method_config(name: str, *overrides: str) -> dict[str, Any]:
+    """conf/method/<name>.yaml on its base, with overrides of its keys such as "eps3=0.1"."""
+    from omegaconf import OmegaConf
+
+    from featvis.configs import compose_config
+
+    composed = compose_config("visualize", [f"method={name}", *(f"method.{o}" for o in overrides)])
+    return OmegaConf.to_container(composed.method, resolve=True)
+
+
 def sampler_settings(method: Mapping[str, Any], steps: int | None = None, record_every: int = 0) -> SamplerSettings:
-    values = {k: method[k] for k in SETTINGS_KEYS}
-    # optional: method configs written before them keep a constant prior weight and noise
-    values.update(eps2_end=method.get("eps2_end"), eps3_end=method.get("eps3_end"))
+    """The update's settings from a method config: every SamplerSettings field it names."""
+    names = {f.name for f in fields(SamplerSettings)} - {"record_every"}
+    values = {k: method[k] for k in names if k in method}
     if steps is not None:
         values["steps"] = int(steps)
     return SamplerSettings(**values, record_every=record_every)
 
 
 @dataclass
-class MethodParts:
-    """What a method adds to the target: the renderer, the prior term, operators and code bounds."""
+class Method:
+    """A method as the sampler runs it: its config, and the parts built from it (a space that
+    starts and renders z, a prior term, the post-step operators)."""
 
-    generator: nn.Module | None = None
-    stats: CodeStatistics | None = None
-    generator_record: dict[str, Any] | None = None
-    prior: Any = None
-    image_operators: ImageOperators | None = None
-    code_upper: torch.Tensor | None = None
+    config: dict[str, Any]
+    space: nn.Module
+    prior: PriorTerm | None = None
+    operators: list[Any] = field(default_factory=list)
+    generator_record: dict[str, Any] | None = None  # code methods: what G was trained on
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name"))
 
     def modules(self) -> list[nn.Module]:
-        """Every network the method runs (to move them to a device)."""
-        found = [self.generator, getattr(self.prior, "dae", None), getattr(self.prior, "encoder", None)]
-        return [m for m in found if m is not None]
+        """Every module the method runs (to move them to a device)."""
+        return [m for m in (self.space, self.prior, *self.operators) if isinstance(m, nn.Module)]
 
     def sampler_kwargs(self) -> dict[str, Any]:
-        return {"generator": self.generator, "prior": self.prior, "code_upper": self.code_upper,
-                "image_operators": self.image_operators}
+        return {"space": self.space, "prior": self.prior, "operators": self.operators}
+
+    def settings(self, steps: int | None = None, record_every: int = 0) -> SamplerSettings:
+        """The sampler's settings, with the method's own step count unless `steps` is given."""
+        return sampler_settings(self.config, steps, record_every)
+
+    def start(self, units: int, seeds: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The starting points of `units` x `seeds` chains (see starting_points)."""
+        return starting_points(self.space, units, seeds, device)
 
 
 def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckpt: str | None,
-                image_size: int) -> MethodParts:
-    """Load what `method` needs (a generator for code methods, a DAE for prior=dae)."""
-    if method["space"] not in ("pixel", "fft", "code"):
-        raise ConfigError(f"method.space={method['space']!r}; expected pixel, fft or code")
-    parts = MethodParts()
-    if method["space"] == "code":
+                image_size: int) -> Method:
+    """Build a method's parts from its config: the space named by method.space (loading G for
+    code methods), the prior term named by method.prior, and the operators."""
+    config = dict(method)
+    generator_record = None
+    if config["space"] == "pixel":
+        space: nn.Module = PixelSpace(image_size)
+    elif config["space"] == "fft":
+        space = FourierSpace(image_size)
+    elif config["space"] == "code":
         if not generator_ckpt:
-            raise ConfigError(f"method={method['name']} optimizes a generator's code; expected generator.ckpt")
-        parts.generator, parts.stats, parts.generator_record = load_generator(generator_ckpt)
-    elif method["space"] == "fft":  # a fixed, parameter-free "generator": spectrum -> image
-        parts.generator = FourierImage(image_size)
-    parts.prior = prior_term(method.get("prior"), parts.generator, prior_ckpt, parts.generator_record)
-    if method.get("image_operators"):
-        parts.image_operators = ImageOperators(**method["image_operators"])
-    if parts.stats is not None and method.get("clip_quantile"):
-        parts.code_upper = parts.stats.quantile(method["clip_quantile"])
-    return parts
+            raise ConfigError(f"method={config['name']} optimizes a generator's code; expected generator.ckpt")
+        generator, stats, generator_record = load_generator(generator_ckpt)
+        space = CodeSpace(generator, stats, config.get("init", "stats"))
+    else:
+        raise ConfigError(f"method.space={config['space']!r}; expected pixel, fft or code")
+    prior = prior_term(config.get("prior"), space, prior_ckpt, generator_record)
+    operators: list[Any] = []
+    quantile = config.get("clip_quantile")
+    if quantile is not None:
+        if not 0 < quantile <= 1:  # NaN too
+            raise ConfigError(f"method.clip_quantile={quantile}; expected a value in (0, 1]")
+        if isinstance(space, CodeSpace):
+            operators.append(ClipCodes(space.stats.quantile(quantile)))
+    if config.get("decay", 1.0) != 1.0:
+        operators.append(Decay(config["decay"]))
+    if config.get("image_operators"):
+        operators.append(ImageOperators(**config["image_operators"]))
+    return Method(config, space, prior, operators, generator_record)
 
 
-def prior_term(name: str | None, generator: nn.Module | None, prior_ckpt: str | None,
-               g_record: dict[str, Any] | None) -> Any:
+def prior_term(name: str | None, space: nn.Module, prior_ckpt: str | None,
+               g_record: dict[str, Any] | None) -> PriorTerm | None:
     """The eps2 term named by method.prior."""
     if name in (None, "none"):
         return None
     if name == "l2":
-        return CenteredGaussianPrior(0.5) if generator is None else GaussianPrior()
+        return GaussianPrior() if isinstance(space, CodeSpace) else CenteredGaussianPrior(0.5)
     if name == "tv":
         return TotalVariationPrior()
     if name == "dae":
@@ -189,28 +219,8 @@ def prior_term(name: str | None, generator: nn.Module | None, prior_ckpt: str | 
         check_same_code(g_record, record)
         return DAEPrior(dae)
     if name == "encoder_loop":
+        if not isinstance(space, CodeSpace):
+            raise ConfigError("method.prior=encoder_loop needs a code method; expected method.space=code")
         net, _ = load_classifier(g_record["encoder"]["checkpoint"])
-        return EncoderLoopPrior(generator, Encoder(net, g_record["encoder"]["code_layer"]))
+        return EncoderLoopPrior(space.generator, Encoder(net, g_record["encoder"]["code_layer"]))
     raise ConfigError(f"method.prior={name!r}; expected none, l2, tv, dae or encoder_loop")
-
-
-def initial_z(method: Mapping[str, Any], stats: CodeStatistics | None, units: int, seeds: int,
-              image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per seed k the same start for every unit, so a grid column shares its starting point.
-
-    Drawn on the host, so a seed gives the same starts on every device."""
-    starts = []
-    for seed in range(seeds):
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        if method["space"] == "pixel":
-            starts.append((0.5 + 0.05 * torch.randn(1, 3, image_size, image_size, generator=gen, device="cpu")).clamp(0, 1))
-        elif method["space"] == "fft":
-            starts.append(FourierImage(image_size).initial(1, gen))
-        elif method["init"] == "stats":
-            starts.append(stats.sample(1, gen).cpu())
-        elif method["init"] == "zeros":
-            starts.append(torch.zeros(1, stats.mean.numel(), device="cpu"))
-        else:
-            raise ConfigError(f"method.init={method['init']!r}; expected stats or zeros for code methods")
-    z = torch.cat(starts)  # (seeds, ...)
-    return z.repeat(units, *([1] * (z.ndim - 1))).to(device)

@@ -1,8 +1,9 @@
-"""The eps2 term of the update: grad log p(z), or an operator r(z) applied after each step.
+"""The eps2 term of the update, grad log p(z), and the operators r(z) applied after each step.
 
-Gradient-style priors return a tensor shaped like z that the sampler adds with
-weight eps2; operators transform z in place of a gradient (the hand-designed
-image priors of the survey and DGN-AM's code clipping).  All work on a batch.
+A prior term is a `PriorTerm`: an nn.Module whose forward returns a tensor shaped like z that
+the sampler adds with weight eps2.  An operator is a callable (z, step) -> z applied after
+each step in place of a gradient: the hand-designed image priors of the survey, DGN-AM's code
+clipping and decay.  All work on a batch.
 """
 
 from __future__ import annotations
@@ -12,30 +13,40 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import affine, gaussian_blur
 
+from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
 
 
-class GaussianPrior:
+class PriorTerm(nn.Module):
+    """forward(z) -> grad log p(z) (or a direction toward likelier z), shaped like z.  Its networks
+    are submodules: the sampler moves and freezes them with the term."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GaussianPrior(PriorTerm):
     """p(z) = N(0, I) up to scale: grad log p = -z (L2 decay)."""
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return -z
 
 
-class CenteredGaussianPrior:
+class CenteredGaussianPrior(PriorTerm):
     """L2 decay toward a centre (mid-grey for images in [0, 1])."""
 
     def __init__(self, center: float = 0.5):
+        super().__init__()
         self.center = center
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.center - z
 
 
-class TotalVariationPrior:
+class TotalVariationPrior(PriorTerm):
     """-grad of the total variation of an image batch (favours piecewise-smooth images)."""
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x = z.detach().requires_grad_(True)
             tv = (x[..., 1:, :] - x[..., :-1, :]).abs().sum() + (x[..., :, 1:] - x[..., :, :-1]).abs().sum()
@@ -43,25 +54,52 @@ class TotalVariationPrior:
         return -grad
 
 
-class DAEPrior:
+class DAEPrior(PriorTerm):
     """The learned code prior of PPGN: grad log p(h) ~ (R(h) - h) / sigma^2."""
 
     def __init__(self, dae: nn.Module):
+        super().__init__()
         self.dae = dae
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.dae.score(z)
 
 
-class EncoderLoopPrior:
+class EncoderLoopPrior(PriorTerm):
     """The released PPGN sampler's prior term E(G(h)) - h: the encoder/generator pair as an autoencoder."""
 
     def __init__(self, generator: nn.Module, encoder: nn.Module):
+        super().__init__()
         self.generator, self.encoder = generator, encoder
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         size = self.encoder.image_size
         return self.encoder.code(fit_images(self.generator(z), size).clamp(0, 1)) - z
+
+
+class ClipCodes(nn.Module):
+    """DGN-AM's code prior as an operator: every unit of h clipped to [0, upper] (upper: a high
+    percentile of the real codes, per unit)."""
+
+    def __init__(self, upper: torch.Tensor):
+        super().__init__()
+        self.register_buffer("upper", upper.detach().clone())
+
+    def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        return torch.minimum(z.clamp(min=0), self.upper)
+
+
+class Decay(nn.Module):
+    """z multiplied by `factor` after every step (DGN-AM: 0.99), a pull toward small codes."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        if not 0 < factor <= 1:  # NaN too
+            raise ConfigError(f"method.decay={factor}; expected a value in (0, 1]")
+        self.factor = float(factor)
+
+    def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        return z * self.factor
 
 
 class ImageOperators:

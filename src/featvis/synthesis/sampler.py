@@ -2,9 +2,12 @@
 
     z <- z + lr_t * (eps1 * d/dz objective(target(render(z))) + eps2 * prior(z)) + N(0, eps3^2)
 
-then the operators: code clipping to [0, ub] and decay (DGN-AM), image operators
-(pixel AM).  `render` is the identity (z is the image: pixel AM) or a frozen
-generator (z is the code h: DGN-AM, PPGN).  Notation follows the survey:
+then the post-step operators: code clipping to [0, ub] and decay (DGN-AM), image
+operators (pixel AM).  `render` is the space's (featvis.synthesis.spaces): the identity
+(z is the image: pixel AM), an inverse FFT (z is a spectrum) or a frozen generator (z is
+the code h: DGN-AM, PPGN).  The prior is a PriorTerm (featvis.synthesis.priors).
+A method is those three parts: a space, a prior term and a list of operators.
+Notation follows the survey:
 eps1 = condition, eps2 = prior, eps3 = noise (the PPGN paper and its code swap
 eps1 and eps2).
 
@@ -16,7 +19,7 @@ the device between checks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +30,11 @@ from featvis.devices import to_host, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
 from featvis.nets.adapters import fit_images
 from featvis.synthesis.objectives import ObjectiveBatch
-from featvis.synthesis.priors import ImageOperators, robustness_transform
+from featvis.synthesis.priors import PriorTerm, robustness_transform
+from featvis.synthesis.spaces import PixelSpace
+
+# A post-step operator: (z, step) -> z.
+Operator = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def nonfinite_rows(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,8 +70,6 @@ class SamplerSettings:
     eps3: float = 0.0                # noise std at the first step
     eps3_end: float | None = None    # linear schedule to this std at the last step; None = constant
     normalize_gradient: bool = False  # divide the condition gradient by its mean |.| per sample
-    clip_quantile: float | None = None  # code clipping to [0, ub], ub = this quantile of the codes
-    decay: float = 1.0               # multiply z after every step (DGN-AM: 0.99)
     jitter: int = 0                  # random roll of up to this many pixels per step
     scale: float = 0.0               # random rescaling by up to this fraction per step
     rotate: float = 0.0              # random rotation by up to this many degrees per step
@@ -78,7 +83,6 @@ class SamplerSettings:
             "eps1": self.eps1 >= 0, "eps2": self.eps2 >= 0, "eps3": self.eps3 >= 0,
             "eps2_end": self.eps2_end is None or self.eps2_end >= 0,
             "eps3_end": self.eps3_end is None or self.eps3_end >= 0,
-            "decay": 0 < self.decay <= 1,
             "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
             "record_every": self.record_every >= 0,
         }
@@ -87,10 +91,7 @@ class SamplerSettings:
             # NaN fails every comparison, so it lands here too
             if not ok or (isinstance(value, float) and value != value):
                 raise ConfigError(f"method.{name}={value}; expected "
-                                  + ("a positive integer" if name == "steps" else
-                                     "a value in (0, 1]" if name == "decay" else "a non-negative number"))
-        if self.clip_quantile is not None and not 0 < self.clip_quantile <= 1:
-            raise ConfigError(f"method.clip_quantile={self.clip_quantile}; expected a value in (0, 1]")
+                                  + ("a positive integer" if name == "steps" else "a non-negative number"))
 
     def _linear(self, start: float, end: float | None, step: int) -> float:
         if end is None or self.steps == 1:
@@ -140,17 +141,16 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
 
 
 class Sampler:
-    """Activation maximization in image space (`generator=None`) or code space."""
+    """Activation maximization of `objectives` on `target` over z in `space` (default: pixels)."""
 
     def __init__(
         self,
         target: nn.Module,
         objectives: ObjectiveBatch,
         settings: SamplerSettings,
-        generator: nn.Module | None = None,
-        prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        code_upper: torch.Tensor | None = None,
-        image_operators: ImageOperators | None = None,
+        space: nn.Module | None = None,
+        prior: PriorTerm | None = None,
+        operators: Sequence[Operator] = (),
         target_size: int | None = None,
         autocast: bool = False,
         channels_last: bool = False,
@@ -164,10 +164,13 @@ class Sampler:
         # Speed switches, for GPUs mostly: bf16 autocast, NHWC convolutions, torch.compile.
         self.autocast = autocast
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.target_size = target_size or int(getattr(target, "image_size", 0)) or None
+        if self.target_size is None:
+            raise ConfigError("target has no image_size; expected target_size to be given")
+        self.space = space if space is not None else PixelSpace(self.target_size)
         if channels_last:
-            for module in (self.taps, generator):
-                if module is not None:
-                    module.to(memory_format=torch.channels_last)
+            for module in (self.taps, self.space):
+                module.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self._values) if compile else self._values
         # Each finiteness check waits for the device; every step's flags are kept, so a check
         # every k steps still names the first bad step, at the cost of up to k - 1 wasted steps.
@@ -176,13 +179,8 @@ class Sampler:
         self.check_every = check_every
         self.objectives = objectives
         self.settings = settings
-        self.generator = generator
         self.prior = prior
-        self.code_upper = code_upper
-        self.image_operators = image_operators
-        self.target_size = target_size or int(getattr(target, "image_size", 0)) or None
-        if self.target_size is None:
-            raise ConfigError("target has no image_size; expected target_size to be given")
+        self.operators = list(operators)
         if max(settings.eps2, settings.eps2_end or 0.0) > 0 and prior is None:
             end = "" if settings.eps2_end is None else f" (eps2_end={settings.eps2_end})"
             raise ConfigError(f"method.eps2={settings.eps2}{end} but no prior is configured; "
@@ -190,8 +188,7 @@ class Sampler:
 
     def render(self, z: torch.Tensor) -> torch.Tensor:
         """z -> images in [0, 1] at the target's input size."""
-        images = z if self.generator is None else self.generator(z)
-        return fit_images(images, self.target_size).clamp(0, 1)
+        return fit_images(self.space(z), self.target_size).clamp(0, 1)
 
     def _values(self, z: torch.Tensor, transforms: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -218,7 +215,9 @@ class Sampler:
         best_z, best_step = z.clone(), torch.zeros(len(z), dtype=torch.long, device=device)
         frames, frame_steps = [], []
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
-        upper = self.code_upper.to(device) if self.code_upper is not None else None
+        modules = [m for m in (self.space, self.prior, *self.operators) if isinstance(m, nn.Module)]
+        for module in modules:
+            module.to(device)
 
         def keep_best(values: torch.Tensor, z: torch.Tensor, step: int) -> None:
             nonlocal best_value, best_z, best_step
@@ -228,8 +227,7 @@ class Sampler:
             best_step = torch.where(improved, step, best_step)
 
         # The taps are a traced copy with their own train/eval graphs: freeze them too.
-        with frozen(self.target, self.taps, self.generator, getattr(self.prior, "dae", None),
-                    getattr(self.prior, "encoder", None)):
+        with frozen(self.target, self.taps, *modules):
             for step in tqdm(range(s.steps), desc="synthesis", disable=not progress, leave=False):
                 z.requires_grad_(True)
                 with torch.enable_grad():
@@ -257,12 +255,8 @@ class Sampler:
                 noise_std = s.eps3_at(step)
                 if noise_std > 0:
                     z = z + noise_std * torch.randn(z.shape, generator=noise, device=device)
-                if upper is not None:
-                    z = torch.minimum(z.clamp(min=0), upper)
-                if s.decay < 1:
-                    z = z * s.decay
-                if self.image_operators is not None:
-                    z = self.image_operators(z, step)
+                for operator in self.operators:
+                    z = operator(z, step)
                 terms["z after the update"] = z
                 pending.append((step, nonfinite_rows(terms)))
                 if len(pending) == self.check_every or step == s.steps - 1:

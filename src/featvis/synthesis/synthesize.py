@@ -1,0 +1,214 @@
+"""`featvis.synthesize`: from a target network to preferred images of its units, in one call.
+
+Every synthesis goes through here (visualize.py, `mode=evolution` and the FeatureEvolution
+callback), and this is the one place that builds a Sampler:
+
+    units -> objectives -> sampler -> starting points -> run -> per-image rows -> figures
+
+    from featvis import synthesize
+    found = synthesize(target, ["red circle", 4], "dgn_am", generator="G.ckpt", seeds=4)
+    found.images        # (units x seeds, 3, S, S) in [0, 1], unit-major
+    found.rows[0]       # unit, layer, seed, last/best objective, activation, probability, rank
+
+The caller's networks, gradients and random streams are left as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from featvis.checkpoints import load_classifier
+from featvis.errors import ConfigError
+from featvis.nets.adapters import fit_images
+from featvis.nets.layers import layer_names
+from featvis.synthesis.evaluation import evaluate
+from featvis.synthesis.methods import Method, Unit, layer_sizes, load_method, method_config, units_of
+from featvis.synthesis.objectives import ObjectiveBatch
+from featvis.synthesis.sampler import Sampler, SamplerResult, SamplerSettings
+
+# A tile differs from its start image by less than this in mean |pixel| (or its pixels spread less):
+# no gradient moved it, so it shows no feature.
+BLANK_TOLERANCE = 2 / 255
+
+
+def blank_tiles(images: torch.Tensor, starts: torch.Tensor, tolerance: float = BLANK_TOLERANCE) -> torch.Tensor:
+    """(B,) flags: images still (nearly) their start image, or (nearly) one flat colour."""
+    unchanged = (images - starts).abs().flatten(1).mean(1) < tolerance
+    flat = images.flatten(1).std(1) < tolerance
+    return unchanged | flat
+
+
+@dataclass
+class Judge:
+    """An independent classifier that scores syntheses: judge transfer, and its feature space for
+    diversity and KID/FID."""
+
+    net: nn.Module
+    class_names: list[str]
+    feature_layer: str = "fc7"
+
+
+def load_judge(ckpt: str, feature_layer: str = "fc7", target: nn.Module | None = None) -> Judge:
+    """A judge from a classifier checkpoint; never the target's own weights."""
+    net, record = load_classifier(ckpt)
+    if target is not None and net.spec == getattr(target, "spec", None) and all(
+            torch.equal(a, b.to(a.device)) for a, b in zip(net.state_dict().values(), target.state_dict().values())):
+        raise ConfigError(f"judge.ckpt={ckpt} has the target's own weights; expected an independent "
+                          "classifier (another seed or width)")
+    if feature_layer not in layer_names(net):
+        raise ConfigError(f"judge.feature_layer={feature_layer!r} not found in the judge; expected one of "
+                          f"{', '.join(layer_names(net))}")
+    return Judge(net, list(record["class_names"]), feature_layer)
+
+
+@dataclass
+class Synthesis:
+    """What `synthesize` found: the sampler's result, one row per image and the figures."""
+
+    units: list[Unit]
+    seeds: int
+    keep: str
+    settings: SamplerSettings
+    result: SamplerResult
+    rows: list[dict[str, Any]]             # unit-major: image b is unit b // seeds, seed b % seeds
+    evaluation: dict[str, Any] | None      # featvis.synthesis.evaluation.evaluate's report, when asked
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The images shown: the best iterate (by objective) or the last, as `keep` says."""
+        return self.result.best if self.keep == "best" else self.result.last
+
+
+def synthesize(
+    target: nn.Module,
+    units: Any,
+    method: str | Mapping[str, Any] | Method,
+    *,
+    generator: str | None = None,
+    prior: str | None = None,
+    layer: str | None = "fc8",
+    class_names: Sequence[str] = (),
+    seeds: int = 4,
+    steps: int | None = None,
+    spatial: str = "center",
+    keep: str = "best",
+    start: torch.Tensor | None = None,
+    noise_seed: int = 0,
+    record_every: int = 0,
+    judge: Judge | None = None,
+    real: Iterable | None = None,
+    max_real: int = 1000,
+    evaluation: bool | None = None,
+    logits_layer: str = "fc8",
+    performance: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Synthesis:
+    """Synthesize `units` x `seeds` preferred images of `target`'s units with `method`.
+
+    units: a spec (indices, class names, sums like "3+7"; "layer:unit" strings or {layer: [...]})
+        read against `layer` and `class_names`, or parsed `Unit`s.
+    method: a method's name ("dgn_am": conf/method/dgn_am.yaml), its config (a mapping, e.g.
+        `method_config("ppgn", "eps3=0.1")`), with `generator`/`prior` naming the checkpoints it
+        needs; or a loaded `Method` (load_method: load once to synthesize many times).
+    start: the starting points, one row per image (default: the method's, per seed).
+    judge: asked about every single-class unit of `logits_layer` when its classes are the
+        target's (each row's `judge_correct`).
+    real: batches of real validation images (images, labels) for the top-k comparison and KID;
+        `evaluation` (default: when a judge or real images are given) adds
+        featvis.synthesis.evaluation's report.
+    performance: the Sampler's speed switches (autocast, channels_last, compile, check_every).
+    """
+    if int(seeds) < 1:
+        raise ConfigError(f"seeds={seeds}; expected a positive number of seeds per unit")
+    if keep not in ("best", "last"):
+        raise ConfigError(f"keep={keep!r}; expected best or last")
+    seeds, class_names = int(seeds), list(class_names)
+    if isinstance(method, str):
+        method = method_config(method)
+    if not isinstance(method, Method):
+        method = load_method(method, generator, prior, target.image_size)
+    if not (isinstance(units, list) and units and all(isinstance(u, Unit) for u in units)):
+        units, _ = units_of(target, units, layer, class_names, spatial)
+    device = next(target.parameters()).device
+    if start is None:
+        start = method.start(len(units), seeds)
+    if len(start) != len(units) * seeds:
+        raise ConfigError(f"start has {len(start)} rows; expected one per image ({len(units)} units x {seeds} seeds)")
+    # The judge can only be asked for a unit's class when its classes are the target's.
+    asked = judge is not None and judge.class_names == class_names
+    devices = [device] if device.type == "cuda" else []
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=devices):
+        for module in method.modules():
+            module.to(device)
+        sampler = sampler_for(target, units, method, seeds=seeds, steps=steps, record_every=record_every,
+                              spatial=spatial, performance=performance)
+        objectives = sampler.objectives
+        z0 = start.to(device)
+        result = sampler.run(z0, seed=int(noise_seed), progress=progress)
+        with torch.no_grad():
+            metrics = {kind: objectives.to(device).unit_metrics(sampler.taps(images.to(device)))
+                       for kind, images in (("last", result.last), ("best", result.best))}
+            blank = blank_tiles(result.best if keep == "best" else result.last, sampler.render(z0).cpu())
+            judged = None
+            if asked:
+                net = judge.net.to(device).eval()
+                shown = result.best if keep == "best" else result.last
+                judged = net(fit_images(shown.to(device), net.image_size)).argmax(1).cpu()
+    rows = []
+    for b in range(len(units) * seeds):
+        unit = units[b // seeds]
+        row = {"unit": unit.label, "layer": unit.layer, "seed": b % seeds,
+               "terms": [t.__dict__ for t in unit.terms],
+               "last": {"objective": float(result.last_value[b]), **_metric_row(metrics["last"], b)},
+               "best": {"objective": float(result.best_value[b]), "step": int(result.best_step[b]),
+                        **_metric_row(metrics["best"], b)},
+               "blank": bool(blank[b])}
+        if judged is not None and unit.layer == logits_layer and len(unit.terms) == 1:
+            row["judge_correct"] = bool(judged[b] == unit.terms[0].unit)
+        rows.append(row)
+    found = Synthesis(units, seeds, keep, sampler.settings, result, rows, None)
+    if evaluation if evaluation is not None else (judge is not None or real is not None):
+        classes_match = asked and all(u.layer == logits_layer and len(u.terms) == 1 for u in units)
+        found.evaluation = _evaluate(target, found, metrics[keep], judge, classes_match, real, spatial, max_real)
+    return found
+
+
+def sampler_for(target: nn.Module, units: list[Unit], method: Method, *, seeds: int = 1, steps: int | None = None,
+                record_every: int = 0, spatial: str = "center",
+                performance: Mapping[str, Any] | None = None) -> Sampler:
+    """The Sampler for `units` x `seeds` (unit-major); building one checks everything the sampler
+    would refuse, so a caller can check a synthesis before it writes anything."""
+    sizes = layer_sizes(target, sorted({t.layer for u in units for t in u.terms}), spatial)
+    objectives = ObjectiveBatch([u.terms for u in units for _ in range(seeds)], sizes,
+                                mode=method.config["objective"], spatial=spatial,
+                                selectivity=method.config.get("selectivity", 0.0))
+    return Sampler(target, objectives, method.settings(steps, record_every), **method.sampler_kwargs(),
+                   **(performance or {}))
+
+
+def _metric_row(metrics: dict[str, torch.Tensor], b: int) -> dict[str, float]:
+    return {"activation": float(metrics["activation"][b]), "probability": float(metrics["probability"][b]),
+            "rank": int(metrics["rank"][b])}
+
+
+def _evaluate(target: nn.Module, found: Synthesis, metrics: dict[str, torch.Tensor], judge: Judge | None,
+              classes_match: bool, real: Iterable | None, spatial: str, max_real: int) -> dict[str, Any]:
+    """Faithfulness figures of the shown images, on the CPU (see featvis.synthesis.evaluation);
+    judge transfer only when every unit is a single class the judge knows (`classes_match`)."""
+    units = found.units
+    device = next(target.parameters()).device
+    try:
+        report = evaluate(target.cpu(), judge.net.cpu() if judge else None, [u.terms[0] for u in units],
+                          found.images, metrics["activation"], found.seeds, real, spatial=spatial,
+                          judge_layer=judge.feature_layer if judge else "fc7",
+                          judge_classes_match=classes_match, max_real=max_real)
+    finally:
+        target.to(device)
+    for row, unit in zip(report["per_unit"], units):
+        row["unit"] = unit.label
+    return report
