@@ -53,8 +53,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from featvis.nets import CodeStatistics, Encoder
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.nets.layers import frozen
 from featvis.synthesis.priors import ClipCodes, Decay
-from featvis.synthesis.sampler import frozen
 from featvis.synthesis.spaces import CodeSpace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -55,7 +55,8 @@ from PIL import Image
 from featvis.checkpoints import load_classifier, load_generator, load_prior
 from featvis.nets.adapters import fit_images
 from featvis.nets.encoder import Encoder
-from featvis.reports.grids import labelled_grid, save_png
+from featvis.io import save_png
+from featvis.reports.grids import labelled_grid
 from featvis.run import train
 from featvis.synthesis.evaluation import (JudgeFeatures, grid_artifact_score, per_class_diversity,
                                           reconstruction_transfer)

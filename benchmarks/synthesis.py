@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from featvis.nets import AlexNet, CodeStatistics, Generator
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.nets.layers import frozen
 from featvis.synthesis.priors import ClipCodes, Decay
-from featvis.synthesis.sampler import frozen
 from featvis.synthesis.spaces import CodeSpace
 
 SETTINGS = dict(lr=1.0, lr_end=0.01, normalize_gradient=True)

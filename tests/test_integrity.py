@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from featvis.integrity import frame_check, main, scan
-from featvis.reports.grids import remove_partials, save_gif, save_png, save_text
+from featvis.io import remove_partials, save_gif, save_png, save_text
 
 
 def test_scan_finds_truncated_outputs_and_leftover_temporaries(tmp_path, capsys):

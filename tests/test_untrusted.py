@@ -37,7 +37,7 @@ def test_every_torch_load_and_resume_is_weights_only():
             if name.endswith(".fit") and any(k.arg == "ckpt_path" for k in call.keywords):
                 fits.append((where, _weights_only(call)))
     # the scan sees the loaders it guards
-    assert any(w.startswith("src/featvis/checkpoints.py") for w, _ in loads) and fits
+    assert any(w.startswith("src/featvis/io.py") for w, _ in loads) and fits
     assert [w for w, ok in loads if not ok] == []
     assert [w for w, ok in fits if not ok] == []
 

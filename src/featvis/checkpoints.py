@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from featvis.errors import CheckpointError
+from featvis.io import read_checkpoint
 from featvis.nets.alexnet import AlexNet
 from featvis.nets.codes import CodeDAE, CodeStatistics
 from featvis.nets.generator import Discriminator, Generator
@@ -55,22 +56,6 @@ def generator_record(generator: nn.Module, discriminator: nn.Module, encoder: di
 def prior_record(dae: nn.Module, encoder: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "prior", "format": FORMAT_VERSION, "dae": dict(dae.spec), "encoder": dict(encoder),
             "code_dim": dae.spec["code_dim"]}
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict, loaded with weights_only=True on the CPU."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; expected a .ckpt file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or unsafe files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({reason[:160]}); "
-                              "expected a featvis checkpoint of plain tensors and types") from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}; expected a dict")
-    return checkpoint
 
 
 def load_record(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -14,10 +14,9 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
-from featvis.errors import ConfigError, FeatvisError
+from featvis.errors import FeatvisError
 
 EXIT_CODE = 2
 # Set once the task function runs: an OSError before it is Hydra failing to create its run dir.
@@ -31,18 +30,6 @@ def fail(message: object) -> NoReturn:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def writable_dir(out: Path, what: str = "output_dir") -> Path:
-    """Create `out` and prove it takes a file; a ConfigError naming it otherwise."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-check"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"{what}={out} is not writable ({err.strerror}); expected a writable directory") from None
-    return out
 
 
 def featvis_cause(err: BaseException | None) -> FeatvisError | None:

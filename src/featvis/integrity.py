@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
-from featvis.checkpoints import read_checkpoint
+from featvis.io import read_checkpoint
 
 SKIPPED_FOLDERS = {"wandb", ".hydra", "lightning_logs"}
 

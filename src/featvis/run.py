@@ -22,15 +22,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from featvis.checkpoints import encoder_record, load_classifier, read_checkpoint
+from featvis.checkpoints import encoder_record, load_classifier
 from featvis.configs import compose_config
-from featvis.cli import writable_dir
 from featvis.devices import use_tf32
 from featvis.distributed import check_launcher, ddp_job, share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
-from featvis.reports.grids import save_text
+from featvis.io import read_checkpoint, save_text, writable_dir
 
 log = logging.getLogger(__name__)
 # The frozen encoder inside the prior modules stays in eval mode on purpose.

@@ -19,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from featvis.checkpoints import load_classifier, load_record
-from featvis.cli import writable_dir
 from featvis.devices import resolve_device, use_tf32
 from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.torchvision_target import TorchvisionTarget
-from featvis.reports.grids import labelled_grid, remove_partials, save_gif, save_png, save_text
+from featvis.io import remove_partials, save_gif, save_png, save_text, writable_dir
+from featvis.reports.grids import labelled_grid
 from featvis.synthesis.evolution import EvolutionRecorder
 from featvis.synthesis.methods import Unit, load_method, parse_units, units_of
 from featvis.synthesis.synthesize import load_judge, sampler_for, synthesize

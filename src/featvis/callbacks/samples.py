@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torchvision.utils import make_grid
 
 from featvis.nets.adapters import fit_images
-from featvis.reports.grids import remove_partials, save_png
+from featvis.io import remove_partials, save_png
 
 
 class GeneratorSamples(L.Callback):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from featvis.errors import ConfigError
+from featvis.io import read_checkpoint
 from featvis.nets.alexnet import AlexNet, from_torchvision_alexnet
 from featvis.nets.codes import CodeDAE, CodeStatistics
 from featvis.nets.encoder import Encoder
@@ -21,9 +23,6 @@ def build_alexnet(weights: str | None = None, **kwargs) -> AlexNet:
     for the `caffenet` preset) or a state dict in this layout's own names.
     Nothing is ever downloaded.
     """
-    from featvis.checkpoints import read_checkpoint
-    from featvis.errors import ConfigError
-
     net = AlexNet(**kwargs)
     if weights is None:
         return net

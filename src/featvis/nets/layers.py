@@ -1,4 +1,5 @@
-"""Address any layer of any network by name and read its activations.
+"""Address any layer of any network by name and read its activations; `frozen` reads a network
+without changing it.
 
 Names are torchvision feature-extraction node names: a module path (`conv5`,
 `fc6.linear`, `features.10`, `layer4.1.relu`) or any traced operation.  A path to
@@ -10,7 +11,8 @@ does not run conv4..fc8.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -69,3 +71,22 @@ def tap(model: nn.Module, names: Sequence[str]) -> nn.Module:
 def activations(model: nn.Module, images: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations of the named layers for a batch of images (no gradients)."""
     return tap(model, names)(images)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no parameter grads inside; every module's mode and flags restored after."""
+    modules = [m for m in modules if m is not None]
+    modes = [[(sub, sub.training) for sub in m.modules()] for m in modules]
+    flags = [[(p, p.requires_grad) for p in m.parameters()] for m in modules]
+    try:
+        for m in modules:
+            m.eval().requires_grad_(False)
+        yield
+    finally:
+        for saved in modes:
+            for sub, mode in saved:
+                sub.training = mode
+        for saved in flags:
+            for p, flag in saved:
+                p.requires_grad_(flag)

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from featvis.errors import ConfigError
+from featvis.io import read_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,8 +35,6 @@ class TorchvisionTarget(nn.Module):
                               "alexnet, resnet18, vgg16") from None
         self.net = builder(weights=None, num_classes=num_classes)
         if weights:
-            from featvis.checkpoints import read_checkpoint
-
             state = read_checkpoint(weights)
             try:
                 self.net.load_state_dict(state.get("state_dict", state))

@@ -21,7 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
 
-from featvis.reports.grids import labelled_grid, save_gif, save_png, save_text
+from featvis.io import save_gif, save_png, save_text
+from featvis.reports.grids import labelled_grid
 
 SETTLED = 0.25   # a layer has settled once its change stays below this fraction of its peak
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]

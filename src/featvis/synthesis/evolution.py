@@ -26,7 +26,8 @@ from torch import nn
 
 from featvis.errors import ConfigError
 from featvis.reports.evolution import build_reports, grid_file, step_name
-from featvis.reports.grids import labelled_grid, remove_partials, save_png, save_text
+from featvis.io import remove_partials, save_png, save_text
+from featvis.reports.grids import labelled_grid
 from featvis.synthesis.methods import Method, Unit, load_method, sampler_settings, units_of
 from featvis.synthesis.synthesize import Judge, load_judge, synthesize
 

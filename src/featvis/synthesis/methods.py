@@ -20,11 +20,11 @@ from torch import nn
 from featvis.checkpoints import check_same_code, load_classifier, load_generator, load_prior
 from featvis.errors import ConfigError
 from featvis.nets.encoder import Encoder
-from featvis.nets.layers import activations, layer_names, tap
+from featvis.nets.layers import activations, frozen, layer_names, tap
 from featvis.synthesis.objectives import Term, reduce_units
 from featvis.synthesis.priors import (CenteredGaussianPrior, ClipCodes, DAEPrior, Decay, EncoderLoopPrior,
                                       GaussianPrior, ImageOperators, PriorTerm, TotalVariationPrior)
-from featvis.synthesis.sampler import SamplerSettings, frozen
+from featvis.synthesis.sampler import SamplerSettings
 from featvis.synthesis.spaces import CodeSpace, FourierSpace, PixelSpace, starting_points
 
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")

@@ -18,8 +18,7 @@ the device between checks.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from featvis.devices import to_host, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
 from featvis.nets.adapters import fit_images
+from featvis.nets.layers import frozen, tap
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.priors import PriorTerm, robustness_transform
 from featvis.synthesis.spaces import PixelSpace
@@ -121,24 +121,6 @@ class SamplerResult:
     frame_steps: list[int] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def frozen(*modules: nn.Module | None) -> Iterator[None]:
-    """Eval mode and no parameter grads inside; every module's mode and flags restored after."""
-    modules = [m for m in modules if m is not None]
-    modes = [[(sub, sub.training) for sub in m.modules()] for m in modules]
-    flags = [[(p, p.requires_grad) for p in m.parameters()] for m in modules]
-    try:
-        for m in modules:
-            m.eval().requires_grad_(False)
-        yield
-    finally:
-        for saved in modes:
-            for sub, mode in saved:
-                sub.training = mode
-        for saved in flags:
-            for p, flag in saved:
-                p.requires_grad_(flag)
-
 
 class Sampler:
     """Activation maximization of `objectives` on `target` over z in `space` (default: pixels)."""
@@ -157,8 +139,6 @@ class Sampler:
         compile: bool = False,
         check_every: int = 10,
     ):
-        from featvis.nets.layers import tap
-
         self.target = target
         self.taps = tap(target, objectives.layers)
         # Speed switches, for GPUs mostly: bf16 autocast, NHWC convolutions, torch.compile.
