@@ -29,8 +29,8 @@ class GeneratorModule(L.LightningModule):
         code_stats: CodeStatistics,
         encoder_record: dict[str, Any],
         optimizer: OptimizerFactory,
+        loss_weights: dict[str, float],
         discriminator_optimizer: OptimizerFactory | None = None,
-        loss_weights: dict[str, float] | None = None,
         balance: dict[str, float] | None = None,
         ema_decay: float | None = None,
         feature_layers: dict[str, float] | None = None,
@@ -50,7 +50,7 @@ class GeneratorModule(L.LightningModule):
         self.comparator = Comparator(encoder, feature_layers, comparators) if feature_layers else None
         self.optimizer_factory = optimizer
         self.discriminator_optimizer_factory = discriminator_optimizer or optimizer
-        self.weights = LossWeights(**(loss_weights or {}))
+        self.weights = LossWeights(**loss_weights)
         self.balance = GanBalance(**(balance or {}))
         # The averaged G is what samplers should use when it exists: smoother, fewer artefacts.
         self.generator_ema = (AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))

@@ -16,9 +16,12 @@ from featvis.nets.layers import tap
 
 @dataclass
 class LossWeights:
-    image: float = 1.0
-    feature: float = 0.01
-    adversarial: float = 0.01
+    """lambda_img, lambda_feat, lambda_adv: set by task/generator.yaml's loss_weights (no defaults
+    here, so the config is the one place they are written)."""
+
+    image: float
+    feature: float
+    adversarial: float
 
 
 class Comparator(nn.Module):
@@ -31,8 +34,7 @@ class Comparator(nn.Module):
     `others`: more classifiers (same input size), read at the same layers with the same weights;
     their features come under the keys "<layer>@<i>", i = 1, 2, ...  A reconstruction must then
     match the real image in networks besides the encoder, so G cannot settle for what only the
-    encoder responds to.  (Tiny preset: an independent judge recognised 0.67 of G(E(x)) with the
-    encoder alone and 0.82-0.86 with one more classifier, in two runs.)
+    encoder responds to.
     """
 
     def __init__(self, encoder: nn.Module, layers: dict[str, float], others: Sequence[nn.Module] = ()):
