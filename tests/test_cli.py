@@ -96,3 +96,5 @@ def test_wandb_disabled_writes_no_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert not list(run.rglob("*wandb*")) and not (tmp_path / "wandb").exists()
+    # Each log line once: Hydra's handler prints Lightning's records, Lightning's own does not.
+    assert proc.stdout.count("Seed set to 0") == 1 and "Seed set to 0" not in proc.stderr, proc.stderr[-2000:]

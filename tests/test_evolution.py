@@ -310,8 +310,8 @@ def test_a_stage_is_reused_only_for_the_same_config_and_inputs(tmp_path, caplog,
     monkeypatch.setattr(run, "train", lambda cfg: trained.append(cfg.model.fc6_dim) or fake)
     with caplog.at_level(logging.INFO, logger="featvis.run"):
         for overrides in (base, base, [*base, "model.fc6_dim=256"]):
-            assert run.run_stage(stages, "generator", overrides) == str(encoder)
+            assert run.run_stage(stages, "generator", overrides, "[2/4]") == str(encoder)
     assert trained == [1024, 256] and len(list(stages.glob("generator-*"))) == 2
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline: generator")]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[2/4] generator: ")]
     assert "(no earlier stage)" in lines[0] and "reusing" in lines[1]
     assert lines[2].endswith("was trained with model.fc6_dim: 1024 -> 256)"), lines[2]

@@ -84,3 +84,10 @@ def test_in_memory_module_matches_on_the_fly_rendering():
     images, labels = next(iter(cached.val_dataloader()))
     assert images.shape == (8, 3, 32, 32) and labels.shape == (8,)
     assert cached.num_classes == 15
+    # Rendered once per process: another module of the same data shares the images (the
+    # pipeline's stages each build one), a module of other data renders its own.
+    again, other = ShapesDataModule(in_memory=True, **kwargs), ShapesDataModule(in_memory=True, **{**kwargs, "seed": 1})
+    again.setup("fit"), other.setup("fit")
+    assert again.train_set.tensors[0] is cached.train_set.tensors[0]
+    assert other.train_set.tensors[0] is not cached.train_set.tensors[0]
+    assert not torch.equal(other.train_set.tensors[0], cached.train_set.tensors[0])

@@ -14,6 +14,21 @@ log = logging.getLogger(__name__)
 PROBE_SECONDS = 5.0
 
 
+def log_lines_once() -> None:
+    """Let Lightning's records reach the terminal once.
+
+    `import lightning` gives the "lightning" logger a stderr handler of its own, and its records
+    also propagate to the root logger.  Under Hydra, whose root handlers print and file every
+    record, each line came out twice; when the root has handlers, Lightning's own one goes.
+    """
+    if not logging.getLogger().handlers:
+        return
+    lightning_log = logging.getLogger("lightning")
+    for handler in list(lightning_log.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_log.removeHandler(handler)
+
+
 def wandb_server() -> str:
     """The wandb server an online run would talk to (WANDB_BASE_URL, `wandb login --host`, or the default).
 

@@ -30,6 +30,7 @@ from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
 from featvis.io import read_checkpoint, save_text, writable_dir
+from featvis.loggers import log_lines_once
 
 log = logging.getLogger(__name__)
 # The frozen encoder inside the prior modules stays in eval mode on purpose.
@@ -260,7 +261,7 @@ def _trained(folder: Path) -> dict[str, Any]:
     return {key: done.get(key, {}) for key in ("config", "inputs")}
 
 
-def run_stage(stages: Path, name: str, overrides: list[str]) -> str:
+def run_stage(stages: Path, name: str, overrides: list[str], banner: str = "") -> str:
     """Train one stage, or reuse it when a stage of the same config and inputs is complete; resume
     it when interrupted.
 
@@ -275,7 +276,7 @@ def run_stage(stages: Path, name: str, overrides: list[str]) -> str:
     if done.is_file():
         checkpoint = json.loads(done.read_text()).get("checkpoint")
         if checkpoint and Path(checkpoint).is_file():
-            log.info("pipeline: %s: reusing %s (same config and inputs)", name, checkpoint)
+            log.info("%s %s: reusing %s (same config and inputs)", banner, name, checkpoint)
             return checkpoint
     last = folder / "checkpoints" / "last.ckpt"
     earlier = sorted((d for d in stages.glob(f"{name}-*") if STAGE_FOLDER.fullmatch(d.name.removeprefix(name))
@@ -283,7 +284,7 @@ def run_stage(stages: Path, name: str, overrides: list[str]) -> str:
     why = ("resuming its last.ckpt" if last.is_file() else
            f"{earlier[-1].name} was trained with {stage_changes(_trained(earlier[-1]), record)}"
            if earlier else "no earlier stage")
-    log.info("pipeline: %s: training in %s (%s)", name, folder, why)
+    log.info("%s %s: training in %s (%s)", banner, name, folder, why)
     resume = [f"ckpt_path={last}"] if last.is_file() else []
     result = train(compose_stage([*overrides, f"output_dir={folder}", *resume]))
     checkpoint = result["best_checkpoint"] or result["last_checkpoint"]
@@ -316,16 +317,20 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
     shared = [o for o in forwarded if _key(o) not in TARGET_ONLY]
     stage_logger = f"logger={task.stage_logger}"
     prior_stage = [*shared, stage_logger, f"seed={cfg.seed}"]
-    encoder = task.encoder_ckpt or run_stage(stages, "encoder", [*prior_stage, "task=classifier"])
+    # One banner per stage, "[k/n] name: ...": the stages given as checkpoints do not count.
+    trained = [not task.encoder_ckpt, *[not task.generator_ckpt] * (len(seeds) + 1), not task.prior_ckpt, True]
+    total = sum(trained)
+    banners = iter(f"[{k}/{total}]" for k in range(1, total + 1))
+    encoder = task.encoder_ckpt or run_stage(stages, "encoder", [*prior_stage, "task=classifier"], next(banners))
     on_encoder = f"encoder.ckpt={encoder}"
     generator = task.generator_ckpt
     if not generator:
         comparators = [run_stage(stages, f"comparator-{seed}", [*shared, stage_logger, f"seed={seed}",
-                                                               "task=classifier"]) for seed in seeds]
+                                                               "task=classifier"], next(banners)) for seed in seeds]
         name = "-".join(["generator", *(f"c{seed}" for seed in seeds)])
         generator = run_stage(stages, name, [*prior_stage, "task=generator", on_encoder,
-                                             f"task.comparators=[{','.join(comparators)}]"])
-    prior = task.prior_ckpt or run_stage(stages, "prior", [*prior_stage, "task=prior", on_encoder])
+                                             f"task.comparators=[{','.join(comparators)}]"], next(banners))
+    prior = task.prior_ckpt or run_stage(stages, "prior", [*prior_stage, "task=prior", on_encoder], next(banners))
     evolution = "callbacks.feature_evolution"
     target = compose_stage([
         *shared, "task=classifier", f"seed={task.target_seed}", f"output_dir={cfg.output_dir}",
@@ -334,6 +339,7 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
         *([f"ckpt_path={cfg.ckpt_path}"] if cfg.get("ckpt_path") else [])])
     with open_dict(target):
         target.logger = cfg.get("logger")  # the pipeline's own logger (wandb by default) records the target
+    log.info("%s target: training in %s with feature evolution", next(banners), cfg.output_dir)
     result = train(target)
     index = Path(target.callbacks.feature_evolution.dirpath) / "index.html"
     if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every rank runs the pipeline; one reports
@@ -363,6 +369,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume and resume not in LIGHTNING_CHECKPOINT_NAMES:
         read_checkpoint(resume)  # missing, truncated or unsafe: one line now, not a traceback later
     out = writable_dir(Path(cfg.output_dir))
+    log_lines_once()
     share_cpus_with_parallel_jobs()
     use_tf32(cfg.performance.tf32)
     result = TASKS[name](cfg)

@@ -24,6 +24,7 @@ from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.torchvision_target import TorchvisionTarget
 from featvis.io import remove_partials, save_gif, save_png, save_text, writable_dir
+from featvis.loggers import log_lines_once
 from featvis.reports.grids import labelled_grid
 from featvis.synthesis.evolution import EvolutionRecorder
 from featvis.synthesis.methods import Unit, load_method, parse_units, units_of
@@ -119,6 +120,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         return evolution_from_checkpoints(cfg)
     if cfg.get("mode", "synthesis") != "synthesis":
         raise ConfigError(f"mode={cfg.mode!r}; expected synthesis or evolution")
+    log_lines_once()
     share_cpus_with_parallel_jobs()
     device = resolve_device(cfg.device)
     use_tf32(cfg.performance.tf32)

@@ -58,14 +58,31 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
 
-def _in_memory(dataset: ShapesDataset, desc: str) -> TensorDataset:
-    """Render every item once, as uint8, so epochs after the first cost no rendering."""
+def _in_memory(dataset: ShapesDataset) -> TensorDataset:
+    """Every item rendered once, as uint8, so epochs after the first cost no rendering."""
+    key = (len(dataset), dataset.image_size, dataset.seed, dataset.split, tuple(dataset.shapes),
+           tuple(dataset.colours), tuple(dataset.channel_order or ()))
+    return _UInt8Images(*_rendered(dataset, key))
+
+
+# Rendered sets are kept per process: the pipeline's stages (and the jobs of a sweep in one
+# process) would otherwise render the same images again for every network they train.
+_RENDERED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_KEEP_RENDERED = 4
+
+
+def _rendered(dataset: ShapesDataset, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    if key in _RENDERED:
+        return _RENDERED[key]
     images = torch.empty(len(dataset), 3, dataset.image_size, dataset.image_size, dtype=torch.uint8, device="cpu")
     labels = torch.empty(len(dataset), dtype=torch.long, device="cpu")
-    for i in tqdm(range(len(dataset)), desc=desc, leave=False, mininterval=1.0):
+    for i in tqdm(range(len(dataset)), desc=f"rendering shapes ({dataset.split})", leave=False, mininterval=1.0):
         image, labels[i] = dataset[i]
         images[i] = (image * 255).round_().to(torch.uint8)
-    return _UInt8Images(images, labels)
+    while len(_RENDERED) >= _KEEP_RENDERED:
+        _RENDERED.pop(next(iter(_RENDERED)))  # the oldest first
+    _RENDERED[key] = (images, labels)
+    return images, labels
 
 
 class _UInt8Images(TensorDataset):
@@ -103,9 +120,9 @@ class ShapesDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         # Render only what the stage needs: validation alone does not render the training set.
         if self.val_set is None:
-            self.val_set = _in_memory(self._val, "rendering shapes (val)") if self.in_memory else self._val
+            self.val_set = _in_memory(self._val) if self.in_memory else self._val
         if self.train_set is None and stage in (None, "fit"):
-            self.train_set = _in_memory(self._train, "rendering shapes (train)") if self.in_memory else self._train
+            self.train_set = _in_memory(self._train) if self.in_memory else self._train
 
 
 def _folder_transform(image_size: int, resize: int | None, train: bool) -> transforms.Compose:
