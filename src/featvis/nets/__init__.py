@@ -8,12 +8,13 @@ from featvis.errors import ConfigError
 from featvis.io import read_checkpoint
 from featvis.nets.alexnet import AlexNet, from_torchvision_alexnet
 from featvis.nets.codes import CodeDAE, CodeStatistics
+from featvis.nets.deepsim_weights import from_upconv
 from featvis.nets.encoder import Encoder
 from featvis.nets.generator import Discriminator, Generator
 from featvis.nets.layers import activations, layer_names, tap
 
 __all__ = ["AlexNet", "CodeDAE", "CodeStatistics", "Discriminator", "Encoder", "Generator",
-           "activations", "build_alexnet", "layer_names", "tap"]
+           "activations", "build_alexnet", "from_upconv", "layer_names", "tap"]
 
 
 def build_alexnet(weights: str | None = None, **kwargs) -> AlexNet:
