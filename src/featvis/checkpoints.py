@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from featvis.errors import CheckpointError
+from featvis.errors import CheckpointError, ConfigError
 from featvis.io import read_checkpoint
 from featvis.nets.alexnet import AlexNet
 from featvis.nets.codes import CodeDAE, CodeStatistics
+from featvis.nets.deepsim_weights import is_upconv, load_upconv
 from featvis.nets.generator import Discriminator, Generator
 
 FORMAT_VERSION = 1
@@ -105,9 +106,23 @@ def _code_stats(checkpoint: dict[str, Any], code_dim: int, path: str | Path) -> 
     return stats
 
 
-def load_generator(path: str | Path) -> tuple[nn.Module, CodeStatistics, dict[str, Any]]:
-    """A generator checkpoint's G (its EMA weights when it kept them), code statistics and record."""
-    record, checkpoint = load_record(path, "generator")
+def load_generator(path: str | Path,
+                   stats: str | Path | None = None) -> tuple[nn.Module, CodeStatistics, dict[str, Any]]:
+    """A generator checkpoint's G (its EMA weights when it kept them), code statistics and record.
+
+    `path` may also be a published DeePSiM generator (upconvGAN_fc6.pt, fc7, fc8): converted to a
+    Generator, with code statistics from `stats` or the file beside it (featvis.nets.deepsim_weights).
+    """
+    try:
+        record, checkpoint = load_record(path, "generator")
+    except CheckpointError:
+        state = read_checkpoint(path)  # only files that are not generator checkpoints read twice
+        if not is_upconv(state):
+            raise
+        return load_upconv(path, state, stats)
+    if stats is not None:
+        raise ConfigError(f"generator {path} is a featvis checkpoint with its own code statistics; "
+                          f"expected no separate statistics ({stats})")
     generator = build_net(record["generator"])
     prefix = "generator_ema.module" if record.get("ema") else "generator"
     _load_into(generator, submodule_state(checkpoint["state_dict"], prefix), path, "generator")
