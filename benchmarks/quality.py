@@ -20,7 +20,10 @@ object: the worst case of every figure (the minimum, or the maximum for figures 
 better: KID, grid artefacts, minutes) and `repeats`, the list of each set's figures.  Per method:
 <method>_judge_transfer, <method>_beats_real_top1 (fraction of units whose median synthesis
 beats the unit's top-1 real validation image), <method>_diversity, <method>_kid,
-<method>_grid_artifact.  And: judge_real_accuracy, judge_reconstruction_accuracy (the judge on
+<method>_grid_artifact, <method>_path_similarity (the activation-path check of Geirhos et al. 2024:
+Spearman correlation over each layer's channels, conv1..fc7, between a synthesis's activations and
+the mean of its class's real images, averaged over layers; real_path_similarity is a real
+hold-out's own, the ceiling).  And: judge_real_accuracy, judge_reconstruction_accuracy (the judge on
 1000 real validation images and on G(E(x)), the ceiling of the code methods' judge transfer);
 real_diversity, reconstruction_diversity (as many real images, or reconstructions, per class as
 seeds: the scale of the methods' diversity); ppgn_diversity_vs_reconstruction (PPGN diversity /
@@ -134,7 +137,7 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
     for name in ("real", "random_codes", "dae_codes"):
         figures[f"judge_confidence_{name}"] = round(reference["confidence"][name], 4)
     classes = reference["classes"]
-    sheet_rows, table = [], []
+    sheet_rows, table, paths = [], [], {}
     for method in methods:
         start = time.perf_counter()
         summary = visualize(compose_cfg(
@@ -146,8 +149,11 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
         seconds = time.perf_counter() - start
         ev = summary["evaluation"]
         row = {"judge_transfer": ev["judge_transfer"], "beats_real_top1": ev["beats_real_top1"],
-               "diversity": ev["diversity"], "kid": ev["kid_mean"], "grid_artifact": ev["grid_artifact"]}
+               "diversity": ev["diversity"], "kid": ev["kid_mean"], "grid_artifact": ev["grid_artifact"],
+               "path_similarity": ev["path_similarity_mean"]}
         figures.update({f"{method}_{k}": round(v, 4) for k, v in row.items()})
+        figures["real_path_similarity"] = round(ev["real_path_similarity_mean"], 4)
+        paths[method], real_path = ev["path_similarity"], ev["real_path_similarity"]
         table.append((method, row, seconds))
         firsts = [r["files"]["best"] for r in summary["results"] if r["seed"] == 0]
         sheet_rows.append(torch.stack([_load(out / method / f) for f in firsts]))
@@ -160,13 +166,20 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
             max(figures[f"{m}_grid_artifact"] for m in code_methods) / figures["real_grid_artifact"], 3)
 
     print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}"
-          f"{'grid':>8}{'seconds':>9}")
+          f"{'grid':>8}{'path':>7}{'seconds':>9}")
     for method, row, seconds in table:
         print(f"{method:<15}{row['judge_transfer']:>15.3f}{row['beats_real_top1']:>13.3f}"
-              f"{row['diversity']:>11.3f}{row['kid']:>9.4f}{row['grid_artifact']:>8.2f}{seconds:>9.1f}")
+              f"{row['diversity']:>11.3f}{row['kid']:>9.4f}{row['grid_artifact']:>8.2f}"
+              f"{row['path_similarity']:>7.3f}{seconds:>9.1f}")
     for name, label in (("real", "real images"), ("reconstruction", "G(E(x))")):
         print(f"{label:<15}{reference[name]['overall']:>15.3f}{'-':>13}{reference[name]['diversity']:>11.3f}"
-              f"{'-':>9}{reference[name]['grid_artifact']:>8.2f}{'-':>9}")
+              f"{'-':>9}{reference[name]['grid_artifact']:>8.2f}"
+              + (f"{figures['real_path_similarity']:>7.3f}" if name == "real" and paths else f"{'-':>7}") + f"{'-':>9}")
+    if paths:  # the activation-path check per layer (Spearman over channels against real images)
+        layers = list(next(iter(paths.values())))
+        print(f"\n{'activation path':<15}" + "".join(f"{layer:>8}" for layer in layers))
+        for name, by_layer in [*paths.items(), ("real hold-out", real_path)]:
+            print(f"{name:<15}" + "".join(f"{by_layer[layer]:>8.3f}" for layer in layers))
     print("judge accuracy per class on G(E(x)): "
           + "  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, reference["reconstruction"]["per_class"])))
     print("judge confidence (mean max-probability): "

@@ -319,6 +319,10 @@ def test_visualize_reports_faithfulness_with_a_judge(small_classifier, small_pri
     assert evaluation["fid"] is None  # 9 syntheses in a 128-d feature space: no covariance
     row = evaluation["per_unit"][0]
     assert row["unit"] == "0 red circle" and row["real_top1"] >= row["real_top9_mean"]
+    layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]  # evaluation.path_layers=auto
+    assert list(evaluation["path_similarity"]) == layers == list(row["path_similarity"])
+    assert all(-1 <= v <= 1 for v in [*evaluation["path_similarity"].values(), *row["path_similarity"].values()])
+    assert -1 <= evaluation["real_path_similarity_mean"] <= 1
     assert json.loads((tmp_path / "metrics.json").read_text())["evaluation"] == evaluation
     same = _compose("method=pixel", f"output_dir={tmp_path / 'same'}", f"target.ckpt={target}",
                     f"judge.ckpt={target}", "units=[0]", "seeds=1", "device=cpu")
@@ -419,3 +423,24 @@ def test_a_method_is_a_space_a_prior_term_and_operators(small_priors):
                             ("space=wavelet", r"method.space='wavelet'; expected pixel, fft or code")):
         with pytest.raises(ConfigError, match=message):
             method("dgn_am", change)
+
+
+def test_the_activation_path_check_scores_real_images_as_its_ceiling(target):
+    from featvis.data import ShapesDataModule
+    from featvis.synthesis.evaluation import path_similarity, spearman
+
+    assert spearman(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]), torch.tensor([10.0, 20.0, 30.0])).tolist() \
+        == pytest.approx([1.0, -1.0])
+    net, _ = target
+    data = ShapesDataModule(image_size=32, val_size=150, batch_size=50)
+    data.setup("validate")
+    images, labels = (torch.cat(parts) for parts in zip(*data.val_dataloader()))
+    # The "syntheses" of class unit 3 are the hold-out half's images of class 3: they score what
+    # the ceiling scores.  Unit 5 is read by its top-k real images instead of its class.
+    held = images[(torch.arange(len(labels)) % 2 == 1) & (labels == 3)]
+    terms, layers = [Term("fc8", 3)], ["conv2", "fc7"]
+    found = path_similarity(net.eval(), terms, held, len(held), data.val_dataloader(), layers, [True])
+    assert found["by_layer"] == pytest.approx(found["real_by_layer"]) and found["by_layer"]["fc7"] > 0.5
+    grey = torch.full((2, 3, 32, 32), 0.5)
+    other = path_similarity(net, [Term("conv2", 5)], grey, 2, data.val_dataloader(), layers, [False])
+    assert set(other["per_unit"][0]) == set(layers) and other["real_by_layer"]["fc7"] > other["by_layer"]["fc7"]

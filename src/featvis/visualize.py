@@ -25,6 +25,7 @@ from featvis.errors import ConfigError
 from featvis.nets.torchvision_target import TorchvisionTarget
 from featvis.io import remove_partials, save_gif, save_png, save_text, writable_dir
 from featvis.loggers import log_lines_once
+from featvis.nets.layers import layer_names
 from featvis.reports.grids import labelled_grid
 from featvis.synthesis.evolution import EvolutionRecorder
 from featvis.synthesis.methods import Unit, load_method, parse_units, units_of
@@ -111,7 +112,25 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         real = instantiate(cfg.data, image_size=target.image_size, **fewer)
         real.setup("validate")
     return {"target": target.to(device), "units": units, "method": method, "target_record": t_record,
-            "judge": judge, "real": real, "performance": performance}
+            "judge": judge, "real": real, "performance": performance,
+            "path_layers": path_layers(cfg.evaluation.get("path_layers", "auto"), target) if real else []}
+
+
+# The activation-path check's layers when `evaluation.path_layers=auto`: those of featvis's
+# AlexNet layout the target has (a torchvision target names its own).
+AUTO_PATH_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
+
+def path_layers(wanted: Any, target: torch.nn.Module) -> list[str]:
+    known = layer_names(target)
+    if wanted == "auto":
+        return [name for name in AUTO_PATH_LAYERS if name in known]
+    wanted = [] if wanted is None else list(wanted)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ConfigError(f"evaluation.path_layers={wanted}: {unknown[0]!r} is not a layer of the target; "
+                          "expected auto, [] or names such as conv3 or layer4.1.relu")
+    return wanted
 
 
 def visualize(cfg: DictConfig) -> dict[str, Any]:
@@ -133,7 +152,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         seeds=seeds, steps=cfg.get("steps"), spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed),
         record_every=int(cfg.record_every) if cfg.gif else 0, judge=built["judge"],
         real=built["real"].val_dataloader() if built["real"] is not None else None,
-        max_real=int(cfg.evaluation.real_images),
+        real_classes=built["real"].class_names if built["real"] is not None else None,
+        path_layers=built["path_layers"], max_real=int(cfg.evaluation.real_images),
         performance=built["performance"], progress=True)
     result = found.result
     grid = labelled_grid(found.images, len(units), [u.label for u in units], [f"seed {k}" for k in range(seeds)])

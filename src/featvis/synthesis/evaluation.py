@@ -11,6 +11,9 @@
 `grid_artifact_score` measures what an up-sampling generator prints: the spectral power at its
 periods relative to the neighbouring frequencies (about 1 for natural images).
 
+`path_similarity` is the activation-path check of Geirhos et al. ("Don't trust your eyes", 2024):
+a synthesis that drives the unit through other channels than natural images do is suspect.
+
 `reconstruction_transfer` bounds (b) for the code methods from above: how often the judge
 recognises G's reconstructions G(E(x)) of real images; `per_class_diversity` puts (c) on a
 scale: the diversity of as many real images (or their reconstructions) per class as seeds.
@@ -70,6 +73,70 @@ def real_top_activations(target: nn.Module, terms: list[Term], batches: Iterable
     return top[0], top.mean(0), torch.cat(seen)[:max_images]
 
 
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    return values.argsort(-1).argsort(-1).float()
+
+
+def spearman(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Rank correlation of each row of `values` (N, C) with `reference` (C,): (N,)."""
+    ranks, ref = _ranks(values), _ranks(reference)
+    ranks, ref = ranks - ranks.mean(-1, keepdim=True), ref - ref.mean()
+    return (ranks * ref).sum(-1) / (ranks.norm(dim=-1) * ref.norm()).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def path_similarity(target: nn.Module, terms: list[Term], images: torch.Tensor, seeds: int, real_batches: Iterable,
+                    layers: Sequence[str], class_units: Sequence[bool], spatial: str = "center",
+                    max_images: int = 2000, top_k: int = 9) -> dict[str, Any]:
+    """Per unit and layer: the Spearman correlation over the layer's channels (each averaged over
+    space) between a synthesis's activations and the mean activation of the unit's real reference
+    images, averaged over the unit's seeds.  The reference is the unit's class's images where
+    `class_units[u]` (a logits unit of the real data's classes), else its `top_k` real images by
+    activation.  The real images are split in two: the reference comes from one half, and the
+    other half's class (or top-k) images, scored the same way, give the ceiling (`real`)."""
+    wanted = sorted(set(layers) | {t.layer for t in terms})
+    taps = tap(target, wanted).eval()
+    channels: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    unit_values, labels, count = [], [], 0
+    for batch in real_batches:
+        acts = taps(fit_images(batch[0], target.image_size))
+        for name in layers:
+            channels[name].append(reduce_units(acts[name], "mean"))
+        unit_values.append(torch.stack([reduce_units(acts[t.layer], spatial)[:, t.unit] for t in terms], 1))
+        labels.append(batch[1])
+        count += len(batch[0])
+        if count >= max_images:
+            break
+    real = {name: torch.cat(v)[:max_images] for name, v in channels.items()}
+    values, labels = torch.cat(unit_values)[:max_images], torch.cat(labels)[:max_images]
+    halves = torch.arange(len(labels)) % 2 == 0  # reference half, and the hold-out
+    made = taps(fit_images(images, target.image_size))
+    made = {name: reduce_units(made[name], "mean").view(len(terms), seeds, -1) for name in layers}
+    per_unit, ceiling = [], []
+    for u, term in enumerate(terms):
+        rows, held = {}, {}
+        for half, chosen in ((True, rows), (False, held)):
+            mask = halves == half
+            if class_units[u]:
+                members = mask & (labels == term.unit)
+            else:
+                order = values[:, u].masked_fill(~mask, -torch.inf).topk(min(top_k, int(mask.sum()))).indices
+                members = torch.zeros_like(mask).index_fill_(0, order, True)
+            chosen["members"] = members
+        for name in layers:
+            reference = real[name][rows["members"]].mean(0)
+            rows[name] = float(spearman(made[name][u], reference).mean())
+            held[name] = float(spearman(real[name][held["members"]], reference).mean()) \
+                if held["members"].any() else float("nan")
+        per_unit.append({name: rows[name] for name in layers})
+        ceiling.append({name: held[name] for name in layers})
+
+    def mean(rows: list[dict[str, float]]) -> dict[str, float]:
+        return {name: float(torch.tensor([r[name] for r in rows]).nanmean()) for name in layers}
+
+    return {"per_unit": per_unit, "by_layer": mean(per_unit), "real_by_layer": mean(ceiling)}
+
+
 def grid_artifact_score(images: torch.Tensor, periods: Sequence[int] = (2, 4, 8, 16)) -> float:
     """Spectral power at the periods of 2x up-sampling over that of the neighbouring frequencies.
 
@@ -126,8 +193,10 @@ def per_class_diversity(features: torch.Tensor, labels: torch.Tensor, per_class:
 @torch.no_grad()
 def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], images: torch.Tensor,
              activations: torch.Tensor, seeds: int, real_batches: Iterable | None, spatial: str = "center",
-             judge_layer: str = "fc7", judge_classes_match: bool = False, max_real: int = 2000) -> dict[str, Any]:
-    """The figures (a)-(d) for syntheses `images` (units x seeds, unit-major) of `terms` (one per unit)."""
+             judge_layer: str = "fc7", judge_classes_match: bool = False, max_real: int = 2000,
+             path_layers: Sequence[str] = (), class_units: Sequence[bool] | None = None) -> dict[str, Any]:
+    """The figures (a)-(d) for syntheses `images` (units x seeds, unit-major) of `terms` (one per unit),
+    and with `path_layers` and real images the activation-path check (`path_similarity`)."""
     units = len(terms)
     report: dict[str, Any] = {"per_unit": [{"unit_index": t.unit, "layer": t.layer} for t in terms],
                               "grid_artifact": grid_artifact_score(images)}
@@ -142,6 +211,14 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
                        median_activation=float(medians[u]), beats_real_top1=bool(beats[u]))
         report["beats_real_top1"] = float(beats.float().mean())
         report["real_grid_artifact"] = grid_artifact_score(fit_images(real_images, images.shape[-1]))
+        if path_layers:
+            path = path_similarity(target, terms, images, seeds, real_batches, path_layers,
+                                   class_units or [False] * units, spatial, max_real)
+            for row, by_layer in zip(report["per_unit"], path["per_unit"]):
+                row["path_similarity"] = by_layer
+            report["path_similarity"], report["real_path_similarity"] = path["by_layer"], path["real_by_layer"]
+            for key in ("path_similarity", "real_path_similarity"):
+                report[f"{key}_mean"] = float(torch.tensor(list(report[key].values())).nanmean())
     if judge is None:
         return report
 

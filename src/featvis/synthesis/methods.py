@@ -221,6 +221,9 @@ def prior_term(name: str | None, space: nn.Module, prior_ckpt: str | None,
     if name == "encoder_loop":
         if not isinstance(space, CodeSpace):
             raise ConfigError("method.prior=encoder_loop needs a code method; expected method.space=code")
+        if not (g_record.get("encoder") or {}).get("checkpoint"):
+            raise ConfigError("method.prior=encoder_loop needs the encoder G was trained on, and this "
+                              "generator records none; expected method.prior=dae or none")
         net, _ = load_classifier(g_record["encoder"]["checkpoint"])
         return EncoderLoopPrior(space.generator, Encoder(net, g_record["encoder"]["code_layer"]))
     raise ConfigError(f"method.prior={name!r}; expected none, l2, tv, dae or encoder_loop")

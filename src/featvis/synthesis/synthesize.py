@@ -102,6 +102,8 @@ def synthesize(
     record_every: int = 0,
     judge: Judge | None = None,
     real: Iterable | None = None,
+    real_classes: Sequence[str] | None = None,
+    path_layers: Sequence[str] = (),
     max_real: int = 1000,
     evaluation: bool | None = None,
     logits_layer: str = "fc8",
@@ -120,7 +122,9 @@ def synthesize(
         target's (each row's `judge_correct`).
     real: batches of real validation images (images, labels) for the top-k comparison and KID;
         `evaluation` (default: when a judge or real images are given) adds
-        featvis.synthesis.evaluation's report.
+        featvis.synthesis.evaluation's report.  With `path_layers`, the report has the
+        activation-path check at those layers; `real_classes` (the real data's class names) lets
+        it compare a class unit with its class's real images rather than with its top-k.
     performance: the Sampler's speed switches (autocast, channels_last, compile, check_every).
     """
     if int(seeds) < 1:
@@ -173,8 +177,10 @@ def synthesize(
         rows.append(row)
     found = Synthesis(units, seeds, keep, sampler.settings, result, rows, None)
     if evaluation if evaluation is not None else (judge is not None or real is not None):
-        classes_match = asked and all(u.layer == logits_layer and len(u.terms) == 1 for u in units)
-        found.evaluation = _evaluate(target, found, metrics[keep], judge, classes_match, real, spatial, max_real)
+        class_units = [u.layer == logits_layer and len(u.terms) == 1 for u in units]
+        same_data = real_classes is not None and list(real_classes) == class_names
+        found.evaluation = _evaluate(target, found, metrics[keep], judge, asked and all(class_units), real, spatial,
+                                     max_real, path_layers, [same_data and c for c in class_units])
     return found
 
 
@@ -197,7 +203,8 @@ def _metric_row(metrics: dict[str, torch.Tensor], b: int) -> dict[str, float]:
 
 
 def _evaluate(target: nn.Module, found: Synthesis, metrics: dict[str, torch.Tensor], judge: Judge | None,
-              classes_match: bool, real: Iterable | None, spatial: str, max_real: int) -> dict[str, Any]:
+              classes_match: bool, real: Iterable | None, spatial: str, max_real: int,
+              path_layers: Sequence[str], class_units: list[bool]) -> dict[str, Any]:
     """Faithfulness figures of the shown images, on the CPU (see featvis.synthesis.evaluation);
     judge transfer only when every unit is a single class the judge knows (`classes_match`)."""
     units = found.units
@@ -206,7 +213,8 @@ def _evaluate(target: nn.Module, found: Synthesis, metrics: dict[str, torch.Tens
         report = evaluate(target.cpu(), judge.net.cpu() if judge else None, [u.terms[0] for u in units],
                           found.images, metrics["activation"], found.seeds, real, spatial=spatial,
                           judge_layer=judge.feature_layer if judge else "fc7",
-                          judge_classes_match=classes_match, max_real=max_real)
+                          judge_classes_match=classes_match, max_real=max_real, path_layers=path_layers,
+                          class_units=class_units)
     finally:
         target.to(device)
     for row, unit in zip(report["per_unit"], units):
