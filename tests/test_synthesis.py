@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import featvis
 from featvis.checkpoints import load_classifier, load_generator
 from featvis.errors import CheckpointError, ConfigError
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
@@ -444,3 +445,25 @@ def test_the_activation_path_check_scores_real_images_as_its_ceiling(target):
     grey = torch.full((2, 3, 32, 32), 0.5)
     other = path_similarity(net, [Term("conv2", 5)], grey, 2, data.val_dataloader(), layers, [False])
     assert set(other["per_unit"][0]) == set(layers) and other["real_by_layer"]["fc7"] > other["by_layer"]["fc7"]
+
+
+def test_the_diversity_term_pushes_a_units_seeds_apart(target):
+    from featvis.nets.layers import activations
+    from featvis.synthesis.objectives import gram_similarity
+
+    net, _ = target
+    acts = torch.randn(4, 3, 5, 5)
+    same = torch.cat([acts[:1], acts[:1], acts[2:]])
+    assert gram_similarity(same, 2)[:2].tolist() == pytest.approx([1.0, 1.0])
+    assert (gram_similarity(acts, 2) < 1).all() and gram_similarity(acts, 2).shape == (4,)
+
+    def similarity(diversity: float) -> float:
+        found = featvis.synthesize(net, [2, 9], featvis.method_config("pixel_noprior", f"diversity={diversity}"),
+                                   seeds=3, steps=25, spatial="mean")
+        return float(gram_similarity(activations(net, found.images, ["conv3"])["conv3"], 3).mean())
+
+    assert similarity(20.0) < similarity(0.0) - 0.01
+    with pytest.raises(ConfigError, match=r"method.diversity_layer='conv9' is not available"):
+        featvis.synthesize(net, [2], featvis.method_config("pixel", "diversity=1.0", "diversity_layer=conv9"), seeds=2)
+    with pytest.raises(ConfigError, match=r"method.diversity=-1.0; expected a non-negative number"):
+        featvis.synthesize(net, [2], featvis.method_config("pixel", "diversity=-1.0"), seeds=2)

@@ -44,11 +44,22 @@ def reduce_units(activation: torch.Tensor, spatial: str = "center") -> torch.Ten
     return activation.mean((2, 3))
 
 
+def gram_similarity(activation: torch.Tensor, group: int) -> torch.Tensor:
+    """(B,): each row's mean cosine similarity of its Gram matrix (channels x channels, over space)
+    to those of the other rows of its group (consecutive rows of `group`)."""
+    features = activation.flatten(2) if activation.ndim > 2 else activation.unsqueeze(-1)
+    gram = features @ features.transpose(1, 2) / features.shape[-1]
+    gram = torch.nn.functional.normalize(gram.flatten(1), dim=1).view(-1, group, gram[0].numel())
+    similarity = gram @ gram.transpose(1, 2)  # (units, group, group), ones on the diagonal
+    return ((similarity.sum(-1) - 1) / (group - 1)).flatten()
+
+
 class ObjectiveBatch:
     """B objectives over one network, evaluated together."""
 
     def __init__(self, objectives: list[list[Term]], layer_sizes: dict[str, int],
-                 mode: str = "raw", spatial: str = "center", selectivity: float = 0.0):
+                 mode: str = "raw", spatial: str = "center", selectivity: float = 0.0,
+                 diversity: float = 0.0, diversity_layer: str | None = None, group: int = 1):
         if mode not in MODES:
             raise ConfigError(f"objective mode {mode!r}; expected one of {list(MODES)}")
         try:
@@ -64,7 +75,19 @@ class ObjectiveBatch:
         self.mode, self.spatial = mode, spatial
         self.layers = list(dict.fromkeys(t.layer for terms in objectives for t in terms))
         self.weights: dict[str, torch.Tensor] = {}
-        for layer in self.layers:
+        # lucid's diversity term: each of a unit's `group` chains (consecutive rows) is pushed away
+        # from the others' Gram matrices at `diversity_layer`, so the seeds show different facets.
+        if not (isinstance(diversity, (int, float)) and diversity >= 0):  # NaN too
+            raise ConfigError(f"method.diversity={diversity}; expected a non-negative number")
+        self.diversity, self.diversity_layer, self.group = float(diversity), diversity_layer, int(group)
+        if self.diversity and self.group > 1:
+            if diversity_layer not in layer_sizes:
+                raise ConfigError(f"method.diversity_layer={diversity_layer!r} is not available; expected one of "
+                                  f"{sorted(layer_sizes)}")
+            if len(objectives) % self.group:
+                raise ConfigError(f"objectives: {len(objectives)} rows in groups of {self.group}; expected whole groups")
+            self.layers = list(dict.fromkeys([*self.layers, diversity_layer]))
+        for layer in dict.fromkeys(t.layer for terms in objectives for t in terms):
             if layer not in layer_sizes:
                 raise ConfigError(f"layer {layer!r} not available; expected one of {sorted(layer_sizes)}")
             self.weights[layer] = torch.zeros(len(objectives), layer_sizes[layer], device="cpu")  # moved by .to()
@@ -99,11 +122,13 @@ class ObjectiveBatch:
     def __call__(self, activations: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
         """The objective value of each sample, (B,); `rows` selects objectives for a sub-batch."""
         total = 0
-        for layer in self.layers:
-            weights = self.weights[layer] if rows is None else self.weights[layer][rows]
+        for layer, weights in self.weights.items():
+            weights = weights if rows is None else weights[rows]
             activation = activations[layer]
             units = self.transform(reduce_units(activation, self.spatial), fully_connected=activation.ndim == 2)
             total = total + (weights * units).sum(1)
+        if self.diversity and self.group > 1 and rows is None:
+            total = total - self.diversity * gram_similarity(activations[self.diversity_layer], self.group)
         return total
 
     @torch.no_grad()

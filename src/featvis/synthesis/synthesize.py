@@ -189,10 +189,15 @@ def sampler_for(target: nn.Module, units: list[Unit], method: Method, *, seeds: 
                 performance: Mapping[str, Any] | None = None) -> Sampler:
     """The Sampler for `units` x `seeds` (unit-major); building one checks everything the sampler
     would refuse, so a caller can check a synthesis before it writes anything."""
-    sizes = layer_sizes(target, sorted({t.layer for u in units for t in u.terms}), spatial)
+    layers = {t.layer for u in units for t in u.terms}
+    if method.config.get("diversity") and method.config.get("diversity_layer") in layer_names(target):
+        layers.add(method.config["diversity_layer"])
+    sizes = layer_sizes(target, sorted(layers), spatial)
     objectives = ObjectiveBatch([u.terms for u in units for _ in range(seeds)], sizes,
                                 mode=method.config["objective"], spatial=spatial,
-                                selectivity=method.config.get("selectivity", 0.0))
+                                selectivity=method.config.get("selectivity", 0.0),
+                                diversity=method.config.get("diversity", 0.0),
+                                diversity_layer=method.config.get("diversity_layer"), group=seeds)
     return Sampler(target, objectives, method.settings(steps, record_every), **method.sampler_kwargs(),
                    **(performance or {}))
 
