@@ -37,6 +37,8 @@ generator_train_minutes (when G is trained here).
 Targets on shapes, worst case over --repeats 2: judge_reconstruction_accuracy >= 0.95, dgn_am and
 ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_vs_reconstruction >= 0.80 with
 ppgn transfer >= 0.90, grid_artifact_ratio <= 1.5, generator_train_minutes <= 15.
+--methods also takes the variants dgn_am+diversity, ppgn+diversity (method.diversity=2) and
+dgn_am+multifaceted, ppgn+multifaceted (method.init=multifaceted), reported beside the plain ones.
 --docs writes the first set's contact sheet (rows = methods, columns = classes) to docs/methods.png.
 """
 
@@ -67,6 +69,9 @@ from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["pixel_noprior", "pixel", "pixel_fft", "dgn_am", "ppgn"]
+# Variants "<method>+<name>" (only when asked for with --methods): the method with these overrides.
+VARIANTS = {"diversity": ["method.diversity=2.0"], "multifaceted": ["method.init=multifaceted"]}
+CHOICES = [*METHODS, *(f"{m}+{v}" for m in ("dgn_am", "ppgn") for v in VARIANTS)]
 CHECKPOINTS = ("encoder", "generator", "prior", "judge")
 LOWER_IS_BETTER = ("_kid", "grid_artifact", "grid_artifact_ratio", "_minutes")
 TARGETS = {"judge_reconstruction_accuracy": ">= 0.95", "dgn_am_judge_transfer": ">= 0.90",
@@ -140,8 +145,9 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
     sheet_rows, table, paths = [], [], {}
     for method in methods:
         start = time.perf_counter()
+        name, _, variant = method.partition("+")
         summary = visualize(compose_cfg(
-            "visualize", f"method={method}", f"output_dir={out / method}", *data,
+            "visualize", f"method={name}", *VARIANTS.get(variant, []), f"output_dir={out / method}", *data,
             f"target.ckpt={checkpoints['encoder']}", f"generator.ckpt={checkpoints['generator']}",
             f"prior.ckpt={checkpoints['prior']}", f"judge.ckpt={checkpoints['judge']}",
             f"units=[{','.join(str(u) for u in range(len(classes)))}]", f"seeds={seeds}", "gif=false",
@@ -254,7 +260,7 @@ def main() -> dict:
                              "each budget's figures come from the checkpoint a run of that length keeps)")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
+    parser.add_argument("--methods", nargs="+", choices=CHOICES, default=METHODS,
                         help="a subset of the methods (default: all)")
     args = parser.parse_args()
     given = {name: getattr(args, name) for name in CHECKPOINTS}
@@ -272,7 +278,7 @@ def main() -> dict:
                      "and DIR/val/<class>/*")
     os.environ.setdefault("WANDB_MODE", "disabled")
     data = ["data=imagefolder", f"data.root={Path(args.data_root).resolve()}"] if args.data_root else []
-    methods = [m for m in METHODS if m in args.methods]
+    methods = [m for m in CHOICES if m in args.methods]
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
     budgets = sorted(set(args.budgets))
     sets: dict[int | None, list[dict[str, float]]] = {b: [] for b in budgets or [None]}

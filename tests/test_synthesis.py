@@ -467,3 +467,35 @@ def test_the_diversity_term_pushes_a_units_seeds_apart(target):
         featvis.synthesize(net, [2], featvis.method_config("pixel", "diversity=1.0", "diversity_layer=conv9"), seeds=2)
     with pytest.raises(ConfigError, match=r"method.diversity=-1.0; expected a non-negative number"):
         featvis.synthesize(net, [2], featvis.method_config("pixel", "diversity=-1.0"), seeds=2)
+
+
+def test_multifaceted_starts_are_cluster_centres_of_each_units_top_real_codes(target, small_priors):
+    from featvis.data import ShapesDataModule
+    from featvis.synthesis.methods import units_of
+    from featvis.synthesis.spaces import kmeans, multifaceted_starts
+    from featvis.synthesis.synthesize import _real_unit_values
+
+    noise = torch.randn(40, 2, generator=torch.Generator().manual_seed(0)) * 0.1
+    blobs = torch.cat([noise[:30] + 5, noise[30:] - 5])
+    assert torch.allclose(kmeans(blobs, 2), torch.tensor([[5.0, 5.0], [-5.0, -5.0]]), atol=0.1)  # the larger first
+    net, record = target
+    data = ShapesDataModule(image_size=32, val_size=150, batch_size=50)
+    data.setup("validate")
+    generator = small_priors["generator"][1]["last_checkpoint"]
+    method = featvis.load_method(featvis.method_config("dgn_am", "init=multifaceted", "multifaceted_top_k=20"),
+                                 generator, None, 32)
+    found = featvis.synthesize(net, [0, 4], method, class_names=record["class_names"], seeds=3, steps=3,
+                               real=data.val_dataloader(), evaluation=False, record_every=1)
+    assert len(found.rows) == 6 and found.images.shape == (6, 3, 32, 32)
+    # The chains start at the cluster centres of each unit's top real codes: per unit, 3 distinct
+    # starts, other than the other unit's (the first frame is G of the starts).
+    units, _ = units_of(net, [0, 4], "fc8", record["class_names"])
+    values, images = _real_unit_values(net, units, data.val_dataloader(), "center", 1000)
+    starts = multifaceted_starts(method.space, values, images, seeds=3, top_k=20)
+    assert starts.shape == (6, method.space.stats.mean.numel()) and (starts >= 0).all()
+    assert torch.cdist(starts[:3], starts[3:]).min() > 0 and torch.pdist(starts[:3]).min() > 0
+    with torch.no_grad():
+        first = method.space(starts).clamp(0, 1)
+    assert torch.allclose(found.result.frames[0], first, atol=1e-5)
+    with pytest.raises(ConfigError, match="method.init=multifaceted needs real images"):
+        featvis.synthesize(net, [0], method, seeds=2, steps=1)

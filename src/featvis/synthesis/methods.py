@@ -185,7 +185,9 @@ def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckp
         if not generator_ckpt:
             raise ConfigError(f"method={config['name']} optimizes a generator's code; expected generator.ckpt")
         generator, stats, generator_record = load_generator(generator_ckpt)
-        space = CodeSpace(generator, stats, config.get("init", "stats"))
+        init = config.get("init", "stats")
+        encoder = record_encoder(generator_record, "method.init=multifaceted") if init == "multifaceted" else None
+        space = CodeSpace(generator, stats, init, encoder)
     else:
         raise ConfigError(f"method.space={config['space']!r}; expected pixel, fft or code")
     prior = prior_term(config.get("prior"), space, prior_ckpt, generator_record)
@@ -201,6 +203,15 @@ def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckp
     if config.get("image_operators"):
         operators.append(ImageOperators(**config["image_operators"]))
     return Method(config, space, prior, operators, generator_record)
+
+
+def record_encoder(g_record: dict[str, Any], needed_by: str) -> Encoder:
+    """The encoder a generator was trained on, as its record names it."""
+    if not (g_record.get("encoder") or {}).get("checkpoint"):
+        raise ConfigError(f"{needed_by} needs the encoder G was trained on, and this generator records "
+                          "none; expected a generator checkpoint of task=generator")
+    net, _ = load_classifier(g_record["encoder"]["checkpoint"])
+    return Encoder(net, g_record["encoder"]["code_layer"])
 
 
 def prior_term(name: str | None, space: nn.Module, prior_ckpt: str | None,
@@ -221,9 +232,5 @@ def prior_term(name: str | None, space: nn.Module, prior_ckpt: str | None,
     if name == "encoder_loop":
         if not isinstance(space, CodeSpace):
             raise ConfigError("method.prior=encoder_loop needs a code method; expected method.space=code")
-        if not (g_record.get("encoder") or {}).get("checkpoint"):
-            raise ConfigError("method.prior=encoder_loop needs the encoder G was trained on, and this "
-                              "generator records none; expected method.prior=dae or none")
-        net, _ = load_classifier(g_record["encoder"]["checkpoint"])
-        return EncoderLoopPrior(space.generator, Encoder(net, g_record["encoder"]["code_layer"]))
+        return EncoderLoopPrior(space.generator, record_encoder(g_record, "method.prior=encoder_loop"))
     raise ConfigError(f"method.prior={name!r}; expected none, l2, tv, dae or encoder_loop")

@@ -40,13 +40,16 @@ class FourierSpace(FourierImage):
 
 class CodeSpace(nn.Module):
     """z is the code h of a generator; a chain starts at codes drawn from the real codes'
-    statistics (`init=stats`) or at zero."""
+    statistics (`init=stats`), at zero, or (`init=multifaceted`, with the `encoder` whose codes G
+    inverts) at the centres of the codes of the unit's most activating real images, one cluster
+    per seed (see multifaceted_starts)."""
 
-    def __init__(self, generator: nn.Module, stats: CodeStatistics, init: str = "stats"):
+    def __init__(self, generator: nn.Module, stats: CodeStatistics, init: str = "stats",
+                 encoder: nn.Module | None = None):
         super().__init__()
-        if init not in ("stats", "zeros"):
-            raise ConfigError(f"method.init={init!r}; expected stats or zeros for code methods")
-        self.generator, self.stats, self.init = generator, stats, init
+        if init not in ("stats", "zeros", "multifaceted"):
+            raise ConfigError(f"method.init={init!r}; expected stats, zeros or multifaceted for code methods")
+        self.generator, self.stats, self.init, self.encoder = generator, stats, init, encoder
 
     def start(self, generator: torch.Generator) -> torch.Tensor:
         if self.init == "zeros":
@@ -63,3 +66,46 @@ def starting_points(space: nn.Module, units: int, seeds: int, device: torch.devi
     starts on every device."""
     starts = torch.cat([space.start(torch.Generator(device="cpu").manual_seed(k)) for k in range(seeds)])
     return starts.repeat(units, *([1] * (starts.ndim - 1))).to(device)
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """k centres of `points` (N, D) by Lloyd's algorithm from a k-means++ start; the centres of
+    the largest clusters first."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    points = points.cpu()
+    centres = points[torch.randint(len(points), (1,), generator=generator, device="cpu")]
+    while len(centres) < k:  # k-means++: far points are likelier next centres
+        distance = torch.cdist(points, centres).min(1).values.square()
+        pick = torch.multinomial(distance + 1e-12, 1, generator=generator)
+        centres = torch.cat([centres, points[pick]])
+    for _ in range(iterations):
+        nearest = torch.cdist(points, centres).argmin(1)
+        for c in range(k):
+            if (nearest == c).any():
+                centres[c] = points[nearest == c].mean(0)
+    sizes = torch.bincount(torch.cdist(points, centres).argmin(1), minlength=k)
+    return centres[sizes.argsort(descending=True)]
+
+
+@torch.no_grad()
+def multifaceted_starts(space: CodeSpace, unit_values: torch.Tensor, images: torch.Tensor, seeds: int,
+                        top_k: int = 50) -> torch.Tensor:
+    """(units x seeds, code_dim) starts, unit-major: per unit, the codes of its `top_k` most
+    activating real images (`unit_values` (N, units) over `images` (N, 3, S, S)) clustered into
+    `seeds` clusters (Nguyen et al. 2016's multifaceted feature visualization)."""
+    from featvis.nets.adapters import fit_images
+
+    if space.encoder is None:
+        raise ConfigError("method.init=multifaceted needs the encoder G was trained on; expected a "
+                          "generator checkpoint that records it")
+    k = min(top_k, len(images))
+    if k < seeds:
+        raise ConfigError(f"method.init=multifaceted with {len(images)} real images and seeds={seeds}; "
+                          "expected at least one real image per seed")
+    device = next(space.encoder.parameters()).device
+    starts = []
+    for column in unit_values.T:
+        top = images[column.topk(k).indices]
+        codes = space.encoder.code(fit_images(top.to(device), space.encoder.image_size)).cpu()
+        starts.append(kmeans(codes, seeds, seed=0))
+    return torch.cat(starts)

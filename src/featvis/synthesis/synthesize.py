@@ -25,11 +25,12 @@ from torch import nn
 from featvis.checkpoints import load_classifier
 from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
-from featvis.nets.layers import layer_names
+from featvis.nets.layers import layer_names, tap
 from featvis.synthesis.evaluation import evaluate
 from featvis.synthesis.methods import Method, Unit, layer_sizes, load_method, method_config, units_of
-from featvis.synthesis.objectives import ObjectiveBatch
+from featvis.synthesis.objectives import ObjectiveBatch, reduce_units
 from featvis.synthesis.sampler import Sampler, SamplerResult, SamplerSettings
+from featvis.synthesis.spaces import multifaceted_starts
 
 # A tile differs from its start image by less than this in mean |pixel| (or its pixels spread less):
 # no gradient moved it, so it shows no feature.
@@ -139,6 +140,12 @@ def synthesize(
     if not (isinstance(units, list) and units and all(isinstance(u, Unit) for u in units)):
         units, _ = units_of(target, units, layer, class_names, spatial)
     device = next(target.parameters()).device
+    if start is None and getattr(method.space, "init", None) == "multifaceted":
+        if real is None:
+            raise ConfigError("method.init=multifaceted needs real images; expected evaluation.real_images > 0 "
+                              "(or real= in Python)")
+        values, images = _real_unit_values(target, units, real, spatial, max_real)
+        start = multifaceted_starts(method.space, values, images, seeds, method.config.get("multifaceted_top_k", 50))
     if start is None:
         start = method.start(len(units), seeds)
     if len(start) != len(units) * seeds:
@@ -200,6 +207,23 @@ def sampler_for(target: nn.Module, units: list[Unit], method: Method, *, seeds: 
                                 diversity_layer=method.config.get("diversity_layer"), group=seeds)
     return Sampler(target, objectives, method.settings(steps, record_every), **method.sampler_kwargs(),
                    **(performance or {}))
+
+
+@torch.no_grad()
+def _real_unit_values(target: nn.Module, units: list[Unit], real: Iterable, spatial: str,
+                      max_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's objective (its terms' weighted sum, raw) on real images: (N, units), and the images."""
+    taps = tap(target, sorted({t.layer for u in units for t in u.terms})).eval()
+    values, images, count = [], [], 0
+    for batch in real:
+        batch_images = fit_images(batch[0], target.image_size)
+        acts = {k: reduce_units(v, spatial) for k, v in taps(batch_images.to(next(target.parameters()).device)).items()}
+        values.append(torch.stack([sum(t.weight * acts[t.layer][:, t.unit] for t in u.terms) for u in units], 1).cpu())
+        images.append(batch_images.cpu())
+        count += len(batch_images)
+        if count >= max_images:
+            break
+    return torch.cat(values)[:max_images], torch.cat(images)[:max_images]
 
 
 def _metric_row(metrics: dict[str, torch.Tensor], b: int) -> dict[str, float]:
