@@ -121,7 +121,7 @@ def from_upconv(state: dict[str, Any], source: str | Path = "upconvGAN") -> Gene
 def rgb_output_layer(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """deconv0's weight (in, 3, k, k) and bias for RGB in [0, 1]: out channel c takes BGR channel
     2 - c, plus the mean, over 255, less the 0.5 the Generator adds to its output."""
-    mean = torch.tensor(CAFFE_MEAN_RGB, dtype=bias.dtype)
+    mean = torch.tensor(CAFFE_MEAN_RGB, dtype=bias.dtype, device=bias.device)
     return weight.flip(1) / 255.0, (bias.flip(0) + mean) / 255.0 - 0.5
 
 

@@ -109,7 +109,7 @@ def path_similarity(target: nn.Module, terms: list[Term], images: torch.Tensor, 
             break
     real = {name: torch.cat(v)[:max_images] for name, v in channels.items()}
     values, labels = torch.cat(unit_values)[:max_images], torch.cat(labels)[:max_images]
-    halves = torch.arange(len(labels)) % 2 == 0  # reference half, and the hold-out
+    halves = torch.arange(len(labels), device=labels.device) % 2 == 0  # reference half, and the hold-out
     made = taps(fit_images(images, target.image_size))
     made = {name: reduce_units(made[name], "mean").view(len(terms), seeds, -1) for name in layers}
     per_unit, ceiling = [], []
@@ -132,7 +132,7 @@ def path_similarity(target: nn.Module, terms: list[Term], images: torch.Tensor, 
         ceiling.append({name: held[name] for name in layers})
 
     def mean(rows: list[dict[str, float]]) -> dict[str, float]:
-        return {name: float(torch.tensor([r[name] for r in rows]).nanmean()) for name in layers}
+        return {name: float(torch.tensor([r[name] for r in rows], device="cpu").nanmean()) for name in layers}
 
     return {"per_unit": per_unit, "by_layer": mean(per_unit), "real_by_layer": mean(ceiling)}
 
@@ -218,7 +218,7 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
                 row["path_similarity"] = by_layer
             report["path_similarity"], report["real_path_similarity"] = path["by_layer"], path["real_by_layer"]
             for key in ("path_similarity", "real_path_similarity"):
-                report[f"{key}_mean"] = float(torch.tensor(list(report[key].values())).nanmean())
+                report[f"{key}_mean"] = float(torch.tensor(list(report[key].values()), device="cpu").nanmean())
     if judge is None:
         return report
 
