@@ -420,7 +420,7 @@ def test_a_method_is_a_space_a_prior_term_and_operators(small_priors):
     assert torch.equal(pixel.start(1, 2)[1:], PixelSpace(32).start(torch.Generator().manual_seed(1)))
     for change, message in (("decay=0.0", r"method.decay=0.0; expected a value in \(0, 1\]"),
                             ("clip_quantile=1.5", r"method.clip_quantile=1.5; expected a value in \(0, 1\]"),
-                            ("init=ones", r"method.init='ones'; expected stats or zeros"),
+                            ("init=ones", r"method.init='ones'; expected stats, zeros or multifaceted"),
                             ("space=wavelet", r"method.space='wavelet'; expected pixel, fft or code")):
         with pytest.raises(ConfigError, match=message):
             method("dgn_am", change)
