@@ -499,3 +499,21 @@ def test_multifaceted_starts_are_cluster_centres_of_each_units_top_real_codes(ta
     assert torch.allclose(found.result.frames[0], first, atol=1e-5)
     with pytest.raises(ConfigError, match="method.init=multifaceted needs real images"):
         featvis.synthesize(net, [0], method, seeds=2, steps=1)
+
+
+def test_synthesize_leaves_a_training_network_as_it_found_it(target):
+    from featvis.data import ShapesDataModule
+
+    net, record = target
+    net.train()  # e.g. the FeatureEvolution callback's network, or a user's in the middle of training
+    data = ShapesDataModule(image_size=32, val_size=60, batch_size=30)
+    data.setup("validate")
+    buffers = [b.clone() for b in net.buffers()]
+    modes, flags = [m.training for m in net.modules()], [p.requires_grad for p in net.parameters()]
+    rng = torch.get_rng_state()
+    found = featvis.synthesize(net, [0, 4], "pixel", class_names=record["class_names"], seeds=2, steps=3,
+                               real=data.val_dataloader(), path_layers=["conv2"])
+    assert found.evaluation["path_similarity"].keys() == {"conv2"}
+    assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers()))  # BN statistics untouched
+    assert [m.training for m in net.modules()] == modes and [p.requires_grad for p in net.parameters()] == flags
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -102,7 +102,7 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         raise ConfigError(f"seeds={cfg.seeds}; expected a positive number of seeds per unit")
     method = load_method(cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"), target.image_size)
     performance = {k: v for k, v in cfg.performance.items() if k != "tf32"}  # tf32 is process-wide
-    sampler_for(target, units[:1], method, steps=cfg.get("steps"), spatial=cfg.spatial,
+    sampler_for(target, units[:1], method, seeds=int(cfg.seeds), steps=cfg.get("steps"), spatial=cfg.spatial,
                 performance=performance)  # what the sampler refuses, refused before anything is written
     judge = load_judge(cfg.judge.ckpt, cfg.judge.feature_layer, target) if cfg.judge.get("ckpt") else None
     real = None

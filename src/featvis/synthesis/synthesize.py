@@ -25,7 +25,7 @@ from torch import nn
 from featvis.checkpoints import load_classifier
 from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
-from featvis.nets.layers import layer_names, tap
+from featvis.nets.layers import frozen, layer_names, tap
 from featvis.synthesis.evaluation import evaluate
 from featvis.synthesis.methods import Method, Unit, layer_sizes, load_method, method_config, units_of
 from featvis.synthesis.objectives import ObjectiveBatch, reduce_units
@@ -140,54 +140,60 @@ def synthesize(
     if not (isinstance(units, list) and units and all(isinstance(u, Unit) for u in units)):
         units, _ = units_of(target, units, layer, class_names, spatial)
     device = next(target.parameters()).device
-    if start is None and getattr(method.space, "init", None) == "multifaceted":
-        if real is None:
-            raise ConfigError("method.init=multifaceted needs real images; expected evaluation.real_images > 0 "
-                              "(or real= in Python)")
-        values, images = _real_unit_values(target, units, real, spatial, max_real)
-        start = multifaceted_starts(method.space, values, images, seeds, method.config.get("multifaceted_top_k", 50))
-    if start is None:
-        start = method.start(len(units), seeds)
-    if len(start) != len(units) * seeds:
-        raise ConfigError(f"start has {len(start)} rows; expected one per image ({len(units)} units x {seeds} seeds)")
+    multifaceted = start is None and getattr(method.space, "init", None) == "multifaceted"
+    if multifaceted and real is None:
+        raise ConfigError("method.init=multifaceted needs real images; expected evaluation.real_images > 0 "
+                          "(or real= in Python)")
     # The judge can only be asked for a unit's class when its classes are the target's.
     asked = judge is not None and judge.class_names == class_names
     devices = [device] if device.type == "cuda" else []
-    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=devices):
+    judge_net = judge.net if judge is not None else None
+    # Every network in eval mode without parameter grads while it is read (the caller's modes, flags and
+    # BN statistics come back as they were), the global random streams forked (a DataLoader draws
+    # from them when iterated), gradients on even under inference mode.
+    with (torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=devices),
+          frozen(target, judge_net, *method.modules())):
         for module in method.modules():
             module.to(device)
+        if multifaceted:
+            values, images = _real_unit_values(target, units, real, spatial, max_real)
+            start = multifaceted_starts(method.space, values, images, seeds, method.config.get("multifaceted_top_k", 50))
+        if start is None:
+            start = method.start(len(units), seeds)
+        if len(start) != len(units) * seeds:
+            raise ConfigError(f"start has {len(start)} rows; expected one per image ({len(units)} units x "
+                              f"{seeds} seeds)")
         sampler = sampler_for(target, units, method, seeds=seeds, steps=steps, record_every=record_every,
                               spatial=spatial, performance=performance)
         objectives = sampler.objectives
         z0 = start.to(device)
         result = sampler.run(z0, seed=int(noise_seed), progress=progress)
-        with torch.no_grad():
+        with torch.no_grad(), frozen(sampler.taps):
             metrics = {kind: objectives.to(device).unit_metrics(sampler.taps(images.to(device)))
                        for kind, images in (("last", result.last), ("best", result.best))}
-            blank = blank_tiles(result.best if keep == "best" else result.last, sampler.render(z0).cpu())
+            shown = result.best if keep == "best" else result.last
+            blank = blank_tiles(shown, sampler.render(z0).cpu())
             judged = None
             if asked:
-                net = judge.net.to(device).eval()
-                shown = result.best if keep == "best" else result.last
-                judged = net(fit_images(shown.to(device), net.image_size)).argmax(1).cpu()
-    rows = []
-    for b in range(len(units) * seeds):
-        unit = units[b // seeds]
-        row = {"unit": unit.label, "layer": unit.layer, "seed": b % seeds,
-               "terms": [t.__dict__ for t in unit.terms],
-               "last": {"objective": float(result.last_value[b]), **_metric_row(metrics["last"], b)},
-               "best": {"objective": float(result.best_value[b]), "step": int(result.best_step[b]),
-                        **_metric_row(metrics["best"], b)},
-               "blank": bool(blank[b])}
-        if judged is not None and unit.layer == logits_layer and len(unit.terms) == 1:
-            row["judge_correct"] = bool(judged[b] == unit.terms[0].unit)
-        rows.append(row)
-    found = Synthesis(units, seeds, keep, sampler.settings, result, rows, None)
-    if evaluation if evaluation is not None else (judge is not None or real is not None):
-        class_units = [u.layer == logits_layer and len(u.terms) == 1 for u in units]
-        same_data = real_classes is not None and list(real_classes) == class_names
-        found.evaluation = _evaluate(target, found, metrics[keep], judge, asked and all(class_units), real, spatial,
-                                     max_real, path_layers, [same_data and c for c in class_units])
+                judged = judge_net.to(device)(fit_images(shown.to(device), judge_net.image_size)).argmax(1).cpu()
+        rows = []
+        for b in range(len(units) * seeds):
+            unit = units[b // seeds]
+            row = {"unit": unit.label, "layer": unit.layer, "seed": b % seeds,
+                   "terms": [t.__dict__ for t in unit.terms],
+                   "last": {"objective": float(result.last_value[b]), **_metric_row(metrics["last"], b)},
+                   "best": {"objective": float(result.best_value[b]), "step": int(result.best_step[b]),
+                            **_metric_row(metrics["best"], b)},
+                   "blank": bool(blank[b])}
+            if judged is not None and unit.layer == logits_layer and len(unit.terms) == 1:
+                row["judge_correct"] = bool(judged[b] == unit.terms[0].unit)
+            rows.append(row)
+        found = Synthesis(units, seeds, keep, sampler.settings, result, rows, None)
+        if evaluation if evaluation is not None else (judge is not None or real is not None):
+            class_units = [u.layer == logits_layer and len(u.terms) == 1 for u in units]
+            same_data = real_classes is not None and list(real_classes) == class_names
+            found.evaluation = _evaluate(target, found, metrics[keep], judge, asked and all(class_units), real,
+                                         spatial, max_real, path_layers, [same_data and c for c in class_units])
     return found
 
 
