@@ -171,21 +171,21 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
         figures["grid_artifact_ratio"] = round(
             max(figures[f"{m}_grid_artifact"] for m in code_methods) / figures["real_grid_artifact"], 3)
 
-    print(f"\n{'method':<15}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}"
+    print(f"\n{'method':<20}{'judge transfer':>15}{'beats top-1':>13}{'diversity':>11}{'KID':>9}"
           f"{'grid':>8}{'path':>7}{'seconds':>9}")
     for method, row, seconds in table:
-        print(f"{method:<15}{row['judge_transfer']:>15.3f}{row['beats_real_top1']:>13.3f}"
+        print(f"{method:<20}{row['judge_transfer']:>15.3f}{row['beats_real_top1']:>13.3f}"
               f"{row['diversity']:>11.3f}{row['kid']:>9.4f}{row['grid_artifact']:>8.2f}"
               f"{row['path_similarity']:>7.3f}{seconds:>9.1f}")
     for name, label in (("real", "real images"), ("reconstruction", "G(E(x))")):
-        print(f"{label:<15}{reference[name]['overall']:>15.3f}{'-':>13}{reference[name]['diversity']:>11.3f}"
+        print(f"{label:<20}{reference[name]['overall']:>15.3f}{'-':>13}{reference[name]['diversity']:>11.3f}"
               f"{'-':>9}{reference[name]['grid_artifact']:>8.2f}"
               + (f"{figures['real_path_similarity']:>7.3f}" if name == "real" and paths else f"{'-':>7}") + f"{'-':>9}")
     if paths:  # the activation-path check per layer (Spearman over channels against real images)
         layers = list(next(iter(paths.values())))
-        print(f"\n{'activation path':<15}" + "".join(f"{layer:>8}" for layer in layers))
+        print(f"\n{'activation path':<20}" + "".join(f"{layer:>8}" for layer in layers))
         for name, by_layer in [*paths.items(), ("real hold-out", real_path)]:
-            print(f"{name:<15}" + "".join(f"{by_layer[layer]:>8.3f}" for layer in layers))
+            print(f"{name:<20}" + "".join(f"{by_layer[layer]:>8.3f}" for layer in layers))
     print("judge accuracy per class on G(E(x)): "
           + "  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, reference["reconstruction"]["per_class"])))
     print("judge confidence (mean max-probability): "
