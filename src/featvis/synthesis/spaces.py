@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from featvis.errors import ConfigError
+from featvis.nets.adapters import fit_images
 from featvis.nets.codes import CodeStatistics
 from featvis.synthesis.parametrizations import FourierImage
 
@@ -93,8 +94,6 @@ def multifaceted_starts(space: CodeSpace, unit_values: torch.Tensor, images: tor
     """(units x seeds, code_dim) starts, unit-major: per unit, the codes of its `top_k` most
     activating real images (`unit_values` (N, units) over `images` (N, 3, S, S)) clustered into
     `seeds` clusters (Nguyen et al. 2016's multifaceted feature visualization)."""
-    from featvis.nets.adapters import fit_images
-
     if space.encoder is None:
         raise ConfigError("method.init=multifaceted needs the encoder G was trained on; expected a "
                           "generator checkpoint that records it")
