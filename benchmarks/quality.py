@@ -37,8 +37,12 @@ generator_train_minutes (when G is trained here).
 Targets on shapes, worst case over --repeats 2: judge_reconstruction_accuracy >= 0.95, dgn_am and
 ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_vs_reconstruction >= 0.80 with
 ppgn transfer >= 0.90, grid_artifact_ratio <= 1.5, generator_train_minutes <= 15.
+pixel_maco (MACO, Fel et al. 2023) against pixel_fft: pixel_maco_transfer_vs_fft (the difference
+of judge transfers) >= 0 and pixel_maco_kid_vs_fft (the ratio of KIDs) < 1.
 --methods also takes the variants dgn_am+diversity, ppgn+diversity (method.diversity=2) and
-dgn_am+multifaceted, ppgn+multifaceted (method.init=multifaceted), reported beside the plain ones.
+dgn_am+multifaceted, ppgn+multifaceted (method.init=multifaceted), reported beside the plain ones
+with <variant>_diversity_gain (its diversity / the plain method's) and <variant>_transfer_change
+(its judge transfer - the plain method's); targets for ppgn+multifaceted: >= 1.2 and >= -0.05.
 --docs writes the first set's contact sheet (rows = methods, columns = classes) to docs/methods.png.
 """
 
@@ -68,16 +72,18 @@ from featvis.synthesis.evaluation import (JudgeFeatures, grid_artifact_score, pe
 from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["pixel_noprior", "pixel", "pixel_fft", "dgn_am", "ppgn"]
+METHODS = ["pixel_noprior", "pixel", "pixel_fft", "pixel_maco", "dgn_am", "ppgn"]
 # Variants "<method>+<name>" (only when asked for with --methods): the method with these overrides.
 VARIANTS = {"diversity": ["method.diversity=2.0"], "multifaceted": ["method.init=multifaceted"]}
 CHOICES = [*METHODS, *(f"{m}+{v}" for m in ("dgn_am", "ppgn") for v in VARIANTS)]
 CHECKPOINTS = ("encoder", "generator", "prior", "judge")
-LOWER_IS_BETTER = ("_kid", "grid_artifact", "grid_artifact_ratio", "_minutes")
+LOWER_IS_BETTER = ("_kid", "grid_artifact", "grid_artifact_ratio", "_minutes", "_kid_vs_fft")
 TARGETS = {"judge_reconstruction_accuracy": ">= 0.95", "dgn_am_judge_transfer": ">= 0.90",
            "ppgn_judge_transfer": ">= 0.90", "dgn_am_beats_real_top1": ">= 0.90",
            "ppgn_beats_real_top1": ">= 0.90", "ppgn_diversity_vs_reconstruction": ">= 0.80",
-           "grid_artifact_ratio": "<= 1.5", "generator_train_minutes": "<= 15"}
+           "grid_artifact_ratio": "<= 1.5", "generator_train_minutes": "<= 15",
+           "pixel_maco_transfer_vs_fft": ">= 0", "pixel_maco_kid_vs_fft": "< 1",
+           "ppgn+multifaceted_diversity_gain": ">= 1.2", "ppgn+multifaceted_transfer_change": ">= -0.05"}
 
 
 def compose_cfg(name: str, *overrides: str):
@@ -166,6 +172,18 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
     if "ppgn" in methods:
         figures["ppgn_diversity_vs_reconstruction"] = round(
             figures["ppgn_diversity"] / max(figures["reconstruction_diversity"], 1e-12), 3)
+    if {"pixel_fft", "pixel_maco"} <= set(methods):
+        figures["pixel_maco_transfer_vs_fft"] = round(
+            figures["pixel_maco_judge_transfer"] - figures["pixel_fft_judge_transfer"], 4)
+        figures["pixel_maco_kid_vs_fft"] = round(
+            figures["pixel_maco_kid"] / max(figures["pixel_fft_kid"], 1e-12), 3)
+    for method in methods:  # a variant against its plain method: diversity gained, transfer changed
+        plain, _, variant = method.partition("+")
+        if variant and plain in methods:
+            figures[f"{method}_diversity_gain"] = round(
+                figures[f"{method}_diversity"] / max(figures[f"{plain}_diversity"], 1e-12), 3)
+            figures[f"{method}_transfer_change"] = round(
+                figures[f"{method}_judge_transfer"] - figures[f"{plain}_judge_transfer"], 4)
     code_methods = [m for m in ("dgn_am", "ppgn") if m in methods]
     if code_methods:
         figures["grid_artifact_ratio"] = round(

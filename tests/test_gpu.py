@@ -210,7 +210,7 @@ def assert_complete_metrics(out: Path, summary: dict, units: int, seeds: int) ->
 
 # pixel: jitter, scaling and rotation, whose random draws once crashed beside a CUDA generator.
 METHODS = {"pixel_noprior": [], "pixel": ["method.jitter=2", "method.scale=0.05", "method.rotate=5.0"],
-           "pixel_fft": [], "dgn_am": [], "ppgn": []}
+           "pixel_fft": [], "pixel_maco": [], "dgn_am": [], "ppgn": []}
 
 
 @pytest.mark.parametrize("method", list(METHODS))

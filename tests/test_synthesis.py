@@ -175,7 +175,7 @@ def _compose(*overrides):
         return compose("visualize", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("method", ["pixel_noprior", "pixel", "pixel_fft", "dgn_am", "ppgn"])
+@pytest.mark.parametrize("method", ["pixel_noprior", "pixel", "pixel_fft", "pixel_maco", "dgn_am", "ppgn"])
 def test_visualize_writes_grid_images_gifs_and_metrics(method, small_classifier, small_priors, tmp_path):
     cfg = _compose(f"method={method}", f"output_dir={tmp_path}",
                    f"target.ckpt={small_classifier[1]['best_checkpoint']}",
@@ -195,6 +195,9 @@ def test_visualize_writes_grid_images_gifs_and_metrics(method, small_classifier,
     assert (tmp_path / "grid.png").is_file()
     assert len(list((tmp_path / "gifs").glob("*.gif"))) == 3
     assert not list(tmp_path.rglob(".*partial*"))
+    # MACO writes its alpha masks beside the images and keeps its spectrum with the run
+    assert ("alpha" in first["files"]) == (method == "pixel_maco")
+    assert ("magnitude" in metrics) == (method == "pixel_maco") == (tmp_path / "maco_magnitude.pt").is_file()
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -205,6 +208,7 @@ def test_visualize_writes_grid_images_gifs_and_metrics(method, small_classifier,
     (["method=ppgn", "prior.ckpt=null"], "needs prior.ckpt"),
     (["target.ckpt=GENERATOR"], "is a generator checkpoint; expected a classifier"),
     (["steps=0"], "method.steps=0"),
+    (["method=pixel_maco", "method.magnitude=GENERATOR"], "holds a magnitude of NoneType; expected a spectrum"),
 ])
 def test_visualize_bad_input_writes_nothing(overrides, message, small_classifier, small_priors, tmp_path):
     generator = small_priors["generator"][1]["last_checkpoint"]
@@ -421,7 +425,7 @@ def test_a_method_is_a_space_a_prior_term_and_operators(small_priors):
     for change, message in (("decay=0.0", r"method.decay=0.0; expected a value in \(0, 1\]"),
                             ("clip_quantile=1.5", r"method.clip_quantile=1.5; expected a value in \(0, 1\]"),
                             ("init=ones", r"method.init='ones'; expected stats, zeros or multifaceted"),
-                            ("space=wavelet", r"method.space='wavelet'; expected pixel, fft or code")):
+                            ("space=wavelet", r"method.space='wavelet'; expected pixel, fft, maco or code")):
         with pytest.raises(ConfigError, match=message):
             method("dgn_am", change)
 
@@ -517,3 +521,52 @@ def test_synthesize_leaves_a_training_network_as_it_found_it(target):
     assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers()))  # BN statistics untouched
     assert [m.training for m in net.modules()] == modes and [p.requires_grad for p in net.parameters()] == flags
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_maco_moves_only_the_phase_of_the_real_images_spectrum(tmp_path):
+    from featvis.data import ShapesDataModule
+    from featvis.synthesis.parametrizations import magnitude_spectrum
+    from featvis.synthesis.spaces import MacoSpace
+
+    data = ShapesDataModule(image_size=32, train_size=64, val_size=64, batch_size=32)
+    data.setup("validate")
+    magnitude = magnitude_spectrum(data.val_dataloader(), 32)
+    assert magnitude.shape == (3, 32, 17)
+    # The magnitude does not depend on where things are: rolled images have the same spectrum.
+    rolled = [(torch.roll(images, (5, -3), (2, 3)), labels) for images, labels in data.val_dataloader()]
+    assert torch.allclose(magnitude_spectrum(rolled, 32), magnitude, rtol=1e-4, atol=1e-5)
+    space = MacoSpace(magnitude)
+    starts = torch.cat([space.start(torch.Generator().manual_seed(k)) for k in range(2)])
+    images = space(starts)
+    assert images.shape == (2, 3, 32, 32) and 0 < images.min() and images.max() < 1
+    assert (images[0] - images[1]).abs().mean() > 0.02  # the phase decides the image ...
+    # ... and never the magnitude (columns 0 and S/2 of a real FFT keep only part of their phase)
+    spectra = torch.fft.rfft2(space.decorrelated(starts), norm="ortho").abs()[..., 1:16]
+    assert torch.allclose(spectra, magnitude[..., 1:16].expand_as(spectra), rtol=1e-3, atol=1e-4)
+    # The spectrum a run saves is what method.magnitude reads back, at the size it was made for.
+    from featvis.io import save_tensors
+    from featvis.synthesis.methods import maco_magnitude
+
+    saved = save_tensors({"magnitude": magnitude}, tmp_path / "maco_magnitude.pt")
+    assert torch.equal(maco_magnitude(str(saved), None, 32), magnitude)
+    with pytest.raises(ConfigError, match=r"magnitude of \(3, 32, 17\); expected a spectrum of shape \(3, 64, 33\)"):
+        maco_magnitude(str(saved), None, 64)
+    with pytest.raises(ConfigError, match="needs the magnitude spectrum of real images"):
+        maco_magnitude(None, None, 32)
+
+
+def test_transparency_marks_where_the_unit_looks(small_classifier):
+    """A conv unit at the centre reads a small patch: its alpha mask is bright there only."""
+    from featvis.synthesis.methods import method_config
+
+    target, _ = load_classifier(small_classifier[1]["best_checkpoint"])
+    method = method_config("pixel_noprior", "transparency=true", "jitter=0")
+    found = featvis.synthesize(target, [3], method, layer="conv2", seeds=2, steps=5)
+    alpha = found.result.alpha
+    assert alpha.shape == (2, 1, 32, 32) and alpha.min() >= 0 and alpha.max() == 1
+    centre = torch.zeros(32, 32, dtype=torch.bool)
+    centre[8:24, 8:24] = True
+    assert alpha[..., centre].mean() > 3 * alpha[..., ~centre].mean()
+    # conv2's centre unit of this net reads rows and columns 2 to 26: nothing outside is marked
+    assert alpha[..., :2, :].max() == alpha[..., 27:, :].max() == alpha[..., :2].max() == alpha[..., 27:].max() == 0
+    assert featvis.synthesize(target, [3], "pixel_noprior", layer="conv2", seeds=1, steps=2).result.alpha is None

@@ -38,6 +38,14 @@ def save_text(text: str, path: Path) -> Path:
     return commit(tmp, path)
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> Path:
+    """A dict of tensors (read back by read_checkpoint), written to a temporary name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
+    return commit(tmp, path)
+
+
 def remove_partials(folder: Path) -> int:
     """Delete the temporary files a killed writer left in `folder` (recursively); returns how many."""
     stale = [p for p in folder.rglob(".*.partial*") if p.is_file()] if folder.is_dir() else []

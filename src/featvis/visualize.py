@@ -23,7 +23,7 @@ from featvis.devices import resolve_device, use_tf32
 from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.torchvision_target import TorchvisionTarget
-from featvis.io import remove_partials, save_gif, save_png, save_text, writable_dir
+from featvis.io import remove_partials, save_gif, save_png, save_tensors, save_text, writable_dir
 from featvis.loggers import log_lines_once
 from featvis.nets.layers import layer_names
 from featvis.reports.grids import labelled_grid
@@ -100,20 +100,28 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     units, _ = units_of(target, cfg.units, cfg.layer, t_record["class_names"], cfg.spatial)
     if int(cfg.seeds) < 1:
         raise ConfigError(f"seeds={cfg.seeds}; expected a positive number of seeds per unit")
-    method = load_method(cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"), target.image_size)
+    data = None
+    spectrum_from_data = cfg.method.space == "maco" and not cfg.method.get("magnitude")
+    if int(cfg.evaluation.real_images) > 0 or spectrum_from_data:
+        # Render or load no more validation images than the figures (or MACO's spectrum) use.
+        count = max(int(cfg.evaluation.real_images), MACO_SPECTRUM_IMAGES if spectrum_from_data else 0)
+        data = instantiate(cfg.data, image_size=target.image_size, **({"val_size": count} if "val_size" in cfg.data else {}))
+        data.setup("validate")
+    method = load_method(cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"), target.image_size,
+                         real=data.val_dataloader() if spectrum_from_data else None)
     performance = {k: v for k, v in cfg.performance.items() if k != "tf32"}  # tf32 is process-wide
     sampler_for(target, units[:1], method, seeds=int(cfg.seeds), steps=cfg.get("steps"), spatial=cfg.spatial,
                 performance=performance)  # what the sampler refuses, refused before anything is written
     judge = load_judge(cfg.judge.ckpt, cfg.judge.feature_layer, target) if cfg.judge.get("ckpt") else None
-    real = None
-    if int(cfg.evaluation.real_images) > 0:
-        # Render or load no more validation images than the figures use.
-        fewer = {"val_size": int(cfg.evaluation.real_images)} if "val_size" in cfg.data else {}
-        real = instantiate(cfg.data, image_size=target.image_size, **fewer)
-        real.setup("validate")
+    real = data if int(cfg.evaluation.real_images) > 0 else None
     return {"target": target.to(device), "units": units, "method": method, "target_record": t_record,
             "judge": judge, "real": real, "performance": performance,
             "path_layers": path_layers(cfg.evaluation.get("path_layers", "auto"), target) if real else []}
+
+
+# Validation images of `data` whose mean magnitude spectrum MACO fixes (method.space=maco without
+# method.magnitude).
+MACO_SPECTRUM_IMAGES = 1000
 
 
 # The activation-path check's layers when `evaluation.path_layers=auto`: those of featvis's
@@ -156,14 +164,21 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         path_layers=built["path_layers"], max_real=int(cfg.evaluation.real_images),
         performance=built["performance"], progress=True)
     result = found.result
-    grid = labelled_grid(found.images, len(units), [u.label for u in units], [f"seed {k}" for k in range(seeds)])
+    shown = found.images
+    if cfg.transparency and result.alpha is not None:  # fade to white where the objective did not look
+        shown = shown * result.alpha + (1 - result.alpha)
+    grid = labelled_grid(shown, len(units), [u.label for u in units], [f"seed {k}" for k in range(seeds)])
     save_png(grid, out / "grid.png")
+    kinds = [("last", result.last), ("best", result.best), *([("alpha", result.alpha)] if result.alpha is not None else [])]
     records = []
     for b, row in enumerate(found.rows):
         unit, k = units[b // seeds], b % seeds
         files = {kind: str(save_png(images[b], out / "images" / unit.slug / f"seed{k}_{kind}.png").relative_to(out))
-                 for kind, images in (("last", result.last), ("best", result.best))}
+                 for kind, images in kinds}
         records.append({**row, "files": files})
+    magnitude = getattr(built["method"].space, "magnitude", None)
+    if magnitude is not None:  # MACO's spectrum, cached with the run: method.magnitude=<this file> reuses it
+        magnitude = str(save_tensors({"magnitude": magnitude}, out / "maco_magnitude.pt"))
     if result.frames:
         for u, unit in enumerate(units):
             frames = [make_row(frame[u * seeds:(u + 1) * seeds]) for frame in result.frames]
@@ -172,6 +187,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     evaluation = found.evaluation
     summary = {"method": cfg.method.name, "layer": cfg.layer, "target": str(cfg.target.ckpt),
                "generator": cfg.generator.get("ckpt"), "prior": cfg.prior.get("ckpt"),
+               **({"magnitude": magnitude} if magnitude is not None else {}),
                "settings": found.settings.__dict__, "objective_mode": cfg.method.objective,
                "selectivity": float(cfg.method.get("selectivity", 0.0)), "keep": cfg.keep, "results": records,
                "evaluation": evaluation, "sweep": sweep_value(sweep_terms(cfg), records, evaluation, cfg.keep)}

@@ -1,7 +1,7 @@
 """From a method config (conf/method/*.yaml) and checkpoints to the parts the Sampler runs,
 and from a units spec to the objectives' units.
 
-A method config is read here only: its space (pixel, fft, or the code of a generator
+A method config is read here only: its space (pixel, fft, maco, or the code of a generator
 loaded with its code statistics), the prior term named by `method.prior`, and the
 post-step operators (code clipping, decay, image operators).  Units are indices, class
 names or sums, of one layer or of a mapping of layers.
@@ -18,14 +18,16 @@ import torch
 from torch import nn
 
 from featvis.checkpoints import check_same_code, load_classifier, load_generator, load_prior
-from featvis.errors import ConfigError
+from featvis.errors import CheckpointError, ConfigError
+from featvis.io import read_checkpoint
 from featvis.nets.encoder import Encoder
 from featvis.nets.layers import activations, frozen, layer_names, tap
 from featvis.synthesis.objectives import Term, reduce_units
 from featvis.synthesis.priors import (CenteredGaussianPrior, ClipCodes, DAEPrior, Decay, EncoderLoopPrior,
                                       GaussianPrior, ImageOperators, PriorTerm, TotalVariationPrior)
 from featvis.synthesis.sampler import SamplerSettings
-from featvis.synthesis.spaces import CodeSpace, FourierSpace, PixelSpace, starting_points
+from featvis.synthesis.parametrizations import magnitude_spectrum
+from featvis.synthesis.spaces import CodeSpace, FourierSpace, MacoSpace, PixelSpace, starting_points
 
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")
 
@@ -172,15 +174,18 @@ class Method:
 
 
 def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckpt: str | None,
-                image_size: int) -> Method:
+                image_size: int, real: Any = None) -> Method:
     """Build a method's parts from its config: the space named by method.space (loading G for
-    code methods), the prior term named by method.prior, and the operators."""
+    code methods; for maco, the magnitude spectrum from method.magnitude or from `real`, batches of
+    real images), the prior term named by method.prior, and the operators."""
     config = dict(method)
     generator_record = None
     if config["space"] == "pixel":
         space: nn.Module = PixelSpace(image_size)
     elif config["space"] == "fft":
         space = FourierSpace(image_size)
+    elif config["space"] == "maco":
+        space = MacoSpace(maco_magnitude(config.get("magnitude"), real, image_size))
     elif config["space"] == "code":
         if not generator_ckpt:
             raise ConfigError(f"method={config['name']} optimizes a generator's code; expected generator.ckpt")
@@ -189,7 +194,7 @@ def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckp
         encoder = record_encoder(generator_record, "method.init=multifaceted") if init == "multifaceted" else None
         space = CodeSpace(generator, stats, init, encoder)
     else:
-        raise ConfigError(f"method.space={config['space']!r}; expected pixel, fft or code")
+        raise ConfigError(f"method.space={config['space']!r}; expected pixel, fft, maco or code")
     prior = prior_term(config.get("prior"), space, prior_ckpt, generator_record)
     operators: list[Any] = []
     quantile = config.get("clip_quantile")
@@ -203,6 +208,26 @@ def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckp
     if config.get("image_operators"):
         operators.append(ImageOperators(**config["image_operators"]))
     return Method(config, space, prior, operators, generator_record)
+
+
+def maco_magnitude(path: str | None, real: Any, image_size: int) -> torch.Tensor:
+    """MACO's magnitude spectrum at `image_size`: read from `path` (a file that visualize.py wrote
+    as maco_magnitude.pt), or the mean over the images of `real` (batches of (images, ...))."""
+    expected = (3, image_size, image_size // 2 + 1)
+    if path:
+        try:
+            magnitude = read_checkpoint(path).get("magnitude")
+        except CheckpointError as err:
+            raise ConfigError(f"method.magnitude: {err}") from None
+        if not isinstance(magnitude, torch.Tensor) or tuple(magnitude.shape) != expected:
+            found = tuple(magnitude.shape) if isinstance(magnitude, torch.Tensor) else type(magnitude).__name__
+            raise ConfigError(f"method.magnitude={path} holds a magnitude of {found}; expected a spectrum of "
+                              f"shape {expected} (maco_magnitude.pt of a run at {image_size} px)")
+        return magnitude
+    if real is None:
+        raise ConfigError("method.space=maco needs the magnitude spectrum of real images; expected "
+                          "method.magnitude=<maco_magnitude.pt> or real images (evaluation.real_images > 0)")
+    return magnitude_spectrum(real, image_size)
 
 
 def record_encoder(g_record: dict[str, Any], needed_by: str) -> Encoder:

@@ -4,12 +4,20 @@
 1/frequency so that gradient steps favour low frequencies, in a decorrelated colour
 space that is mapped back to RGB, and squashed into [0, 1] by a sigmoid.  The same
 update rule then acts as a strong natural-image prior without any operator.
+
+`MacoImage` (Fel et al. 2023, MACO): z is only the phase of the spectrum; its magnitude is fixed
+to the mean magnitude spectrum of real images (`magnitude_spectrum`), so every synthesis has
+the real images' distribution of energy over frequencies and only where things are is optimized.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
+
+from featvis.nets.adapters import fit_images
 
 # Square root of the RGB colour correlation of ImageNet (lucid's constant), columns normalized
 # by their largest norm: maps decorrelated channels back to RGB.
@@ -17,6 +25,11 @@ _COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02],
                              [0.27, 0.00, -0.05],
                              [0.27, -0.09, 0.03]], device="cpu")
 COLOUR_SQRT = _COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0).max()
+
+
+def recorrelate(decorrelated: torch.Tensor) -> torch.Tensor:
+    """Decorrelated colour channels (B, 3, H, W) -> RGB offsets."""
+    return torch.einsum("ij,bjhw->bihw", COLOUR_SQRT.to(decorrelated.device), decorrelated)
 
 
 class FourierImage(nn.Module):
@@ -39,5 +52,48 @@ class FourierImage(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         spectrum = torch.view_as_complex(z.contiguous()) * self.scale
         decorrelated = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
-        rgb = torch.einsum("ij,bjhw->bihw", COLOUR_SQRT.to(z.device), decorrelated)
-        return torch.sigmoid(rgb * 4.0)
+        return torch.sigmoid(recorrelate(decorrelated) * 4.0)
+
+
+@torch.no_grad()
+def magnitude_spectrum(batches: Iterable, size: int, max_images: int = 1000) -> torch.Tensor:
+    """The mean Fourier magnitude (3, size, size // 2 + 1) of real images, in the decorrelated
+    colour space MacoImage renders from; `batches` yields (images, ...) in [0, 1]."""
+    decorrelate = torch.linalg.inv(COLOUR_SQRT)
+    total, count = torch.zeros(3, size, size // 2 + 1), 0
+    for batch in batches:
+        images = fit_images(batch[0].float().cpu(), size)[: max_images - count]
+        centred = images - images.mean((1, 2, 3), keepdim=True)
+        decorrelated = torch.einsum("ij,bjhw->bihw", decorrelate, centred)
+        total += torch.fft.rfft2(decorrelated, norm="ortho").abs().sum(0)
+        count += len(images)
+        if count >= max_images:
+            break
+    if count == 0:
+        raise ValueError("magnitude_spectrum got no images")
+    return total / count
+
+
+class MacoImage(nn.Module):
+    """phase z of shape (B, 3, S, S // 2 + 1) -> images (B, 3, S, S) in [0, 1], with the spectrum's
+    magnitude fixed to `magnitude` (3, S, S // 2 + 1; see magnitude_spectrum).
+
+    The magnitude fixes each image's energy whatever its phase (Parseval), so a synthesis has the
+    real images' contrast and MACO's per-image standardization is not needed; the sigmoid (slope
+    1 at mid-grey, as in FourierImage) only keeps the rare outliers in range.
+    """
+
+    def __init__(self, magnitude: torch.Tensor):
+        super().__init__()
+        if magnitude.ndim != 3 or magnitude.shape[0] != 3 or magnitude.shape[2] != magnitude.shape[1] // 2 + 1:
+            raise ValueError(f"magnitude of shape {tuple(magnitude.shape)}; expected (3, S, S // 2 + 1)")
+        self.size = int(magnitude.shape[1])
+        self.register_buffer("magnitude", magnitude.float())
+
+    def decorrelated(self, phase: torch.Tensor) -> torch.Tensor:
+        """The image of a phase in the decorrelated colour space, centred on zero."""
+        spectrum = torch.complex(self.magnitude * torch.cos(phase), self.magnitude * torch.sin(phase))
+        return torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
+
+    def forward(self, phase: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(recorrelate(self.decorrelated(phase)) * 4.0)

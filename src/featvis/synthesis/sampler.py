@@ -59,6 +59,13 @@ def require_finite(pending: list[tuple[int, dict[str, torch.Tensor]]]) -> None:
                                     "(lower method.lr or method.eps1/eps2)")
 
 
+def alpha_mask(attribution: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) attributions -> alpha in [0, 1]: each image's divided by its 99th percentile, so
+    a few extreme pixels do not leave the rest transparent."""
+    top = attribution.flatten(1).float().quantile(0.99, dim=1).clamp_min(1e-12)
+    return (attribution / top.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
 @dataclass
 class SamplerSettings:
     steps: int = 200
@@ -73,6 +80,8 @@ class SamplerSettings:
     jitter: int = 0                  # random roll of up to this many pixels per step
     scale: float = 0.0               # random rescaling by up to this fraction per step
     rotate: float = 0.0              # random rotation by up to this many degrees per step
+    image_noise: float = 0.0         # std of Gaussian noise added to what the target reads per step
+    transparency: bool = False       # accumulate |d objective / d image| into an alpha mask (MACO)
     record_every: int = 0            # keep a frame every n steps (0: none)
 
     def __post_init__(self) -> None:
@@ -84,6 +93,7 @@ class SamplerSettings:
             "eps2_end": self.eps2_end is None or self.eps2_end >= 0,
             "eps3_end": self.eps3_end is None or self.eps3_end >= 0,
             "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
+            "image_noise": self.image_noise >= 0,
             "record_every": self.record_every >= 0,
         }
         for name, ok in checks.items():
@@ -119,6 +129,9 @@ class SamplerResult:
     best_z: torch.Tensor
     frames: list[torch.Tensor] = field(default_factory=list)  # recorded images, each (B, 3, S, S)
     frame_steps: list[int] = field(default_factory=list)
+    # With settings.transparency: per image, where the objective's gradient was strong over the
+    # run (the accumulated |d objective / d image| over colours, / its 99th percentile), (B, 1, S, S).
+    alpha: torch.Tensor | None = None
 
 
 
@@ -170,12 +183,16 @@ class Sampler:
         """z -> images in [0, 1] at the target's input size."""
         return fit_images(self.space(z), self.target_size).clamp(0, 1)
 
-    def _values(self, z: torch.Tensor, transforms: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _values(self, z: torch.Tensor, transforms: torch.Generator,
+                noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             s = self.settings
-            images = robustness_transform(self.render(z), s.jitter, s.scale, s.rotate, transforms)
+            rendered = self.render(z)
+            images = robustness_transform(rendered, s.jitter, s.scale, s.rotate, transforms)
+            if s.image_noise > 0:
+                images = images + s.image_noise * torch.randn(images.shape, generator=noise, device=z.device)
             values = self.objectives(self.taps(images.contiguous(memory_format=self.memory_format)))
-        return values.float(), images.float()
+        return values.float(), images.float(), rendered
 
     def run(self, z0: torch.Tensor, seed: int = 0, progress: bool = False) -> SamplerResult:
         """Optimize every row of z0 for `settings.steps` steps; nets and global RNG untouched.
@@ -194,6 +211,7 @@ class Sampler:
         best_value = torch.full((len(z),), -torch.inf, device=device)
         best_z, best_step = z.clone(), torch.zeros(len(z), dtype=torch.long, device=device)
         frames, frame_steps = [], []
+        attribution = None  # with settings.transparency: the accumulated |d objective / d image|
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         modules = [m for m in (self.space, self.prior, *self.operators) if isinstance(m, nn.Module)]
         for module in modules:
@@ -211,8 +229,11 @@ class Sampler:
             for step in tqdm(range(s.steps), desc="synthesis", disable=not progress, leave=False):
                 z.requires_grad_(True)
                 with torch.enable_grad():
-                    values, images = self._forward(z, transforms)
-                    (grad,) = torch.autograd.grad(values.sum(), z)
+                    values, images, rendered = self._forward(z, transforms, noise)
+                    grad, *image_grad = torch.autograd.grad(values.sum(), (z, rendered) if s.transparency else z)
+                if image_grad:
+                    step_attribution = image_grad[0].detach().abs().sum(1, keepdim=True)
+                    attribution = step_attribution if attribution is None else attribution + step_attribution
                 z = z.detach()
                 values = values.detach()
                 terms = {"objective": values, "gradient": grad}  # checked together at the end of the step
@@ -253,6 +274,7 @@ class Sampler:
         result = SamplerResult(last=to_host(last_images), best=to_host(best_images),
                                last_value=to_host(last_value), best_value=to_host(best_value),
                                best_step=to_host(best_step), last_z=to_host(z), best_z=to_host(best_z),
-                               frames=frames, frame_steps=frame_steps)
+                               frames=frames, frame_steps=frame_steps,
+                               alpha=None if attribution is None else to_host(alpha_mask(attribution)))
         wait_for_copies(device)
         return result

@@ -1,12 +1,15 @@
 """Where the sampler's z lives: each space owns both its starting point and its render z -> image.
 
 `PixelSpace`: z is the image (pixel AM).  `FourierSpace`: z is a 1/f-scaled spectrum in a
-decorrelated colour space (featvis.synthesis.parametrizations.FourierImage).  `CodeSpace`: z
+decorrelated colour space (featvis.synthesis.parametrizations.FourierImage).  `MacoSpace`: z
+is the phase of a spectrum whose magnitude is the real images' (MacoImage).  `CodeSpace`: z
 is the code h of a generator G (DGN-AM, PPGN).  A space is an `nn.Module` whose forward is the
 render, so the sampler moves, freezes and traces it like any network.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -14,7 +17,7 @@ from torch import nn
 from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
 from featvis.nets.codes import CodeStatistics
-from featvis.synthesis.parametrizations import FourierImage
+from featvis.synthesis.parametrizations import FourierImage, MacoImage
 
 
 class PixelSpace(nn.Module):
@@ -37,6 +40,15 @@ class FourierSpace(FourierImage):
 
     def start(self, generator: torch.Generator) -> torch.Tensor:
         return self.initial(1, generator)
+
+
+class MacoSpace(MacoImage):
+    """z is the phase of the spectrum (see MacoImage); a chain starts from a uniformly random phase:
+    a random image with the real images' spectrum."""
+
+    def start(self, generator: torch.Generator) -> torch.Tensor:
+        shape = (1, *self.magnitude.shape)
+        return (2 * torch.rand(shape, generator=generator, device=generator.device) - 1) * math.pi
 
 
 class CodeSpace(nn.Module):

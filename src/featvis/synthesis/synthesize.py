@@ -117,7 +117,8 @@ def synthesize(
         read against `layer` and `class_names`, or parsed `Unit`s.
     method: a method's name ("dgn_am": conf/method/dgn_am.yaml), its config (a mapping, e.g.
         `method_config("ppgn", "eps3=0.1")`), with `generator`/`prior` naming the checkpoints it
-        needs; or a loaded `Method` (load_method: load once to synthesize many times).
+        needs (and, for method.space=maco without method.magnitude, `real` for the spectrum); or a
+        loaded `Method` (load_method: load once to synthesize many times).
     start: the starting points, one row per image (default: the method's, per seed).
     judge: asked about every single-class unit of `logits_layer` when its classes are the
         target's (each row's `judge_correct`).
@@ -136,7 +137,7 @@ def synthesize(
     if isinstance(method, str):
         method = method_config(method)
     if not isinstance(method, Method):
-        method = load_method(method, generator, prior, target.image_size)
+        method = load_method(method, generator, prior, target.image_size, real=real)
     if not (isinstance(units, list) and units and all(isinstance(u, Unit) for u in units)):
         units, _ = units_of(target, units, layer, class_names, spatial)
     device = next(target.parameters()).device
