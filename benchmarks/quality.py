@@ -40,7 +40,7 @@ ppgn transfer >= 0.90, grid_artifact_ratio <= 1.5, generator_train_minutes <= 15
 pixel_maco (MACO, Fel et al. 2023) against pixel_fft: pixel_maco_transfer_vs_fft (the difference
 of judge transfers) >= 0 and pixel_maco_kid_vs_fft (the ratio of KIDs) < 1.
 --methods also takes the variants dgn_am+diversity, ppgn+diversity (method.diversity=2) and
-dgn_am+multifaceted, ppgn+multifaceted (method.init=multifaceted), reported beside the plain ones
+dgn_am+multifaceted, ppgn+multifaceted (method=dgn_am_multifaceted, ppgn_multifaceted), reported beside the plain ones
 with <variant>_diversity_gain (its diversity / the plain method's) and <variant>_transfer_change
 (its judge transfer - the plain method's); targets for ppgn+multifaceted: >= 1.2 and >= -0.05.
 --docs writes the first set's contact sheet (rows = methods, columns = classes) to docs/methods.png.
@@ -73,8 +73,9 @@ from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["pixel_noprior", "pixel", "pixel_fft", "pixel_maco", "dgn_am", "ppgn"]
-# Variants "<method>+<name>" (only when asked for with --methods): the method with these overrides.
-VARIANTS = {"diversity": ["method.diversity=2.0"], "multifaceted": ["method.init=multifaceted"]}
+# Variants "<method>+<name>" (only when asked for with --methods): the overrides that make them.
+VARIANTS = {"diversity": lambda plain: [f"method={plain}", "method.diversity=2.0"],
+            "multifaceted": lambda plain: [f"method={plain}_multifaceted"]}
 CHOICES = [*METHODS, *(f"{m}+{v}" for m in ("dgn_am", "ppgn") for v in VARIANTS)]
 CHECKPOINTS = ("encoder", "generator", "prior", "judge")
 LOWER_IS_BETTER = ("_kid", "grid_artifact", "grid_artifact_ratio", "_minutes", "_kid_vs_fft")
@@ -153,7 +154,7 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
         start = time.perf_counter()
         name, _, variant = method.partition("+")
         summary = visualize(compose_cfg(
-            "visualize", f"method={name}", *VARIANTS.get(variant, []), f"output_dir={out / method}", *data,
+            "visualize", *(VARIANTS[variant](name) if variant else [f"method={name}"]), f"output_dir={out / method}", *data,
             f"target.ckpt={checkpoints['encoder']}", f"generator.ckpt={checkpoints['generator']}",
             f"prior.ckpt={checkpoints['prior']}", f"judge.ckpt={checkpoints['judge']}",
             f"units=[{','.join(str(u) for u in range(len(classes)))}]", f"seeds={seeds}", "gif=false",

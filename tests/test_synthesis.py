@@ -473,7 +473,7 @@ def test_the_diversity_term_pushes_a_units_seeds_apart(target):
         featvis.synthesize(net, [2], featvis.method_config("pixel", "diversity=-1.0"), seeds=2)
 
 
-def test_multifaceted_starts_are_cluster_centres_of_each_units_top_real_codes(target, small_priors):
+def test_multifaceted_starts_are_the_cluster_medoids_of_each_units_top_real_codes(target, small_priors):
     from featvis.data import ShapesDataModule
     from featvis.synthesis.methods import units_of
     from featvis.synthesis.spaces import kmeans, multifaceted_starts
@@ -491,13 +491,17 @@ def test_multifaceted_starts_are_cluster_centres_of_each_units_top_real_codes(ta
     found = featvis.synthesize(net, [0, 4], method, class_names=record["class_names"], seeds=3, steps=3,
                                real=data.val_dataloader(), evaluation=False, record_every=1)
     assert len(found.rows) == 6 and found.images.shape == (6, 3, 32, 32)
-    # The chains start at the cluster centres of each unit's top real codes: per unit, 3 distinct
-    # starts, other than the other unit's (the first frame is G of the starts).
+    # The chains start at the members nearest the cluster centres of each unit's top real codes:
+    # per unit, 3 distinct real codes, other than the other unit's (the first frame is G of the starts).
     units, _ = units_of(net, [0, 4], "fc8", record["class_names"])
     values, images = _real_unit_values(net, units, data.val_dataloader(), "center", 1000)
     starts = multifaceted_starts(method.space, values, images, seeds=3, top_k=20)
     assert starts.shape == (6, method.space.stats.mean.numel()) and (starts >= 0).all()
     assert torch.cdist(starts[:3], starts[3:]).min() > 0 and torch.pdist(starts[:3]).min() > 0
+    with torch.no_grad():
+        real_codes = method.space.encoder.code(images)
+    exact = torch.cdist(starts, real_codes, compute_mode="donot_use_mm_for_euclid_dist")
+    assert exact.min(1).values.max() < 1e-3  # codes ~10 apart
     with torch.no_grad():
         first = method.space(starts).clamp(0, 1)
     assert torch.allclose(found.result.frames[0], first, atol=1e-5)

@@ -54,8 +54,8 @@ class MacoSpace(MacoImage):
 class CodeSpace(nn.Module):
     """z is the code h of a generator; a chain starts at codes drawn from the real codes'
     statistics (`init=stats`), at zero, or (`init=multifaceted`, with the `encoder` whose codes G
-    inverts) at the centres of the codes of the unit's most activating real images, one cluster
-    per seed (see multifaceted_starts)."""
+    inverts) at the codes of the unit's most activating real images nearest the centres of their
+    clusters, one cluster per seed (see multifaceted_starts)."""
 
     def __init__(self, generator: nn.Module, stats: CodeStatistics, init: str = "stats",
                  encoder: nn.Module | None = None):
@@ -105,7 +105,9 @@ def multifaceted_starts(space: CodeSpace, unit_values: torch.Tensor, images: tor
                         top_k: int = 50) -> torch.Tensor:
     """(units x seeds, code_dim) starts, unit-major: per unit, the codes of its `top_k` most
     activating real images (`unit_values` (N, units) over `images` (N, 3, S, S)) clustered into
-    `seeds` clusters (Nguyen et al. 2016's multifaceted feature visualization)."""
+    `seeds` clusters (Nguyen et al. 2016's multifaceted feature visualization), each cluster
+    represented by its member nearest the centre: a real image's code, where a mean of rectified
+    codes is a code G has not seen (a blurred average image)."""
     if space.encoder is None:
         raise ConfigError("method.init=multifaceted needs the encoder G was trained on; expected a "
                           "generator checkpoint that records it")
@@ -118,5 +120,6 @@ def multifaceted_starts(space: CodeSpace, unit_values: torch.Tensor, images: tor
     for column in unit_values.T:
         top = images[column.topk(k).indices]
         codes = space.encoder.code(fit_images(top.to(device), space.encoder.image_size)).cpu()
-        starts.append(kmeans(codes, seeds, seed=0))
+        centres = kmeans(codes, seeds, seed=0)
+        starts.append(codes[torch.cdist(centres, codes).argmin(1)])
     return torch.cat(starts)
