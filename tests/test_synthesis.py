@@ -392,6 +392,7 @@ def test_the_readmes_python_example_runs(small_classifier, small_priors, small_j
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     found, scored = namespace["found"], namespace["scored"]
+    assert namespace["maco"].result.alpha.shape == (2, 1, 32, 32)
     assert found.images.shape == (8, 3, 32, 32) and 0 <= float(found.images.min()) <= float(found.images.max()) <= 1
     assert [r["unit"] for r in found.rows[::4]] == ["red circle", "3+7"]
     assert 0 <= scored.evaluation["judge_transfer"] <= 1 and len(scored.rows) == 4
