@@ -60,7 +60,7 @@ def magnitude_spectrum(batches: Iterable, size: int, max_images: int = 1000) -> 
     """The mean Fourier magnitude (3, size, size // 2 + 1) of real images, in the decorrelated
     colour space MacoImage renders from; `batches` yields (images, ...) in [0, 1]."""
     decorrelate = torch.linalg.inv(COLOUR_SQRT)
-    total, count = torch.zeros(3, size, size // 2 + 1), 0
+    total, count = torch.zeros(3, size, size // 2 + 1, device="cpu"), 0
     for batch in batches:
         images = fit_images(batch[0].float().cpu(), size)[: max_images - count]
         centred = images - images.mean((1, 2, 3), keepdim=True)
