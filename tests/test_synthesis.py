@@ -558,6 +558,8 @@ def test_maco_moves_only_the_phase_of_the_real_images_spectrum(tmp_path):
         maco_magnitude(str(saved), None, 64)
     with pytest.raises(ConfigError, match="needs the magnitude spectrum of real images"):
         maco_magnitude(None, None, 32)
+    with pytest.raises(ConfigError, match="the data gave none"):
+        maco_magnitude(None, [], 32)
 
 
 def test_transparency_marks_where_the_unit_looks(small_classifier):

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
 
 # Square root of the RGB colour correlation of ImageNet (lucid's constant), columns normalized
@@ -70,7 +71,8 @@ def magnitude_spectrum(batches: Iterable, size: int, max_images: int = 1000) -> 
         if count >= max_images:
             break
     if count == 0:
-        raise ValueError("magnitude_spectrum got no images")
+        raise ConfigError("MACO's magnitude spectrum needs real images, and the data gave none; expected "
+                          "a data set with validation images or method.magnitude=<maco_magnitude.pt>")
     return total / count
 
 
