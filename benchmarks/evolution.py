@@ -10,6 +10,10 @@ resume_frames_duplicated  and resumed with ckpt_path=last.ckpt, plus files on di
 main_job_minutes          `python train.py` from nothing (every stage trained; target <= 20)
 blank_tile_fraction       tiles after step 0 of the callback's run that still show their start
                           image (or one flat colour): units no gradient reached (target <= 0.05)
+settle_step_by_layer      per layer, the step from which its syntheses stay near their final form
+                          (in the judge's feature space), on the target of seed 1
+settle_order_consistent   1 when a second target (seed 2) ranks the layers' settle steps the same
+lower_layers_settle_first and how often the bootstrap over units and seeds agrees, per seed
 
 Priors not given are trained first (tiny preset).  The last line is one JSON object.
 """
@@ -89,6 +93,10 @@ def main() -> dict:
     without = train_py(out / "without", *target)
     with_callback = train_py(out / "with", *target, *evolution)
     doc = json.loads((out / "with" / "evolution" / "evolution.json").read_text())
+    # Settling on a second, independently initialized target.
+    train_py(out / "with-seed2", "task=classifier", "seed=2", "logger=csv", *evolution)
+    second = json.loads((out / "with-seed2" / "evolution" / "evolution.json").read_text())
+    settles = [{layer: v["settle_step"] for layer, v in d["layers"].items()} for d in (doc, second)]
 
     # SIGKILL once a frame exists after the first checkpoint (step 13 after the one at step 10),
     # then resume from last.ckpt.
@@ -124,11 +132,29 @@ def main() -> dict:
     print(f"{'killed after frames at steps':<32}{str(killed_at):>12}  (last.ckpt at step {killed_checkpoint_step})")
     print(f"{'main job (minutes)':<32}{'skipped' if main_minutes is None else f'{main_minutes:.2f}':>12}")
     print(f"{'blank tiles after step 0':<32}{doc['blank_tile_fraction']:>12.3f}")
+    print(f"\nsettling ({doc['settle_space']}): step from which a layer's syntheses stay near their final form")
+    print(f"{'layer':<12}{'seed 1':>8}{'80% interval':>16}{'seed 2':>8}{'80% interval':>16}")
+    for layer in doc["layers"]:
+        cells = [(d["layers"][layer]["settle_step"], d["layers"][layer]["settle_interval"]) for d in (doc, second)]
+        print(f"{layer:<12}" + "".join(f"{str(s):>8}{str(i):>16}" for s, i in cells))
+    for name, d in (("seed 1", doc), ("seed 2", second)):
+        print(f"lower layers settle first, {name}: {d['lower_layers_settle_first']} "
+              f"(bootstrap agreement {d['lower_layers_settle_first_confidence']})")
     return {"callback_overhead": round(with_callback / without, 3), "resume_frames_lost": lost,
             "resume_frames_duplicated": duplicated,
             "main_job_minutes": None if main_minutes is None else round(main_minutes, 2),
             "blank_tile_fraction": round(doc["blank_tile_fraction"], 3),
+            "settle_step_by_layer": settles[0], "settle_step_by_layer_seed2": settles[1],
+            "settle_order_consistent": int(settle_order(settles[0]) == settle_order(settles[1])),
+            "lower_layers_settle_first": [d["lower_layers_settle_first"] for d in (doc, second)],
+            "lower_layers_settle_first_confidence": [d["lower_layers_settle_first_confidence"] for d in (doc, second)],
             "frames": len(doc["steps"]), "units": len(doc["units"]), "seeds": doc["seeds"]}
+
+
+def settle_order(settles: dict[str, int | None]) -> list[int]:
+    """Each layer's rank by settle step (tied layers share a rank; an unsettled layer ranks last)."""
+    values = [float("inf") if s is None else s for s in settles.values()]
+    return [sorted(set(values)).index(v) for v in values]
 
 
 if __name__ == "__main__":

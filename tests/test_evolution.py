@@ -49,7 +49,7 @@ def check_folder_agrees(root: Path) -> dict:
     assert len(keys) == len(set(keys)), "a frame is recorded twice"
     assert sorted({f["step"] for f in doc["frames"]}) == doc["steps"]
     assert len(keys) == len(doc["steps"]) * len(doc["units"]) * doc["seeds"], "a frame is incomplete"
-    named = {f["file"] for f in doc["frames"]}
+    named = {f["file"] for f in doc["frames"]} | {f["top_file"] for f in doc["frames"] if "top_file" in f}
     on_disk = {str(p.relative_to(root)) for p in (root / "frames").rglob("*.png")}
     assert named == on_disk
     grids = sorted(p.name for p in (root / "grids").glob("*.png"))
@@ -72,27 +72,40 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
     doc = check_folder_agrees(root)
     # step 0, the log-spaced steps and the two epoch-end checkpoints (the last is also log-spaced)
     assert doc["steps"] == sorted({0, 6, 12} | log_spaced_steps(TOTAL_STEPS, 4))
-    assert [u["label"] for u in doc["units"]] == ["conv1 0", "conv5 1", "fc8 0 red circle", "fc8 4 green square"]
+    assert [u["label"] for u in doc["units"]] == ["conv1.bn 0", "conv5.bn 1", "fc8 0 red circle", "fc8 4 green square"]
     for frame in doc["frames"]:
         assert ("judge_correct" in frame) == (frame["layer"] == "fc8")
         assert 0 <= frame["probability"] <= 1
         assert isinstance(frame["blank"], bool)
     later = [f["blank"] for f in doc["frames"] if f["step"] > 0]
     assert doc["blank_tile_fraction"] == sum(later) / len(later)
-    for name in ("strip.png", "change.svg", "index.html"):
+    for name in ("strip.png", "settling.svg", "index.html"):
         assert (root / name).stat().st_size > 0
     assert sorted(p.name for p in (root / "videos").glob("*.gif")) == sorted(f"{u['slug']}.gif" for u in doc["units"])
-    assert set(doc["layers"]) == {"conv1", "conv5", "fc8"}
+    # conv units are read before their ReLU: every tile moves from its start
+    assert [u["layer"] for u in doc["units"]] == ["conv1.bn", "conv5.bn", "fc8", "fc8"]
+    assert doc["blank_tile_fraction"] == 0
+    assert set(doc["layers"]) == {"conv1.bn", "conv5.bn", "fc8"} and doc["settle_space"] == "judge fc7"
     for values in doc["layers"].values():
-        assert values["steps"] == doc["steps"][1:] and len(values["change"]) == len(doc["steps"]) - 1
+        assert values["steps"] == doc["steps"] and len(values["distance"]) == len(doc["steps"])
+        assert values["distance"][-1] == 0 and max(values["distance"]) > 0
+        low, high = values["settle_interval"]
+        assert doc["steps"][0] <= low <= high <= doc["steps"][-1] and values["settle_step"] in doc["steps"]
+    assert 0 <= doc["lower_layers_settle_first_confidence"] <= 1
+    # the top-k real images of each unit at each step: indices into the pool, and their picture
+    assert doc["top_k"] == 4
+    for frame in doc["frames"]:
+        assert len(frame["top"]) == 4 and len(set(frame["top"])) == 4 and (root / frame["top_file"]).is_file()
     # the state in the last checkpoint is what is on disk
     state = read_checkpoint(result["last_checkpoint"])["callbacks"]["FeatureEvolution"]
     assert state["frames"] == doc["frames"]
     assert state["z0"].shape[0] == len(doc["units"]) * doc["seeds"]
     # CSV logger received the per-unit scalars at the frame steps
     metrics = (out / "csv" / "version_0" / "metrics.csv").read_text()
-    assert "evolution/fc8-0_red_circle/judge_transfer" in metrics
+    assert "evolution-fc8/fc8-0_red_circle/judge_transfer" in metrics
+    assert "evolution-conv5.bn/conv5.bn-1/activation" in metrics
     assert "evolution/blank_tile_fraction" in metrics
+    assert "evolution-conv1.bn/settle_step" in metrics and "evolution/lower_layers_settle_first_confidence" in metrics
 
 
 def test_a_tile_is_blank_when_it_shows_its_start_image_or_one_colour():
@@ -254,7 +267,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
         assert done(stage)["checkpoint"] == first[stage]
     assert read_checkpoint(first["generator"])["featvis"]["encoder"]["checkpoint"] == first["encoder"]
     doc = check_folder_agrees(tmp_path / "run1" / "evolution")
-    assert [u["label"] for u in doc["units"]] == ["conv5 0", "fc8 0 red circle"]
+    assert [u["label"] for u in doc["units"]] == ["conv5.bn 0", "fc8 0 red circle"]
     assert f"feature evolution: {tmp_path / 'run1' / 'evolution' / 'index.html'}" in capsys.readouterr().out
     stamps = {s: Path(first[s]).stat().st_mtime_ns for s in ("encoder", "generator", "prior")}
     second = run(tmp_path / "run2")  # the stages are reused, only the target trains again
@@ -315,3 +328,85 @@ def test_a_stage_is_reused_only_for_the_same_config_and_inputs(tmp_path, caplog,
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[2/4] generator: ")]
     assert "(no earlier stage)" in lines[0] and "reusing" in lines[1]
     assert lines[2].endswith("was trained with model.fc6_dim: 1024 -> 256)"), lines[2]
+
+
+def test_pre_relu_units_get_a_gradient_where_the_rectified_unit_is_zero():
+    from featvis.nets import AlexNet
+    from featvis.nets.layers import pre_activation, tap
+    from featvis.synthesis.methods import units_of
+    from featvis.synthesis.objectives import ObjectiveBatch
+
+    net = AlexNet(num_classes=15, image_size=32, fc6_dim=64, fc7_dim=64).eval()
+    plain = AlexNet(num_classes=15, image_size=32, fc6_dim=64, fc7_dim=64, batch_norm=False).eval()
+    assert [pre_activation(net, n) for n in ("conv3", "fc6", "fc8", "conv3.bn")] == ["conv3.bn", "fc6.linear",
+                                                                                      "fc8", "conv3.bn"]
+    assert pre_activation(plain, "conv3") == "conv3.conv"
+    with torch.no_grad():
+        net.conv3.bn.bias[0] = -100.0  # channel 0 of conv3 is 0 everywhere after its ReLU
+    image = torch.rand(1, 3, 32, 32, requires_grad=True)
+    for pre_relu, moves in ((False, False), (True, True)):
+        units, sizes = units_of(net, ["conv3:0", "fc8:1"], None, [], "mean", pre_relu=pre_relu)
+        assert [u.label for u in units] == (["conv3.bn 0", "fc8 1"] if pre_relu else ["conv3 0", "fc8 1"])
+        objectives = ObjectiveBatch([units[0].terms], sizes, spatial="mean")
+        taps = tap(net, [units[0].layer])
+        gradient, = torch.autograd.grad(objectives(taps(image)).sum(), image)
+        assert bool(gradient.abs().sum() > 0) == moves
+
+
+def synthetic_doc(tmp_path, settles: dict[str, int], steps=(0, 1, 2, 4, 8, 16)) -> dict:
+    """Frames on disk whose units (2 per layer, 2 seeds) change until their layer's settle step and
+    stay their final picture from there on."""
+    from featvis.io import save_png
+
+    generator = torch.Generator().manual_seed(0)
+    units, frames = [], []
+    for layer, settle in settles.items():
+        for k in range(2):
+            label = f"{layer} {k}"
+            units.append({"label": label, "layer": layer, "slug": f"{layer}-{k}", "terms": []})
+            for seed in range(2):
+                final = torch.rand(3, 8, 8, generator=generator)
+                for step in steps:
+                    image = final if step >= settle else torch.rand(3, 8, 8, generator=generator)
+                    file = f"frames/{step}/{layer}-{k}_seed{seed}.png"
+                    save_png(image, tmp_path / file)
+                    frames.append({"step": step, "unit": label, "seed": seed, "layer": layer, "file": file})
+    return {"steps": list(steps), "units": units, "frames": frames, "seeds": 2}
+
+
+@pytest.mark.parametrize("settles, first", [({"conv1": 2, "conv5": 8}, True), ({"conv1": 8, "conv5": 2}, False),
+                                            ({"conv1": 16, "conv5": 2}, False),  # conv1 never settles
+                                            ({"conv1": 16, "conv5": 16}, None)])  # neither does: cannot tell
+def test_settle_steps_their_intervals_and_the_order_verdict(tmp_path, settles, first):
+    from featvis.reports.evolution import frames_by_unit, settling
+
+    doc = synthetic_doc(tmp_path, settles)
+    found = settling(doc, frames_by_unit(doc, tmp_path))
+    for layer, settle in settles.items():
+        assert found["layers"][layer]["settle_step"] == settle
+        assert found["layers"][layer]["settle_interval"] == [settle, settle]  # every curve settles there
+        assert found["layers"][layer]["curves"] == 4
+    assert found["lower_layers_settle_first"] is first  # step 16 is the last frame: not settled
+    assert found["lower_layers_settle_first_confidence"] == (1.0 if first else 0.0)
+    # in a feature space too (uncentred pixels as features): the same steps
+    embedded = settling(doc, frames_by_unit(doc, tmp_path), embed=lambda x: x.flatten(1))["layers"]
+    assert {k: v["settle_step"] for k, v in embedded.items()} == settles
+
+
+def test_top_real_images_are_the_pools_most_activating():
+    from featvis.nets import AlexNet, activations
+    from featvis.synthesis.evolution import EvolutionRecorder, real_pool
+    from featvis.synthesis.methods import units_of
+
+    net = AlexNet(num_classes=15, image_size=32, fc6_dim=64, fc7_dim=64).eval()
+    batches = [(torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(i)), None) for i in range(3)]
+    recorder = EvolutionRecorder(["conv3:2", "fc8:5"], {}, spatial="mean", pre_relu=True, top_k=3, real_images=25)
+    recorder.real = real_pool(batches, 25, 32)
+    assert recorder.real.dtype == torch.uint8 and len(recorder.real) == 25
+    units, _ = units_of(net, recorder.unit_spec, None, [], "mean", pre_relu=True)
+    pool = recorder.real.float() / 255
+    acts = activations(net, pool, ["conv3.bn", "fc8"])
+    expected = [acts["conv3.bn"].mean((2, 3))[:, 2].topk(3).indices.tolist(), acts["fc8"][:, 5].topk(3).indices.tolist()]
+    assert recorder.top_real(net, units) == expected
+    with pytest.raises(ConfigError, match="top_k=-1; expected a non-negative integer"):
+        EvolutionRecorder(["fc8:0"], {}, top_k=-1)

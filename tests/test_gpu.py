@@ -257,7 +257,7 @@ def test_dgn_am_speed_switches_on_the_device(device, small_classifier, small_pri
 
 # -- feature evolution --------------------------------------------------------------------------
 EVOLUTION = "callbacks.feature_evolution"
-EVOLUTION_UNITS = ["conv1 0", "fc8 0 red circle"]
+EVOLUTION_UNITS = ["conv1.bn 0", "fc8 0 red circle"]  # conv units read before their ReLU
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,7 @@ def assert_evolution_folder(root: Path, steps: list[int]) -> dict:
     assert doc["steps"] == steps and [u["label"] for u in doc["units"]] == EVOLUTION_UNITS
     assert len(doc["frames"]) == len(steps) * len(EVOLUTION_UNITS) * 2
     for frame in doc["frames"]:
-        assert (root / frame["file"]).is_file()
+        assert (root / frame["file"]).is_file() and (root / frame["top_file"]).is_file()
         assert math.isfinite(frame["activation"]) and 0 <= frame["probability"] <= 1
     assert (root / "index.html").is_file()
     return doc
@@ -307,7 +307,7 @@ def test_visualize_evolution_of_checkpoints_on_the_device(device, evolution_run,
         cfg = compose("visualize", overrides=[
             "mode=evolution", f"target.ckpt_dir={out / 'checkpoints'}", f"device={device}",
             f"generator.ckpt={small_priors['generator'][1]['last_checkpoint']}", "units=[conv1:0,fc8:0]",
-            "seeds=2", "steps=2", f"output_dir={tmp_path}"])
+            "pre_relu=true", "evaluation.real_images=64", "seeds=2", "steps=2", f"output_dir={tmp_path}"])
     summary = visualize(cfg)
     steps = list(range(1, TINY_STEPS + 1))
     assert summary["steps"] == steps and Path(summary["index"]).is_file()

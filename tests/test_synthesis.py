@@ -478,7 +478,7 @@ def test_multifaceted_starts_are_the_cluster_medoids_of_each_units_top_real_code
     from featvis.data import ShapesDataModule
     from featvis.synthesis.methods import units_of
     from featvis.synthesis.spaces import kmeans, multifaceted_starts
-    from featvis.synthesis.synthesize import _real_unit_values
+    from featvis.synthesis.synthesize import unit_values
 
     noise = torch.randn(40, 2, generator=torch.Generator().manual_seed(0)) * 0.1
     blobs = torch.cat([noise[:30] + 5, noise[30:] - 5])
@@ -495,7 +495,7 @@ def test_multifaceted_starts_are_the_cluster_medoids_of_each_units_top_real_code
     # The chains start at the members nearest the cluster centres of each unit's top real codes:
     # per unit, 3 distinct real codes, other than the other unit's (the first frame is G of the starts).
     units, _ = units_of(net, [0, 4], "fc8", record["class_names"])
-    values, images = _real_unit_values(net, units, data.val_dataloader(), "center", 1000)
+    values, images = unit_values(net, units, data.val_dataloader(), "center", 1000)
     starts = multifaceted_starts(method.space, values, images, seeds=3, top_k=20)
     assert starts.shape == (6, method.space.stats.mean.numel()) and (starts >= 0).all()
     assert torch.cdist(starts[:3], starts[3:]).min() > 0 and torch.pdist(starts[:3]).min() > 0

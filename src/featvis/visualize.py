@@ -97,7 +97,7 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     else:
         raise ConfigError("target.ckpt is not set; expected a classifier checkpoint (task=classifier) "
                           "or target.torchvision=<model name> with target.weights=<local file>")
-    units, _ = units_of(target, cfg.units, cfg.layer, t_record["class_names"], cfg.spatial)
+    units, _ = units_of(target, cfg.units, cfg.layer, t_record["class_names"], cfg.spatial, cfg.pre_relu)
     if int(cfg.seeds) < 1:
         raise ConfigError(f"seeds={cfg.seeds}; expected a positive number of seeds per unit")
     data = None
@@ -249,9 +249,16 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     recorder = EvolutionRecorder(cfg.units, cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"),
                                  cfg.judge.get("ckpt"), output_dir=Path(cfg.output_dir) / "evolution",
                                  layer=cfg.layer, seeds=int(cfg.seeds), steps=cfg.get("steps"),
-                                 spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed))
+                                 spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed),
+                                 pre_relu=cfg.pre_relu, top_k=int(cfg.top_k), real_images=int(cfg.evaluation.real_images))
     net, record = load_classifier(checkpoints[0][0])
-    recorder.prepare(net, record["class_names"])  # units, priors and judge checked before any output
+    real = None
+    if recorder.top_k and recorder.real_images:
+        data = instantiate(cfg.data, image_size=net.image_size,
+                           **({"val_size": recorder.real_images} if "val_size" in cfg.data else {}))
+        data.setup("validate")
+        real = data.val_dataloader()
+    recorder.prepare(net, record["class_names"], real)  # units, priors and judge checked before any output
     writable_dir(recorder.output_dir)
     for path, step, epoch in tqdm(checkpoints, desc="checkpoints"):
         net, record = load_classifier(path)

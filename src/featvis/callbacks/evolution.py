@@ -2,9 +2,11 @@
 
 At every trigger the callback synthesizes the configured units with initial codes and
 noise seeds drawn once (kept in the callback's checkpoint state), so what changes from
-frame to frame is the network.  Frames, grids, videos, a strip, a change plot,
+frame to frame is the network; beside each synthesis go the validation images that
+activate the unit most at that step.  Frames, grids, videos, a strip, a settling plot,
 `evolution.json` and `index.html` go to `dirpath` (see featvis.reports.evolution); grids,
-per-unit scalars, videos and a summary table go to wandb when a WandbLogger is attached.
+per-unit scalars and images (in one panel section per layer), videos and a summary table
+go to wandb when a WandbLogger is attached.
 
 Training is not disturbed: the synthesis runs on a copy of the network with its own RNG
 streams (the global ones are restored), with gradients enabled even where Lightning runs
@@ -69,6 +71,9 @@ class FeatureEvolution(L.Callback):
         noise_seed: int = 0,
         target_attribute: str = "net",
         logits_layer: str = "fc8",
+        pre_relu: bool = False,
+        top_k: int = 4,
+        real_images: int = 256,
     ):
         for name, value in (("log_frames", log_frames), ("every_n_steps", every_n_steps),
                             ("every_n_epochs", every_n_epochs)):
@@ -77,7 +82,8 @@ class FeatureEvolution(L.Callback):
         self.recorder = EvolutionRecorder(units, method, generator_ckpt, prior_ckpt, judge_ckpt,
                                           output_dir=dirpath or "evolution", layer=layer, seeds=seeds,
                                           steps=steps, spatial=spatial, keep=keep, noise_seed=noise_seed,
-                                          logits_layer=logits_layer)
+                                          logits_layer=logits_layer, pre_relu=pre_relu, top_k=top_k,
+                                          real_images=real_images)
         self.dirpath = dirpath
         self.log_frames, self.every_n_steps, self.every_n_epochs = log_frames, every_n_steps, every_n_epochs
         self.on_checkpoint, self.at_start = on_checkpoint, at_start
@@ -91,7 +97,9 @@ class FeatureEvolution(L.Callback):
             self.recorder.output_dir = Path(trainer.default_root_dir) / "evolution"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.recorder.prepare(self._net(pl_module), getattr(pl_module, "class_names", []))
+        data = trainer.datamodule  # the top-k real images come from its validation set, when there is one
+        real = data.val_dataloader() if data is not None and self.recorder.top_k else None
+        self.recorder.prepare(self._net(pl_module), getattr(pl_module, "class_names", []), real)
         if trainer.is_global_zero:
             self.recorder.reconcile_disk()
 
@@ -160,24 +168,44 @@ class FeatureEvolution(L.Callback):
             self._log_frame(trainer, step, rows)
 
     def _log_frame(self, trainer: L.Trainer, step: int, rows: list[dict]) -> None:
+        # wandb makes a panel section of each key's first path part: one section per layer.
         metrics: dict[str, float] = {}
         for unit in self.recorder.units:
             mine = [r for r in rows if r["unit"] == unit.label]
             for key in ("activation", "probability"):
-                metrics[f"evolution/{unit.slug}/{key}"] = sum(r[key] for r in mine) / len(mine)
+                metrics[f"evolution-{unit.layer}/{unit.slug}/{key}"] = sum(r[key] for r in mine) / len(mine)
             judged = [r["judge_correct"] for r in mine if "judge_correct" in r]
             if judged:
-                metrics[f"evolution/{unit.slug}/judge_transfer"] = sum(judged) / len(judged)
+                metrics[f"evolution-{unit.layer}/{unit.slug}/judge_transfer"] = sum(judged) / len(judged)
         # tiles still showing their start image: units no gradient reached at this step
         metrics["evolution/blank_tile_fraction"] = sum(r["blank"] for r in rows) / len(rows)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):
-                grid = self.recorder.output_dir / grid_file(step)
-                logger.log_image("evolution/grid", [str(grid)], step=step, caption=[f"step {step}"])
+                self._log_images(logger, step)
+
+    def _log_images(self, logger: WandbLogger, step: int) -> None:
+        """The frame's grid, and per layer its units' syntheses (seed 0) beside their top-k real images."""
+        root = self.recorder.output_dir
+        logger.log_image("evolution/grid", [str(root / grid_file(step))], step=step, caption=[f"step {step}"])
+        shown = [f for f in self.recorder.frames if f["step"] == step and f["seed"] == 0]
+        for layer in dict.fromkeys(u.layer for u in self.recorder.units):
+            mine = [f for f in shown if f["layer"] == layer]
+            logger.log_image(f"evolution-{layer}/syntheses", [str(root / f["file"]) for f in mine], step=step,
+                             caption=[f["unit"] for f in mine])
+            if all("top_file" in f for f in mine):
+                logger.log_image(f"evolution-{layer}/top_real", [str(root / f["top_file"]) for f in mine],
+                                 step=step, caption=[f["unit"] for f in mine])
 
     def _log_summary(self, trainer: L.Trainer, summary: dict[str, Any]) -> None:
-        """Per unit a video of its evolution and one table of the run (wandb only)."""
+        """Each layer's settle step to every logger; per unit a video of its evolution and one table
+        of the run (wandb only)."""
+        figures = {f"evolution-{layer}/settle_step": v["settle_step"] for layer, v in summary["layers"].items()
+                   if v["settle_step"] is not None}
+        if summary.get("lower_layers_settle_first_confidence") is not None:
+            figures["evolution/lower_layers_settle_first_confidence"] = summary["lower_layers_settle_first_confidence"]
+        for logger in trainer.loggers:
+            logger.log_metrics(figures, step=trainer.global_step)
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
             return

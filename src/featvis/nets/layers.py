@@ -67,6 +67,23 @@ def tap(model: nn.Module, names: Sequence[str]) -> nn.Module:
     return create_feature_extractor(model, return_nodes={prefix + n: n for n in names})
 
 
+def pre_activation(model: nn.Module, name: str) -> str:
+    """The name of what feeds `name`'s final ReLU (`conv3` -> `conv3.bn`, `fc6` -> `fc6.linear`), or
+    `name` itself when it is not a container ending in a ReLU.
+
+    A rectified unit that is zero everywhere on an image passes no gradient back; its input does.
+    """
+    prefix = getattr(model, "layer_prefix", "")
+    try:
+        module = model.get_submodule(prefix + name)
+    except AttributeError:
+        return name
+    children = list(module.named_children())
+    if len(children) >= 2 and isinstance(children[-1][1], nn.ReLU):
+        return f"{name}.{children[-2][0]}"
+    return name
+
+
 @torch.no_grad()
 def activations(model: nn.Module, images: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations of the named layers for a batch of images (no gradients)."""

@@ -2,11 +2,12 @@
 
     strip.png          rows = units, columns = recorded steps (seed 0)
     videos/<unit>.gif  one animation per unit over training (its seeds side by side)
-    change.svg         mean frame-to-frame pixel change per layer over training
-    index.html         everything above, a step slider over grids/, and a table of the units
+    settling.svg       per layer, how far its frames are from their final form over training
+    index.html         everything above, a step slider over grids/, per layer the units at each
+                       step beside their top-k real images, and a table of the units
 
 Everything is rebuilt from the files, so the reports always agree with evolution.json;
-`summarize` adds the per-layer change figures to it.
+`build_reports` returns the per-layer settling figures, which go into it too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,7 +26,11 @@ from torchvision.utils import make_grid
 from featvis.io import save_gif, save_png, save_text
 from featvis.reports.grids import labelled_grid
 
-SETTLED = 0.25   # a layer has settled once its change stays below this fraction of its peak
+# A layer has settled once its frames stay within this fraction of their largest distance to their
+# final form.
+SETTLED = 0.25
+BOOTSTRAP = 1000  # resamples of a layer's (unit, seed) curves behind its settle step's interval
+Embed = Callable[[torch.Tensor], torch.Tensor]
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -50,35 +56,66 @@ def frames_by_unit(doc: dict[str, Any], root: Path) -> dict[str, dict[int, dict[
     return table
 
 
-def layer_change(doc: dict[str, Any], images: dict[str, dict[int, dict[int, torch.Tensor]]]) -> dict[str, Any]:
-    """Per layer: the mean |frame_t - frame_t-1| over its units and seeds at each recorded step t,
-    and the step after which the change stays below SETTLED x its peak (None: too few frames)."""
+def distances_to_final(doc: dict[str, Any], images: dict, embed: Embed | None = None) -> dict[str, torch.Tensor]:
+    """Per unit, (seeds, steps): 1 - the cosine similarity of each frame's features to the unit's last
+    frame's, with `embed` (images -> features; e.g. a judge's fc7) or, without one, centred pixels."""
     steps = doc["steps"]
-    layers: dict[str, Any] = {}
+    out = {}
+    for unit in doc["units"]:
+        by_seed = images[unit["label"]]
+        stack = torch.stack([by_seed[k][s] for k in sorted(by_seed) for s in steps])
+        features = embed(stack) if embed is not None else stack.flatten(1) - stack.flatten(1).mean(1, keepdim=True)
+        features = features.flatten(1).reshape(len(by_seed), len(steps), -1)
+        similarity = torch.nn.functional.cosine_similarity(features, features[:, -1:], dim=-1)
+        out[unit["label"]] = (1 - similarity).clamp(min=0)
+    return out
+
+
+def settle_step(curve: torch.Tensor, steps: list[int]) -> int | None:
+    """The first recorded step from which `curve` (distance to the final frame) stays at or below
+    SETTLED x its largest value (the last step: not settled before it); None with fewer than 3
+    frames or a curve that never moved."""
+    if len(steps) < 3 or float(curve.max()) <= 0:
+        return None
+    above = (curve > SETTLED * curve.max()).nonzero()
+    return steps[int(above.max()) + 1] if len(above) else steps[0]
+
+
+def settling(doc: dict[str, Any], images: dict, embed: Embed | None = None) -> dict[str, Any]:
+    """Per layer: its mean distance to the final frame at each step, its settle step, and an 80%
+    bootstrap interval of that step over the layer's (unit, seed) curves.  Also how often, over the
+    resamples, the settle steps grow with depth (layers in the order their units are listed)."""
+    steps = doc["steps"]
+    distances = distances_to_final(doc, images, embed) if steps else {}
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    layers, resampled = {}, []
     for layer in dict.fromkeys(u["layer"] for u in doc["units"]):
-        labels = [u["label"] for u in doc["units"] if u["layer"] == layer]
-        series = []
-        for before, after in zip(steps, steps[1:]):
-            diffs = [(by_step[after] - by_step[before]).abs().mean()
-                     for label in labels for by_step in images.get(label, {}).values()
-                     if before in by_step and after in by_step]
-            series.append(float(torch.stack(diffs).mean()) if diffs else 0.0)
-        settle = None
-        if len(series) >= 2 and max(series) > 0:
-            peak = max(series)
-            settle = steps[-1]
-            for i in range(len(series) - 1, -1, -1):
-                if series[i] > SETTLED * peak:
-                    break
-                settle = steps[i]
-        layers[layer] = {"steps": steps[1:], "change": series, "settle_step": settle}
-    return layers
+        curves = torch.cat([distances[u["label"]] for u in doc["units"] if u["layer"] == layer])
+        mean = curves.mean(0)
+        picks = torch.randint(len(curves), (BOOTSTRAP, len(curves)), generator=generator, device="cpu")
+        replicates = [settle_step(c, steps) for c in curves[picks].mean(1)]
+        known = sorted(r for r in replicates if r is not None)
+        interval = [known[int(0.1 * (len(known) - 1))], known[int(0.9 * (len(known) - 1))]] if known else None
+        layers[layer] = {"steps": steps, "distance": [round(float(d), 5) for d in mean],
+                         "settle_step": settle_step(mean, steps), "settle_interval": interval, "curves": len(curves)}
+        resampled.append(replicates)
+    ordered = [in_depth_order(list(r), steps) is True for r in zip(*resampled)]
+    confidence = sum(ordered) / len(ordered) if len(layers) >= 2 and ordered else None
+    return {"layers": layers, "lower_layers_settle_first": lower_layers_settle_first(layers),
+            "lower_layers_settle_first_confidence": confidence}
 
 
 def lower_layers_settle_first(layers: dict[str, Any]) -> bool | None:
     """The survey's observation, checked: do settle steps grow with depth (layers in listed order)?"""
-    settles = [v["settle_step"] for v in layers.values()]
-    if len(settles) < 2 or any(s is None for s in settles):
+    values = list(layers.values())
+    return in_depth_order([v["settle_step"] for v in values], values[0]["steps"] if values else [])
+
+
+def in_depth_order(settles: list[int | None], steps: list[int]) -> bool | None:
+    """Whether settle steps never fall with depth; a layer not settled before the last step counts as
+    settling after every settled one.  None when it cannot be told: fewer than two layers, too few
+    frames, or no layer settled before the last step."""
+    if len(settles) < 2 or any(s is None for s in settles) or all(s == steps[-1] for s in settles):
         return None
     return all(a <= b for a, b in zip(settles, settles[1:]))
 
@@ -110,16 +147,17 @@ def write_videos(doc: dict[str, Any], images: dict, root: Path) -> dict[str, Pat
     return videos
 
 
-def change_svg(layers: dict[str, Any], width: int = 640, height: int = 320) -> str:
-    """A line chart of frame-to-frame change per layer (log step axis when steps span decades)."""
+def settling_svg(layers: dict[str, Any], space: str, width: int = 640, height: int = 320) -> str:
+    """A line chart of each layer's distance to its final frames (log step axis when steps span
+    decades; step 0 is drawn at 1)."""
     import math
 
     left, right, top, bottom = 60, 120, 20, 40
-    points = [(s, c) for v in layers.values() for s, c in zip(v["steps"], v["change"])]
+    points = [(s, c) for v in layers.values() for s, c in zip(v["steps"], v["distance"])]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>']
     if not points:
-        parts.append(f'<text x="{left}" y="{height / 2}">needs two recorded steps</text></svg>')
+        parts.append(f'<text x="{left}" y="{height / 2}">needs recorded steps</text></svg>')
         return "".join(parts)
     lo, hi = min(max(s, 1) for s, _ in points), max(max(s, 1) for s, _ in points)
     log_x = hi / lo > 20
@@ -147,10 +185,10 @@ def change_svg(layers: dict[str, Any], width: int = 640, height: int = 320) -> s
     parts.append(f'<text x="{(left + plot_right) / 2}" y="{height - 6}" text-anchor="middle">'
                  f'training step{" (log)" if log_x else ""}</text>'
                  f'<text x="12" y="{top + (plot_bottom - top) / 2}" transform="rotate(-90 12 '
-                 f'{top + (plot_bottom - top) / 2})" text-anchor="middle">mean |frame change|</text>')
+                 f'{top + (plot_bottom - top) / 2})" text-anchor="middle">distance to final frame ({html.escape(space)})</text>')
     for i, (layer, values) in enumerate(layers.items()):
         colour = COLOURS[i % len(COLOURS)]
-        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, c) for s, c in zip(values["steps"], values["change"])))
+        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, c) for s, c in zip(values["steps"], values["distance"])))
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
         parts.append(f'<rect x="{plot_right + 12}" y="{top + 16 * i}" width="12" height="3" fill="{colour}"/>'
                      f'<text x="{plot_right + 30}" y="{top + 16 * i + 5}">{html.escape(layer)}</text>')
@@ -158,8 +196,31 @@ def change_svg(layers: dict[str, Any], width: int = 640, height: int = 320) -> s
     return "".join(parts)
 
 
-def index_html(doc: dict[str, Any], layers: dict[str, Any], title: str = "Feature evolution") -> str:
+def layer_sections(doc: dict[str, Any]) -> str:
+    """Per layer, a table: its units (rows) at each recorded step (columns), each synthesis (seed 0)
+    above the real images that activate the unit most at that step (when recorded)."""
     steps = doc["steps"]
+    head = "".join(f"<th>step {s}</th>" for s in steps)
+    sections = []
+    for layer in dict.fromkeys(u["layer"] for u in doc["units"]):
+        rows = []
+        for unit in (u for u in doc["units"] if u["layer"] == layer):
+            at = {f["step"]: f for f in doc["frames"] if f["unit"] == unit["label"] and f["seed"] == 0}
+            cells = "".join(
+                f"<td><img class=tile src=\"{html.escape(at[s]['file'])}\" alt=\"synthesis\">"
+                + (f"<br><img class=tile src=\"{html.escape(at[s]['top_file'])}\" alt=\"top real images\">"
+                   if "top_file" in at[s] else "") + "</td>" for s in steps if s in at)
+            rows.append(f"<tr><th>{html.escape(unit['label'])}</th>{cells}</tr>")
+        sections.append(f"<h3>{html.escape(layer)}</h3><table><tr><th>unit</th>{head}</tr>{''.join(rows)}</table>")
+    return "".join(sections)
+
+
+def settle_text(step: int | None, steps: list[int]) -> str:
+    return "-" if step is None else "not before the last frame" if step == steps[-1] else str(step)
+
+
+def index_html(doc: dict[str, Any], summary: dict[str, Any], title: str = "Feature evolution") -> str:
+    steps, layers = doc["steps"], summary["layers"]
     first, last = (steps[0], steps[-1]) if steps else (None, None)
     rows = []
     for unit in doc["units"]:
@@ -171,19 +232,27 @@ def index_html(doc: dict[str, Any], layers: dict[str, Any], title: str = "Featur
             f"<td><img class=video src=\"videos/{html.escape(unit['slug'])}.gif\" alt=\"{html.escape(unit['label'])}\"></td>"
             f"<td>{at[first]['activation']:.2f}</td><td>{at[last]['activation']:.2f}</td>"
             f"<td>{at[last]['probability']:.3f}</td><td>{judged}</td></tr>")
-    settle = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['settle_step']}</td></tr>" for k, v in layers.items())
-    verdict = lower_layers_settle_first(layers)
-    verdict_text = {None: "not enough frames yet to tell", True: "yes, on this run",
+    settle = "".join(f"<tr><td>{html.escape(k)}</td><td>{settle_text(v['settle_step'], steps)}</td>"
+                     f"<td>{' to '.join(map(str, v['settle_interval'] or ['-']))}</td><td>{v['curves']}</td></tr>"
+                     for k, v in layers.items())
+    verdict = summary["lower_layers_settle_first"]
+    confidence = summary["lower_layers_settle_first_confidence"]
+    verdict_text = {None: "cannot tell (too few frames, or no layer settled before the last one)", True: "yes, on this run",
                     False: "no, not on this run"}[verdict]
+    if confidence is not None:
+        verdict_text += f" (in {confidence:.0%} of {BOOTSTRAP} resamples of the units and seeds)"
     grids = json.dumps([grid_file(s) for s in steps])
     blank = blank_tile_fraction(doc)
     blank_text = ("" if blank is None else f"Blank tiles after step 0 (the start image, untouched: no "
                   f"gradient reached the unit): <b id=\"blank\">{blank:.0%}</b>.")
+    top_text = (f"Under each synthesis, the {doc['top_k']} validation images that activate the unit most at "
+                "that step (of a fixed pool)." if doc.get("top_k") else "")
+    space = html.escape(summary["settle_space"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1400px; }}
-img {{ image-rendering: pixelated; }} img.video {{ height: 80px; }}
+img {{ image-rendering: pixelated; }} img.video {{ height: 80px; }} img.tile {{ width: 64px; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
 .strip {{ max-width: 100%; }}
 </style></head><body>
@@ -198,10 +267,16 @@ frame to frame is the network. Data: <a href="evolution.json">evolution.json</a>
 <input id="step" type="range" min="0" max="{max(len(steps) - 1, 0)}" value="{max(len(steps) - 1, 0)}">
 <span id="step-label"></span><br><img id="grid" alt="grid at the chosen step">
 <h2>How fast each layer settles</h2>
-<img src="change.svg" alt="frame-to-frame change per layer">
-<p>Settle step: the step after which a layer's frame-to-frame change stays below {SETTLED:.0%} of its
-peak. Do lower layers settle first? <b id="verdict">{verdict_text}</b>.</p>
-<table><tr><th>layer</th><th>settle step</th></tr>{settle}</table>
+<img src="settling.svg" alt="distance to the final frame per layer">
+<p>Distance: 1 - the cosine similarity of a frame's features ({space}) to those of the unit's last frame,
+averaged over the layer's units and seeds. Settle step: the first recorded step from which that distance
+stays within {SETTLED:.0%} of its largest value; the interval is the 10th to 90th percentile of the settle
+step over {BOOTSTRAP} resamples of the layer's units and seeds. Do lower layers settle first?
+<b id="verdict">{verdict_text}</b>.</p>
+<table><tr><th>layer</th><th>settle step</th><th>80% interval</th><th>units x seeds</th></tr>{settle}</table>
+<h2>Layer by layer</h2>
+<p>{top_text}</p>
+{layer_sections(doc)}
 <h2>Units</h2>
 <table><tr><th>unit</th><th>layer</th><th>evolution</th><th>activation at step {first}</th>
 <th>activation at step {last}</th><th>probability at step {last}</th><th>judge agrees (last step)</th></tr>
@@ -222,19 +297,19 @@ show();
 """
 
 
-def build_reports(root: Path, doc: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild every report of the folder from `doc` (the content of evolution.json)."""
+def build_reports(root: Path, doc: dict[str, Any], embed: Embed | None = None, space: str = "pixels") -> dict[str, Any]:
+    """Rebuild every report of the folder from `doc` (the content of evolution.json); returns the
+    settling figures (distances in `space`: `embed`'s features, or pixels without one)."""
     root = Path(root)
     if not doc["frames"]:
         return {"layers": {}}
     images = frames_by_unit(doc, root)
-    layers = layer_change(doc, images)
+    summary = {**settling(doc, images, embed), "settle_space": space, "blank_tile_fraction": blank_tile_fraction(doc)}
     write_strip(doc, images, root)
     write_videos(doc, images, root)
-    save_text(change_svg(layers), root / "change.svg")
-    save_text(index_html(doc, layers), root / "index.html")
-    return {"layers": layers, "lower_layers_settle_first": lower_layers_settle_first(layers),
-            "blank_tile_fraction": blank_tile_fraction(doc)}
+    save_text(settling_svg(summary["layers"], space), root / "settling.svg")
+    save_text(index_html(doc, summary), root / "index.html")
+    return summary
 
 
 def blank_tile_fraction(doc: dict[str, Any]) -> float | None:

@@ -1,10 +1,12 @@
 """Feature evolution: the same synthesis, repeated on successive states of a network.
 
 `EvolutionRecorder` holds what must stay fixed from frame to frame (the units, the
-method, the initial codes and the noise seed) so that what changes between frames
-is the network.  It synthesizes a frame for any network state, writes it under
-`<output_dir>/` (frames, a grid per step, `evolution.json`) and rebuilds the
-reports (featvis.reports.evolution).  It knows nothing of Lightning: the
+method, the initial codes, the noise seed and a pool of real validation images) so
+that what changes between frames is the network.  It synthesizes a frame for any
+network state, finds the pool's `top_k` most activating images of each unit at that
+state, writes them under `<output_dir>/` (frames, a grid per step, `evolution.json`)
+and rebuilds the reports (featvis.reports.evolution), measuring how far each frame is
+from its unit's final one in the judge's feature space.  It knows nothing of Lightning: the
 `FeatureEvolution` callback drives it during training, `visualize.py
 mode=evolution` drives it over saved checkpoints.
 
@@ -24,12 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchvision.utils import make_grid
+
 from featvis.errors import ConfigError
-from featvis.reports.evolution import build_reports, grid_file, step_name
 from featvis.io import remove_partials, save_png, save_text
+from featvis.nets.adapters import fit_images
+from featvis.nets.layers import activations, frozen
+from featvis.reports.evolution import build_reports, grid_file, step_name
 from featvis.reports.grids import labelled_grid
 from featvis.synthesis.methods import Method, Unit, load_method, sampler_settings, units_of
-from featvis.synthesis.synthesize import Judge, load_judge, synthesize
+from featvis.synthesis.synthesize import Judge, load_judge, synthesize, unit_values
 
 FORMAT_VERSION = 1
 
@@ -52,17 +58,25 @@ class EvolutionRecorder:
         keep: str = "best",
         noise_seed: int = 0,
         logits_layer: str = "fc8",
+        pre_relu: bool = False,
+        top_k: int = 4,
+        real_images: int = 256,
     ):
         if int(seeds) < 1:
             raise ConfigError(f"seeds={seeds}; expected a positive number of seeds per unit")
         if keep not in ("best", "last"):
             raise ConfigError(f"keep={keep!r}; expected best or last")
+        for name, value in (("top_k", top_k), ("real_images", real_images)):
+            if int(value) < 0:
+                raise ConfigError(f"{name}={value}; expected a non-negative integer")
         self.unit_spec, self.layer = units, layer
         self.method = dict(method)
         self.generator_ckpt, self.prior_ckpt, self.judge_ckpt = generator_ckpt, prior_ckpt, judge_ckpt
         self.output_dir = Path(output_dir)
         self.seeds, self.steps, self.spatial, self.keep = int(seeds), steps, spatial, keep
         self.noise_seed = int(noise_seed)
+        self.pre_relu = bool(pre_relu)  # conv units read before their ReLU: a gradient from the first frame
+        self.top_k, self.real_images = int(top_k), int(real_images)
         self.logits_layer = logits_layer  # units of this layer are classes: the judge is asked about them
         self.settings = sampler_settings(self.method, steps)
         # Filled by prepare(); z0 and frames are the state that resumes with a checkpoint.
@@ -72,17 +86,25 @@ class EvolutionRecorder:
         self.parts: Method | None = None
         self.judge: Judge | None = None
         self.z0: torch.Tensor | None = None
+        self.real: torch.Tensor | None = None  # the pool the top-k real images come from (uint8)
         self.frames: list[dict[str, Any]] = []
 
     # -- set-up -------------------------------------------------------------------------------
-    def prepare(self, net: nn.Module, class_names: list[str]) -> None:
-        """Parse the units against `net`, load the priors and draw the fixed starting points once."""
+    def prepare(self, net: nn.Module, class_names: list[str], real: Any = None) -> None:
+        """Parse the units against `net`, load the priors and draw the fixed starting points once.
+
+        `real`: batches (images, labels) of validation images; the first `real_images` of them are
+        the pool each frame's top-k real images come from (none: frames have no top-k)."""
         if self.parts is not None:
             return
         self.class_names = list(class_names)
-        # Building networks to load checkpoints into draws initial weights: not from the caller's RNG.
+        # Building networks to load checkpoints into draws initial weights, and a DataLoader draws a
+        # seed when iterated: neither from the caller's RNG.
         with torch.random.fork_rng(devices=[]):
-            self.units, self.sizes = units_of(net, self.unit_spec, self.layer, self.class_names, self.spatial)
+            self.units, self.sizes = units_of(net, self.unit_spec, self.layer, self.class_names, self.spatial,
+                                              self.pre_relu)
+            if real is not None and self.top_k and self.real_images:
+                self.real = real_pool(real, self.real_images, net.image_size)
             self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size)
             if self.judge_ckpt:
                 self.judge = load_judge(self.judge_ckpt, target=net)
@@ -113,7 +135,18 @@ class EvolutionRecorder:
         metric_rows = [{**{k: row[k] for k in keys if k in row},
                         **{k: row[self.keep][k] for k in ("activation", "probability", "rank")}}
                        for row in found.rows]
+        if self.real is not None:
+            top = self.top_real(target, [self.units[u] for u in indices])
+            for b, row in enumerate(metric_rows):
+                row["top"] = top[b // self.seeds]
         return found.images.cpu(), metric_rows
+
+    def top_real(self, net: nn.Module, units: list[Unit]) -> list[list[int]]:
+        """Per unit, the indices of the pool's `top_k` images that activate it most, best first."""
+        with frozen(net):
+            values, _ = unit_values(net, units, [(batch.float() / 255,) for batch in self.real.split(64)],
+                                    self.spatial, len(self.real))
+        return values.topk(min(self.top_k, len(values)), dim=0).indices.T.tolist()
 
     # -- records on disk ----------------------------------------------------------------------
     def has_frame(self, step: int) -> bool:
@@ -127,11 +160,17 @@ class EvolutionRecorder:
 
         Ranks that do not write still add the rows, so every rank holds the same state."""
         slugs = {u.label: u.slug for u in self.units}
+        folder = f"frames/{step_name(step)}"
         entries = [{"step": int(step), "epoch": int(epoch), **row,
-                    "file": f"frames/{step_name(step)}/{slugs[row['unit']]}_seed{row['seed']}.png"} for row in rows]
+                    "file": f"{folder}/{slugs[row['unit']]}_seed{row['seed']}.png",
+                    **({"top_file": f"{folder}/{slugs[row['unit']]}_top.png"} if "top" in row else {})}
+                   for row in rows]
         if write:
             for image, entry in zip(images, entries):
                 save_png(image, self.output_dir / entry["file"])
+                if "top_file" in entry and entry["seed"] == 0:
+                    top = self.real[entry["top"]].float() / 255
+                    save_png(make_grid(top, nrow=2, padding=1, pad_value=1.0), self.output_dir / entry["top_file"])
             grid = labelled_grid(images, len(images) // self.seeds, [r["unit"] for r in rows[::self.seeds]],
                                  [f"seed {k}" for k in range(self.seeds)])
             save_png(grid, self.output_dir / grid_file(step))
@@ -141,6 +180,7 @@ class EvolutionRecorder:
 
     def document(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, "method": self.method.get("name"), "keep": self.keep,
+                "top_k": self.top_k if self.real is not None else 0,
                 "settings": self.settings.__dict__, "seeds": self.seeds,
                 "units": [{"label": u.label, "layer": u.layer, "slug": u.slug,
                            "terms": [t.__dict__ for t in u.terms]} for u in self.units],
@@ -151,11 +191,24 @@ class EvolutionRecorder:
                          self.output_dir / "evolution.json")
 
     def report(self) -> dict[str, Any]:
-        """Strip, videos, change plot and index.html from the recorded frames; their figures
-        (change per layer, settle steps) go into evolution.json too."""
-        summary = build_reports(self.output_dir, self.document())
+        """Strip, videos, settling plot and index.html from the recorded frames; their figures
+        (per layer: distance to the final frame, settle step and its interval) go into
+        evolution.json too.  Distances are in the judge's feature space (pixels without a judge)."""
+        embed, space = None, "pixels"
+        if self.judge is not None:
+            embed, space = self.judge_features, f"judge {self.judge.feature_layer}"
+        summary = build_reports(self.output_dir, self.document(), embed=embed, space=space)
         self.write_json(summary)
         return summary
+
+    def judge_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, D): the judge's features, flattened."""
+        net, layer = self.judge.net, self.judge.feature_layer
+        device = next(net.parameters()).device
+        with frozen(net):
+            chunks = [activations(net, fit_images(batch.to(device), net.image_size), [layer])[layer].flatten(1).cpu()
+                      for batch in images.split(64)]
+        return torch.cat(chunks)
 
     def reconcile_disk(self) -> None:
         """Make the folder agree with the recorded frames: after a resume, frames written after the
@@ -177,3 +230,19 @@ class EvolutionRecorder:
         self.z0 = state.get("z0")
         self.noise_seed = int(state.get("noise_seed", self.noise_seed))
         self.frames = copy.deepcopy(list(state.get("frames", [])))
+
+
+def real_pool(batches: Any, count: int, image_size: int) -> torch.Tensor:
+    """The first `count` images of `batches` ((images, labels) pairs), fitted to the target's size,
+    as uint8 (a 227 px pool stays small)."""
+    pool, have = [], 0
+    for batch in batches:
+        images = fit_images(batch[0], image_size)[: count - have]
+        pool.append((images.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+        have += len(pool[-1])
+        if have >= count:
+            break
+    if not have:
+        raise ConfigError("the validation data has no images; expected some for the top-k real images "
+                          "(or top_k=0)")
+    return torch.cat(pool)

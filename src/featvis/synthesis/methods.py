@@ -21,7 +21,7 @@ from featvis.checkpoints import check_same_code, load_classifier, load_generator
 from featvis.errors import CheckpointError, ConfigError
 from featvis.io import read_checkpoint
 from featvis.nets.encoder import Encoder
-from featvis.nets.layers import activations, frozen, layer_names, tap
+from featvis.nets.layers import activations, frozen, layer_names, pre_activation, tap
 from featvis.synthesis.objectives import Term, reduce_units
 from featvis.synthesis.priors import (CenteredGaussianPrior, ClipCodes, DAEPrior, Decay, EncoderLoopPrior,
                                       GaussianPrior, ImageOperators, PriorTerm, TotalVariationPrior)
@@ -95,11 +95,12 @@ def layer_sizes(target: nn.Module, layers: list[str], spatial: str = "center") -
 
 
 def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[str],
-             spatial: str = "center") -> tuple[list[Unit], dict[str, int]]:
+             spatial: str = "center", pre_relu: bool = False) -> tuple[list[Unit], dict[str, int]]:
     """`spec` is a list of units of `layer`, a list of "layer:unit" strings, or a mapping
     {layer: [units]} across layers.
 
-    Labels of units of other layers than the logits carry their layer name ("conv3 5").
+    Labels of units of other layers than the logits carry their layer name ("conv3 5").  With
+    `pre_relu`, a layer that ends in a ReLU is read before it ("conv3" -> "conv3.bn 5").
     """
     prefixed = not isinstance(spec, Mapping) and any(":" in str(item) for item in spec)
     if isinstance(spec, Mapping):
@@ -113,6 +114,10 @@ def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[
         by_layer = {layer: list(spec)}
     if None in by_layer:
         raise ConfigError("units are given without a layer; expected layer=<name> or units={layer: [...]}")
+    if pre_relu:
+        renamed = {pre_activation(target, name): items for name, items in by_layer.items()}
+        prefixed = prefixed or any(new != old for new, old in zip(renamed, by_layer))
+        by_layer = renamed
     sizes = layer_sizes(target, list(by_layer), spatial)
     units = []
     for name, items in by_layer.items():

@@ -104,6 +104,7 @@ def synthesize(
     judge: Judge | None = None,
     real: Iterable | None = None,
     real_classes: Sequence[str] | None = None,
+    pre_relu: bool = False,
     path_layers: Sequence[str] = (),
     max_real: int = 1000,
     evaluation: bool | None = None,
@@ -127,6 +128,7 @@ def synthesize(
         featvis.synthesis.evaluation's report.  With `path_layers`, the report has the
         activation-path check at those layers; `real_classes` (the real data's class names) lets
         it compare a class unit with its class's real images rather than with its top-k.
+    pre_relu: read a units spec's layers before their final ReLU (featvis.nets.layers.pre_activation).
     performance: the Sampler's speed switches (autocast, channels_last, compile, check_every).
     """
     if int(seeds) < 1:
@@ -139,7 +141,7 @@ def synthesize(
     if not isinstance(method, Method):
         method = load_method(method, generator, prior, target.image_size, real=real)
     if not (isinstance(units, list) and units and all(isinstance(u, Unit) for u in units)):
-        units, _ = units_of(target, units, layer, class_names, spatial)
+        units, _ = units_of(target, units, layer, class_names, spatial, pre_relu)
     device = next(target.parameters()).device
     multifaceted = start is None and getattr(method.space, "init", None) == "multifaceted"
     if multifaceted and real is None:
@@ -157,7 +159,7 @@ def synthesize(
         for module in method.modules():
             module.to(device)
         if multifaceted:
-            values, images = _real_unit_values(target, units, real, spatial, max_real)
+            values, images = unit_values(target, units, real, spatial, max_real)
             start = multifaceted_starts(method.space, values, images, seeds, method.config.get("multifaceted_top_k", 50))
         if start is None:
             start = method.start(len(units), seeds)
@@ -217,7 +219,7 @@ def sampler_for(target: nn.Module, units: list[Unit], method: Method, *, seeds: 
 
 
 @torch.no_grad()
-def _real_unit_values(target: nn.Module, units: list[Unit], real: Iterable, spatial: str,
+def unit_values(target: nn.Module, units: list[Unit], real: Iterable, spatial: str,
                       max_images: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each unit's objective (its terms' weighted sum, raw) on real images: (N, units), and the images."""
     taps = tap(target, sorted({t.layer for u in units for t in u.terms})).eval()
