@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from featvis.callbacks.evolution import log_spaced_steps
+from featvis.callbacks.evolution import scheduled_steps
 from featvis.integrity import frame_check
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +58,13 @@ def best_checkpoint(run_dir: Path) -> str:
     return str(found[-1] if found else run_dir / "checkpoints" / "last.ckpt")
 
 
-def short_cfg_frames(overrides: list[str]) -> int:
-    """log_frames of the callback config the run used."""
+def cadence(overrides: list[str]) -> tuple[int, int]:
+    """log_frames and linear_frames of the callback config the run used."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return int(compose("config", overrides=list(overrides)).callbacks.feature_evolution.log_frames)
+        callback = compose("config", overrides=list(overrides)).callbacks.feature_evolution
+        return int(callback.log_frames or 0), int(callback.linear_frames or 0)
 
 
 def main() -> dict:
@@ -98,7 +99,7 @@ def main() -> dict:
     second = json.loads((out / "with-seed2" / "evolution" / "evolution.json").read_text())
     settles = [{layer: v["settle_step"] for layer, v in d["layers"].items()} for d in (doc, second)]
 
-    # SIGKILL once a frame exists after the first checkpoint (step 13 after the one at step 10),
+    # SIGKILL once frames exist after the first checkpoint (steps 15 and 18 after the one at step 10),
     # then resume from last.ckpt.
     short = [*target, "data.train_size=3000", "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=null",
              "+callbacks.model_checkpoint.every_n_train_steps=10", *evolution]
@@ -106,8 +107,8 @@ def main() -> dict:
     proc = train_py(run, *short, wait=False)
     state = run / "evolution" / "evolution.json"
     last = run / "checkpoints" / "last.ckpt"
-    while proc.poll() is None:  # frames at 0,1,2,4,6,9,13,...; checkpoints every 10 steps
-        if last.exists() and state.exists() and len(json.loads(state.read_text() or "{}").get("steps", [])) >= 7:
+    while proc.poll() is None:  # frames at 0,1,3,7,15,18,31,46 (default cadence); checkpoints every 10 steps
+        if last.exists() and state.exists() and len(json.loads(state.read_text() or "{}").get("steps", [])) >= 6:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.2)
@@ -116,7 +117,7 @@ def main() -> dict:
     killed_checkpoint_step = int(torch.load(last, weights_only=True)["global_step"])
     train_py(run, *short, f"ckpt_path={last}")
     total = 2 * (3000 // 128)  # epochs x full batches of 128 (the last partial batch is dropped)
-    expected = {0} | log_spaced_steps(total, short_cfg_frames(short))
+    expected = {0} | scheduled_steps(total, *cadence(short))
     lost, duplicated = frame_check(run / "evolution", expected)
 
     main_minutes = None

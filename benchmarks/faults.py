@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from featvis.callbacks.evolution import log_spaced_steps
+from featvis.callbacks.evolution import scheduled_steps
 from featvis.checkpoints import prior_record, read_checkpoint
 from featvis.integrity import frame_check, scan
 from featvis.nets.codes import CodeDAE, CodeStatistics
@@ -281,13 +281,13 @@ def _classifier_args(inputs: dict[str, str]) -> list[str]:
     evolution = "callbacks.feature_evolution"
     return [*SMALL_CLASSIFIER, "callbacks=evolution", f"{evolution}.generator_ckpt={inputs['generator']}",
             f"{evolution}.units=[conv5:0,fc8:0,fc8:1]", f"{evolution}.steps=4", f"{evolution}.log_frames={EVOLUTION_FRAMES}",
-            f"{evolution}.every_n_steps=3", f"{evolution}.live_report=true", "callbacks.model_checkpoint.monitor=null",
+            f"{evolution}.linear_frames=2", f"{evolution}.every_n_steps=3", f"{evolution}.live_report=true", "callbacks.model_checkpoint.monitor=null",
             "+callbacks.model_checkpoint.every_n_train_steps=4", "trainer.enable_progress_bar=false"]
 
 
 def _check_classifier(run_dir: Path) -> dict:
     last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    expected = {0} | log_spaced_steps(EVOLUTION_STEPS, EVOLUTION_FRAMES) | set(range(3, EVOLUTION_STEPS + 1, 3))
+    expected = {0} | scheduled_steps(EVOLUTION_STEPS, EVOLUTION_FRAMES, 2, 3)
     lost, duplicated = frame_check(run_dir / "evolution", expected)
     return {"complete": last["global_step"] == EVOLUTION_STEPS and (run_dir / "evolution" / "index.html").is_file(),
             "frames_lost": lost, "frames_duplicated": duplicated}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import featvis.run
-from featvis.callbacks.evolution import FeatureEvolution, log_spaced_steps
+from featvis.callbacks.evolution import FeatureEvolution, log_spaced_steps, scheduled_steps
 from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.errors import ConfigError
 from featvis.run import train
@@ -23,7 +23,8 @@ from .conftest import SMALL_CLASSIFIER, compose_in
 TARGET = [*SMALL_CLASSIFIER, "seed=3", "data.train_size=300", "data.val_size=50", "trainer.max_epochs=2",
           "logger=csv", "callbacks=evolution", "callbacks.model_checkpoint.save_top_k=-1"]
 UNITS = "callbacks.feature_evolution.units=[conv1:0,conv5:1,fc8:0,fc8:4]"
-EVOLUTION = [UNITS, "callbacks.feature_evolution.steps=4", "callbacks.feature_evolution.log_frames=4"]
+EVOLUTION = [UNITS, "callbacks.feature_evolution.steps=4", "callbacks.feature_evolution.log_frames=4",
+             "callbacks.feature_evolution.linear_frames=2"]
 TOTAL_STEPS = 12
 
 
@@ -64,6 +65,9 @@ def test_log_spaced_steps_are_dense_early():
     gaps = [b - a for a, b in zip(steps, steps[1:])]
     assert gaps == sorted(gaps) and gaps[0] < gaps[-1] / 50
     assert log_spaced_steps(0, 10) == set()
+    # evenly spaced frames for late training, and every n steps, on top
+    assert scheduled_steps(468, 5, 3) == {1, 5, 22, 101, 156, 312, 468}
+    assert scheduled_steps(12, 0, 0, 5) == {5, 10} and scheduled_steps(0, 5, 3) == set()
 
 
 def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
@@ -71,7 +75,7 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
     root = out / "evolution"
     doc = check_folder_agrees(root)
     # step 0, the log-spaced steps and the two epoch-end checkpoints (the last is also log-spaced)
-    assert doc["steps"] == sorted({0, 6, 12} | log_spaced_steps(TOTAL_STEPS, 4))
+    assert doc["steps"] == sorted({0, 6, 12} | scheduled_steps(TOTAL_STEPS, 4, 2))
     assert [u["label"] for u in doc["units"]] == ["conv1.bn 0", "conv5.bn 1", "fc8 0 red circle", "fc8 4 green square"]
     for frame in doc["frames"]:
         assert ("judge_correct" in frame) == (frame["layer"] == "fc8")
@@ -165,7 +169,7 @@ def test_resume_loses_and_repeats_no_frame(small_priors, tmp_path, monkeypatch):
     monkeypatch.setattr(featvis.run, "build_trainer", build)
     train(evolution_cfg(tmp_path, small_priors, *every_2, f"ckpt_path={tmp_path}/checkpoints/last.ckpt"))
     doc = check_folder_agrees(tmp_path / "evolution")
-    assert set(doc["steps"]) >= {0, 5} | log_spaced_steps(TOTAL_STEPS, 4)
+    assert set(doc["steps"]) >= {0, 5} | scheduled_steps(TOTAL_STEPS, 4, 2)
 
 
 def test_visualize_evolution_from_saved_checkpoints(evolution_run, small_priors, tmp_path):

@@ -77,11 +77,11 @@ def scan(root: str | Path) -> dict[str, list[str]]:
 def frame_check(folder: Path, expected_steps: set[int]) -> tuple[int, int]:
     """(frames lost, frames duplicated) of a FeatureEvolution folder: lost are the (step, unit, seed)
     frames of `expected_steps` that evolution.json lacks; duplicated are frames it records twice
-    plus frame images on disk that it does not name."""
+    plus frame images (syntheses, top-k real images) on disk that it does not name."""
     doc = json.loads((folder / "evolution.json").read_text())
     keys = [(f["step"], f["unit"], f["seed"]) for f in doc["frames"]]
     expected = {(s, u["label"], k) for s in expected_steps for u in doc["units"] for k in range(doc["seeds"])}
-    named = {f["file"] for f in doc["frames"]}
+    named = {f["file"] for f in doc["frames"]} | {f["top_file"] for f in doc["frames"] if "top_file" in f}
     stray = [p for p in (folder / "frames").rglob("*.png") if str(p.relative_to(folder)) not in named]
     return len(expected - set(keys)), (len(keys) - len(set(keys))) + len(stray)
 

@@ -34,6 +34,18 @@ from featvis.synthesis.evolution import EvolutionRecorder
 log = logging.getLogger(__name__)
 
 
+def scheduled_steps(total: int, log_frames: int = 0, linear_frames: int = 0, every_n_steps: int = 0) -> set[int]:
+    """The training steps in 1..total a cadence names (step 0 and epoch ends come on top)."""
+    if total < 1:
+        return set()
+    steps = log_spaced_steps(total, int(log_frames or 0))
+    linear = int(linear_frames or 0)
+    steps |= {round(total * (i + 1) / linear) for i in range(linear)}
+    if every_n_steps:
+        steps |= set(range(every_n_steps, total + 1, every_n_steps))
+    return steps
+
+
 def log_spaced_steps(total: int, frames: int) -> set[int]:
     """About `frames` steps in 1..total, log-spaced so early training is sampled densely."""
     if total < 1 or frames < 1:
@@ -45,7 +57,7 @@ class FeatureEvolution(L.Callback):
     """Record preferred images of `units` over training.
 
     Cadence (the union of those set): `log_frames` log-spaced steps up to the last one,
-    `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
+    `linear_frames` evenly spaced ones (late training, where log-spaced frames are sparse), `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
     checkpoint save), plus step 0 (`at_start`).
     """
 
@@ -61,6 +73,7 @@ class FeatureEvolution(L.Callback):
         seeds: int = 2,
         steps: int | None = 60,
         log_frames: int = 10,
+        linear_frames: int | None = None,
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
         on_checkpoint: bool = False,
@@ -75,8 +88,8 @@ class FeatureEvolution(L.Callback):
         top_k: int = 4,
         real_images: int = 256,
     ):
-        for name, value in (("log_frames", log_frames), ("every_n_steps", every_n_steps),
-                            ("every_n_epochs", every_n_epochs)):
+        for name, value in (("log_frames", log_frames), ("linear_frames", linear_frames),
+                            ("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:
                 raise ConfigError(f"callbacks.feature_evolution.{name}={value}; expected a non-negative integer")
         self.recorder = EvolutionRecorder(units, method, generator_ckpt, prior_ckpt, judge_ckpt,
@@ -85,7 +98,8 @@ class FeatureEvolution(L.Callback):
                                           logits_layer=logits_layer, pre_relu=pre_relu, top_k=top_k,
                                           real_images=real_images)
         self.dirpath = dirpath
-        self.log_frames, self.every_n_steps, self.every_n_epochs = log_frames, every_n_steps, every_n_epochs
+        self.log_frames, self.linear_frames = log_frames, linear_frames
+        self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.on_checkpoint, self.at_start = on_checkpoint, at_start
         self.live_report = live_report  # rebuild strip/videos/index.html after every frame, not only at the end
         self.target_attribute = target_attribute
@@ -105,9 +119,7 @@ class FeatureEvolution(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = int(trainer.estimated_stepping_batches)
-        self.scheduled = log_spaced_steps(total, int(self.log_frames or 0))
-        if self.every_n_steps:
-            self.scheduled |= set(range(self.every_n_steps, total + 1, self.every_n_steps))
+        self.scheduled = scheduled_steps(total, self.log_frames, self.linear_frames, self.every_n_steps)
         if self.at_start and trainer.global_step == 0:
             self.capture(trainer, pl_module)
 
