@@ -414,3 +414,13 @@ def test_top_real_images_are_the_pools_most_activating():
     assert recorder.top_real(net, units) == expected
     with pytest.raises(ConfigError, match="top_k=-1; expected a non-negative integer"):
         EvolutionRecorder(["fc8:0"], {}, top_k=-1)
+
+
+def test_frames_that_never_change_have_no_settle_step(tmp_path):
+    """Identical frames (e.g. a network that did not train between them): no settle step, no verdict."""
+    from featvis.reports.evolution import frames_by_unit, settling
+
+    doc = synthetic_doc(tmp_path, {"conv1": 0, "conv5": 0})
+    found = settling(doc, frames_by_unit(doc, tmp_path), embed=lambda x: x.flatten(1) + 1)
+    assert [v["settle_step"] for v in found["layers"].values()] == [None, None]
+    assert found["lower_layers_settle_first"] is None and found["lower_layers_settle_first_confidence"] == 0

@@ -29,6 +29,7 @@ from featvis.reports.grids import labelled_grid
 # A layer has settled once its frames stay within this fraction of their largest distance to their
 # final form.
 SETTLED = 0.25
+UNMOVED = 1e-4    # a largest distance below this is rounding noise: the frames did not change
 BOOTSTRAP = 1000  # resamples of a layer's (unit, seed) curves behind its settle step's interval
 Embed = Callable[[torch.Tensor], torch.Tensor]
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -67,15 +68,17 @@ def distances_to_final(doc: dict[str, Any], images: dict, embed: Embed | None = 
         features = embed(stack) if embed is not None else stack.flatten(1) - stack.flatten(1).mean(1, keepdim=True)
         features = features.flatten(1).reshape(len(by_seed), len(steps), -1)
         similarity = torch.nn.functional.cosine_similarity(features, features[:, -1:], dim=-1)
-        out[unit["label"]] = (1 - similarity).clamp(min=0)
+        distance = (1 - similarity).clamp(min=0)
+        distance[:, -1] = 0  # the last frame is the reference: exactly 0, not rounding noise
+        out[unit["label"]] = distance
     return out
 
 
 def settle_step(curve: torch.Tensor, steps: list[int]) -> int | None:
     """The first recorded step from which `curve` (distance to the final frame) stays at or below
     SETTLED x its largest value (the last step: not settled before it); None with fewer than 3
-    frames or a curve that never moved."""
-    if len(steps) < 3 or float(curve.max()) <= 0:
+    frames or frames that never changed."""
+    if len(steps) < 3 or float(curve.max()) <= UNMOVED:
         return None
     above = (curve > SETTLED * curve.max()).nonzero()
     return steps[int(above.max()) + 1] if len(above) else steps[0]
