@@ -5,6 +5,8 @@
 callback_overhead         wall time of the target's training with FeatureEvolution at its default
                           cadence / without it, same data and seed, same run; the mean of
                           two back-to-back pairs, as one pair varies by about 0.05 (target <= 1.15)
+callback_time_ratio       (training without + the seconds spent inside the callback, as it
+                          records them) / training without: the overhead free of run-to-run noise
 resume_frames_lost        frames of the schedule missing after `train.py` was killed with SIGKILL
 resume_frames_duplicated  and resumed with ckpt_path=last.ckpt, plus files on disk that
                           evolution.json does not name (targets 0 and 0)
@@ -129,6 +131,8 @@ def main() -> dict:
         main_minutes = (time.perf_counter() - start) / 60
 
     print(f"\n{'figure':<32}{'value':>12}")
+    without_mean = sum(wo for wo, _ in pairs) / len(pairs)
+    print(f"{'seconds inside the callback':<32}{doc['callback_seconds']:>12.1f}")
     for k, (without, with_callback) in enumerate(pairs):
         print(f"{f'pair {k + 1}: without / with (s)':<32}{without:>12.1f} / {with_callback:.1f}  "
               f"({with_callback / without:.3f}x)")
@@ -144,7 +148,8 @@ def main() -> dict:
     for name, d in (("seed 1", doc), ("seed 2", second)):
         print(f"lower layers settle first, {name}: {d['lower_layers_settle_first']} "
               f"(bootstrap agreement {d['lower_layers_settle_first_confidence']})")
-    return {"callback_overhead": round(overhead, 3), "resume_frames_lost": lost,
+    return {"callback_overhead": round(overhead, 3),
+            "callback_time_ratio": round((without_mean + doc["callback_seconds"]) / without_mean, 3), "resume_frames_lost": lost,
             "resume_frames_duplicated": duplicated,
             "main_job_minutes": None if main_minutes is None else round(main_minutes, 2),
             "blank_tile_fraction": round(doc["blank_tile_fraction"], 3),

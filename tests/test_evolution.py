@@ -96,6 +96,7 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
         low, high = values["settle_interval"]
         assert doc["steps"][0] <= low <= high <= doc["steps"][-1] and values["settle_step"] in doc["steps"]
     assert 0 <= doc["lower_layers_settle_first_confidence"] <= 1
+    assert doc["callback_seconds"] > 0  # what the callback cost the run
     # the top-k real images of each unit at each step: indices into the pool, and their picture
     assert doc["top_k"] == 4
     for frame in doc["frames"]:
@@ -234,6 +235,11 @@ def test_index_html_renders_in_headless_chromium(evolution_run, tmp_path):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     assert 'id="step-label">step 12<' in dom  # the slider's script ran and shows the last step
+    doc = json.loads(index.with_name("evolution.json").read_text())
+    # per layer, every unit at every step above its top-k real images
+    assert all(f"<h3>{layer}</h3>" in dom for layer in doc["layers"])
+    assert dom.count('alt="top real images"') == len(doc["steps"]) * len(doc["units"])
+    assert 'id="verdict"' in dom and "resamples" in dom
     shot = tmp_path / "index.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1000,900", index.as_uri()],
                    capture_output=True, timeout=120)

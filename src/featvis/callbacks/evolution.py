@@ -17,8 +17,10 @@ the units are sharded across ranks and gathered; rank zero writes and logs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,7 @@ class FeatureEvolution(L.Callback):
         self.live_report = live_report  # rebuild strip/videos/index.html after every frame, not only at the end
         self.target_attribute = target_attribute
         self.scheduled: set[int] = set()
+        self.seconds = 0.0  # spent in this callback by this process: its cost to the training run
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -113,7 +116,8 @@ class FeatureEvolution(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule  # the top-k real images come from its validation set, when there is one
         real = data.val_dataloader() if data is not None and self.recorder.top_k else None
-        self.recorder.prepare(self._net(pl_module), getattr(pl_module, "class_names", []), real)
+        with self.timed():
+            self.recorder.prepare(self._net(pl_module), getattr(pl_module, "class_names", []), real)
         if trainer.is_global_zero:
             self.recorder.reconcile_disk()
 
@@ -139,7 +143,10 @@ class FeatureEvolution(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.recorder.frames:
-            summary = self.recorder.report()
+            with self.timed():
+                summary = self.recorder.report()
+            summary["callback_seconds"] = round(self.seconds, 2)
+            self.recorder.write_json(summary)
             self._log_summary(trainer, summary)
             log.info("feature evolution: %s", self.recorder.output_dir / "index.html")
 
@@ -150,6 +157,14 @@ class FeatureEvolution(L.Callback):
         self.recorder.load_state_dict(state_dict)
 
     # -- the work -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
     def _net(self, pl_module: L.LightningModule) -> torch.nn.Module:
         net = getattr(pl_module, self.target_attribute, None) if self.target_attribute else pl_module
         if net is None:
@@ -162,6 +177,10 @@ class FeatureEvolution(L.Callback):
         step = trainer.global_step
         if self.recorder.has_frame(step):
             return
+        with self.timed():
+            self._capture(trainer, pl_module, step)
+
+    def _capture(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         count = len(self.recorder.units)
         shard = list(range(trainer.global_rank, count, trainer.world_size))
         images, rows = self.recorder.synthesize(self._net(pl_module), shard)
@@ -214,6 +233,7 @@ class FeatureEvolution(L.Callback):
         of the run (wandb only)."""
         figures = {f"evolution-{layer}/settle_step": v["settle_step"] for layer, v in summary["layers"].items()
                    if v["settle_step"] is not None}
+        figures["evolution/callback_seconds"] = summary["callback_seconds"]
         if summary.get("lower_layers_settle_first_confidence") is not None:
             figures["evolution/lower_layers_settle_first_confidence"] = summary["lower_layers_settle_first_confidence"]
         for logger in trainer.loggers:
