@@ -60,17 +60,18 @@ def frames_by_unit(doc: dict[str, Any], root: Path) -> dict[str, dict[int, dict[
 def distances_to_final(doc: dict[str, Any], images: dict, embed: Embed | None = None) -> dict[str, torch.Tensor]:
     """Per unit, (seeds, steps): 1 - the cosine similarity of each frame's features to the unit's last
     frame's, with `embed` (images -> features; e.g. a judge's fc7) or, without one, centred pixels."""
-    steps = doc["steps"]
-    out = {}
-    for unit in doc["units"]:
-        by_seed = images[unit["label"]]
-        stack = torch.stack([by_seed[k][s] for k in sorted(by_seed) for s in steps])
-        features = embed(stack) if embed is not None else stack.flatten(1) - stack.flatten(1).mean(1, keepdim=True)
-        features = features.flatten(1).reshape(len(by_seed), len(steps), -1)
-        similarity = torch.nn.functional.cosine_similarity(features, features[:, -1:], dim=-1)
-        distance = (1 - similarity).clamp(min=0)
+    steps, labels = doc["steps"], [u["label"] for u in doc["units"]]
+    stack = torch.stack([images[label][k][s] for label in labels for k in sorted(images[label]) for s in steps])
+    flat = stack.flatten(1)
+    features = (embed(stack) if embed is not None else flat - flat.mean(1, keepdim=True)).flatten(1)
+    out, start = {}, 0
+    for label in labels:  # one embedding call for every frame, then each unit's (seeds, steps) block
+        seeds = len(images[label])
+        block = features[start:start + seeds * len(steps)].reshape(seeds, len(steps), -1)
+        start += seeds * len(steps)
+        distance = (1 - torch.nn.functional.cosine_similarity(block, block[:, -1:], dim=-1)).clamp(min=0)
         distance[:, -1] = 0  # the last frame is the reference: exactly 0, not rounding noise
-        out[unit["label"]] = distance
+        out[label] = distance
     return out
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
 from torchvision.utils import make_grid
 
 from featvis.errors import ConfigError
