@@ -149,7 +149,8 @@ def main() -> dict:
         print(f"lower layers settle first, {name}: {d['lower_layers_settle_first']} "
               f"(bootstrap agreement {d['lower_layers_settle_first_confidence']})")
     return {"callback_overhead": round(overhead, 3),
-            "callback_time_ratio": round((without_mean + doc["callback_seconds"]) / without_mean, 3), "resume_frames_lost": lost,
+            "callback_time_ratio": round((without_mean + doc["callback_seconds"]) / without_mean, 3),
+            "resume_frames_lost": lost,
             "resume_frames_duplicated": duplicated,
             "main_job_minutes": None if main_minutes is None else round(main_minutes, 2),
             "blank_tile_fraction": round(doc["blank_tile_fraction"], 3),

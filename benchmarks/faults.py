@@ -281,7 +281,8 @@ def _classifier_args(inputs: dict[str, str]) -> list[str]:
     evolution = "callbacks.feature_evolution"
     return [*SMALL_CLASSIFIER, "callbacks=evolution", f"{evolution}.generator_ckpt={inputs['generator']}",
             f"{evolution}.units=[conv5:0,fc8:0,fc8:1]", f"{evolution}.steps=4", f"{evolution}.log_frames={EVOLUTION_FRAMES}",
-            f"{evolution}.linear_frames=2", f"{evolution}.every_n_steps=3", f"{evolution}.live_report=true", "callbacks.model_checkpoint.monitor=null",
+            f"{evolution}.linear_frames=2", f"{evolution}.every_n_steps=3", f"{evolution}.live_report=true",
+            "callbacks.model_checkpoint.monitor=null",
             "+callbacks.model_checkpoint.every_n_train_steps=4", "trainer.enable_progress_bar=false"]
 
 

@@ -44,8 +44,8 @@ def main() -> dict:
     args = parser.parse_args()
     target, record = load_classifier(args.encoder)
     classes = record["class_names"]
-    scorers = {"judge": load_judge(args.judge, target=target).net,
-               **{f"selector{k + 1}": load_judge(path, target=target).net for k, path in enumerate(args.selectors)}}
+    paths = {"judge": args.judge, **{f"selector{k + 1}": path for k, path in enumerate(args.selectors)}}
+    scorers = {name: load_judge(path, target=target).net.eval() for name, path in paths.items()}
     checkpoints = sorted(args.generators.glob("epoch*.ckpt"))[::args.every]
     if not checkpoints:
         raise SystemExit(f"--generators {args.generators} holds no epoch*.ckpt; expected a generator run's checkpoints")
@@ -57,7 +57,7 @@ def main() -> dict:
         images = synthesize(target, list(range(len(classes))), method, layer="fc8", class_names=classes,
                             seeds=args.seeds, evaluation=False).images
         with torch.no_grad():
-            row = {name: float((net.eval()(fit_images(images, net.image_size)).argmax(1) == labels).float().mean())
+            row = {name: float((net(fit_images(images, net.image_size)).argmax(1) == labels).float().mean())
                    for name, net in scorers.items()}
         rows.append(row)
         print(f"{path.name:<28}" + "".join(f"{row[name]:>11.3f}" for name in scorers), flush=True)

@@ -416,7 +416,8 @@ def test_top_real_images_are_the_pools_most_activating():
     units, _ = units_of(net, recorder.unit_spec, None, [], "mean", pre_relu=True)
     pool = recorder.real.float() / 255
     acts = activations(net, pool, ["conv3.bn", "fc8"])
-    expected = [acts["conv3.bn"].mean((2, 3))[:, 2].topk(3).indices.tolist(), acts["fc8"][:, 5].topk(3).indices.tolist()]
+    expected = [acts["conv3.bn"].mean((2, 3))[:, 2].topk(3).indices.tolist(),
+                acts["fc8"][:, 5].topk(3).indices.tolist()]
     assert recorder.top_real(net, units) == expected
     with pytest.raises(ConfigError, match="top_k=-1; expected a non-negative integer"):
         EvolutionRecorder(["fc8:0"], {}, top_k=-1)

@@ -250,7 +250,8 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
                                  cfg.judge.get("ckpt"), output_dir=Path(cfg.output_dir) / "evolution",
                                  layer=cfg.layer, seeds=int(cfg.seeds), steps=cfg.get("steps"),
                                  spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed),
-                                 pre_relu=cfg.pre_relu, top_k=int(cfg.top_k), real_images=int(cfg.evaluation.real_images))
+                                 pre_relu=cfg.pre_relu, top_k=int(cfg.top_k),
+                                 real_images=int(cfg.evaluation.real_images))
     net, record = load_classifier(checkpoints[0][0])
     real = None
     if recorder.top_k and recorder.real_images:

@@ -59,7 +59,8 @@ class FeatureEvolution(L.Callback):
     """Record preferred images of `units` over training.
 
     Cadence (the union of those set): `log_frames` log-spaced steps up to the last one,
-    `linear_frames` evenly spaced ones (late training, where log-spaced frames are sparse), `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
+    `linear_frames` evenly spaced ones (late training, where log-spaced frames are sparse),
+    `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
     checkpoint save), plus step 0 (`at_start`).
     """
 

@@ -189,10 +189,12 @@ def settling_svg(layers: dict[str, Any], space: str, width: int = 640, height: i
     parts.append(f'<text x="{(left + plot_right) / 2}" y="{height - 6}" text-anchor="middle">'
                  f'training step{" (log)" if log_x else ""}</text>'
                  f'<text x="12" y="{top + (plot_bottom - top) / 2}" transform="rotate(-90 12 '
-                 f'{top + (plot_bottom - top) / 2})" text-anchor="middle">distance to final frame ({html.escape(space)})</text>')
+                 f'{top + (plot_bottom - top) / 2})" text-anchor="middle">distance to final frame '
+                 f'({html.escape(space)})</text>')
     for i, (layer, values) in enumerate(layers.items()):
         colour = COLOURS[i % len(COLOURS)]
-        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, c) for s, c in zip(values["steps"], values["distance"])))
+        line = (xy(s, c) for s, c in zip(values["steps"], values["distance"]))
+        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in line)
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
         parts.append(f'<rect x="{plot_right + 12}" y="{top + 16 * i}" width="12" height="3" fill="{colour}"/>'
                      f'<text x="{plot_right + 30}" y="{top + 16 * i + 5}">{html.escape(layer)}</text>')
@@ -241,7 +243,8 @@ def index_html(doc: dict[str, Any], summary: dict[str, Any], title: str = "Featu
                      for k, v in layers.items())
     verdict = summary["lower_layers_settle_first"]
     confidence = summary["lower_layers_settle_first_confidence"]
-    verdict_text = {None: "cannot tell (too few frames, or no layer settled before the last one)", True: "yes, on this run",
+    verdict_text = {None: "cannot tell (too few frames, or no layer settled before the last one)",
+                    True: "yes, on this run",
                     False: "no, not on this run"}[verdict]
     if confidence is not None:
         verdict_text += f" (in {confidence:.0%} of {BOOTSTRAP} resamples of the units and seeds)"
