@@ -1,7 +1,7 @@
 """Quality of the methods on the tiny preset: every class unit of fc8, 8 seeds each, over fresh
 checkpoint sets.
 
-    python benchmarks/quality.py [--repeats N] [--data-root DIR] [--seeds 8] [--methods ...] [--docs]
+    python benchmarks/quality.py [--repeats N] [--first-set K] [--data-root DIR] [--seeds 8] [--methods ...] [--docs]
                                  [--generator-override KEY=VALUE ...]
     python benchmarks/quality.py --encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt
 
@@ -9,7 +9,8 @@ Each repeat trains one independent checkpoint set, with its own seed for every n
 classifier (also the target), a comparator classifier whose features G's feature loss reads
 beside the encoder's (task.comparators), G, the DAE prior, and the judge (another classifier,
 fc6 of 512; never seen by G or the sampler).  Repeat r uses seeds 100 r (+1 judge, +2
-comparator), so repeat 0 is the set earlier versions trained.  Checkpoints given on the command
+comparator), so repeat 0 is the set earlier versions trained; --first-set K numbers the sets from K, so
+two processes (or machines) with --first-set 0 and 1 train the two sets of --repeats 2.  Checkpoints given on the command
 line replace the trained ones (one set, --repeats 1).  --data-root DIR runs everything on an
 ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*) instead of the built-in shapes; the
 judge is then a classifier of that data too.
@@ -270,6 +271,8 @@ def main() -> dict:
         parser.add_argument(f"--{name}")
     parser.add_argument("--comparator", help="a classifier for G's feature loss; used only when G is trained here")
     parser.add_argument("--repeats", type=int, default=1, help="independent checkpoint sets (default 1)")
+    parser.add_argument("--first-set", type=int, default=0, metavar="K",
+                        help="number the sets from K (seeds 100 K+): spreads --repeats over processes or machines")
     parser.add_argument("--generator-override", action="append", default=[], metavar="KEY=VALUE",
                         help="a train.py override for G's training only (repeatable), e.g. "
                              "generator.net.stages=[[128,128],[64,0],[32,0],[16,0]]")
@@ -285,6 +288,8 @@ def main() -> dict:
     given = {name: getattr(args, name) for name in CHECKPOINTS}
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}; expected a positive number of checkpoint sets")
+    if args.first_set < 0:
+        parser.error(f"--first-set {args.first_set}; expected a set number >= 0")
     if args.repeats > 1 and (any(given.values()) or args.comparator):
         parser.error("--repeats > 1 trains fresh sets; expected no checkpoints on the command line")
     if args.comparator and args.comparator == args.judge:
@@ -301,7 +306,8 @@ def main() -> dict:
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
     budgets = sorted(set(args.budgets))
     sets: dict[int | None, list[dict[str, float]]] = {b: [] for b in budgets or [None]}
-    for repeat in range(args.repeats):
+    sets_run = range(args.first_set, args.first_set + args.repeats)
+    for repeat in sets_run:
         folder = out / f"set{repeat}"
         checkpoints, by_budget, minutes = checkpoint_set(folder, repeat, data, given, args.comparator,
                                                          args.generator_override, budgets)
@@ -317,21 +323,21 @@ def main() -> dict:
                 figures["generator_train_minutes"] = round(minutes * min(1.0, budget / max(budgets)) if budget
                                                            else minutes, 2)
             sets[budget].append(figures)
-            if repeat == 0 and budget == max(budgets, default=None):
+            if repeat == sets_run[0] and budget == max(budgets, default=None):
                 sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else folder / "methods.png")
                 print(f"contact sheet: {sheet_path}")
-    worst = {budget: print_worst(runs, f" (G budget {budget} steps)" if budget else "") for budget, runs in sets.items()}
+    worst = {budget: print_worst(runs, f" (G budget {budget} steps)" if budget else "", sets_run) for budget, runs in sets.items()}
     print(f"runs: {out}")
     if budgets:
         return {"budgets": {str(b): {**worst[b], "repeats": sets[b]} for b in budgets}}
     return {**worst[None], "repeats": sets[None]}
 
 
-def print_worst(sets: list[dict[str, float]], title: str) -> dict[str, float]:
+def print_worst(sets: list[dict[str, float]], title: str, numbers: range) -> dict[str, float]:
     """Print each figure per set, its worst case and its target; returns the worst case."""
     worst = worst_case(sets)
     print(f"\n{'figure (worst over ' + str(len(sets)) + ' sets)' + title:<40}"
-          + "".join(f"{'set ' + str(i):>9}" for i in range(len(sets))) + f"{'worst':>9}  target")
+          + "".join(f"{'set ' + str(i):>9}" for i in numbers) + f"{'worst':>9}  target")
     for key, value in worst.items():
         print(f"{key:<40}" + "".join(f"{s[key]:>9.3f}" for s in sets) + f"{value:>9.3f}  {TARGETS.get(key, '')}")
     return worst
