@@ -26,8 +26,21 @@ def test_imagefolder_loads_resized_cropped_images_in_unit_range(tree):
     assert dm.class_names == ["cat", "dog"]
     images, labels = next(iter(dm.val_dataloader()))
     assert images.shape == (4, 3, 24, 24) and 0 <= images.min() and images.max() <= 1
-    assert labels.tolist() == [0, 0, 0, 1]
-    assert torch.allclose(images[0, :, 12, 12], torch.tensor([200, 10, 10]) / 255, atol=0.02)
+    colours = torch.tensor([[200, 10, 10], [10, 10, 200]]) / 255  # cat, dog
+    assert torch.allclose(images[:, :, 12, 12], colours[labels], atol=0.02)
+
+
+def test_first_validation_images_are_a_fixed_sample_of_every_class(tmp_path):
+    """ImageFolder lists a class's files together; the evaluation and the top-k pools read the
+    first N validation images, which must not be the first classes alone."""
+    for name in "abcd":
+        _write_images(tmp_path / "train" / name, 2)
+        _write_images(tmp_path / "val" / name, 25)
+    first, again = (ImageFolderDataModule(root=str(tmp_path), image_size=8, batch_size=20) for _ in range(2))
+    labels = torch.cat([batch[1] for batch in first.val_dataloader()])
+    assert sorted(labels.tolist()) == sorted(l for l in range(4) for _ in range(25))  # each image once
+    assert set(labels[:20].tolist()) == {0, 1, 2, 3}
+    assert labels.tolist() == torch.cat([batch[1] for batch in again.val_dataloader()]).tolist()
 
 
 def test_non_image_files_with_other_extensions_are_skipped(tree):

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 from tqdm.auto import tqdm
 
@@ -172,13 +172,18 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(batch_size, num_workers, mean, std)
         self.root = Path(root).expanduser()
         self.train_set = self._folder("train", _folder_transform(image_size, resize, train=True))
-        self.val_set = self._folder("val", _folder_transform(image_size, resize, train=False))
-        if self.val_set.classes != self.train_set.classes:
+        val_set = self._folder("val", _folder_transform(image_size, resize, train=False))
+        if val_set.classes != self.train_set.classes:
             raise DataError(f"data: class folders of {self.root / 'val'} differ from those of "
                             f"{self.root / 'train'}; expected the same class names")
         if check_files:
-            _check_readable(self.train_set.samples + self.val_set.samples)
+            _check_readable(self.train_set.samples + val_set.samples)
         self.class_names = list(self.train_set.classes)
+        # ImageFolder lists each class's files together, so the first N validation images (the
+        # evaluation's real images, the top-k pools, the sample grids) would be a few classes
+        # only; a fixed shuffle makes them a sample of every class, the same in every run.
+        order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0))
+        self.val_set = Subset(val_set, order.tolist())
 
     def _folder(self, split: str, transform: transforms.Compose) -> datasets.ImageFolder:
         path = self.root / split
