@@ -97,16 +97,18 @@ def trained(out: Path, *overrides: str) -> str:
     return train(compose_cfg("config", f"output_dir={out}", "logger=csv", *overrides))["best_checkpoint"]
 
 
-def generators_by_budget(out: Path, budgets: list[int], steps_per_epoch: int) -> dict[int, str]:
+def generators_by_budget(out: Path, budgets: list[int], steps_per_epoch: int, monitor: str,
+                         mode: str) -> dict[int, str]:
     """The checkpoint a G run of each budget would keep, from one run of the largest budget that
-    kept every epoch: the best val/agreement among the budget's whole epochs (as task.train_steps
+    kept every epoch: the best `monitor` among the budget's whole epochs (as task.train_steps
     rounds them), the first of equals, as ModelCheckpoint keeps it."""
     rows = list(csv.DictReader(next(out.rglob("metrics.csv")).open()))
-    agreement = {int(r["epoch"]): float(r["val/agreement"]) for r in rows if r.get("val/agreement")}
+    sign = 1.0 if mode == "max" else -1.0
+    value = {int(r["epoch"]): sign * float(r[monitor]) for r in rows if r.get(monitor)}
     found = {}
     for budget in budgets:
         epochs = max(1, round(budget / steps_per_epoch))
-        best = max(range(epochs), key=lambda e: (agreement[e], -e))
+        best = max(range(epochs), key=lambda e: (value[e], -e))
         found[budget] = str(next((out / "checkpoints").glob(f"epoch{best:03d}-*.ckpt")))
     return found
 
@@ -123,14 +125,16 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
     if not given["generator"]:
         comparator = comparator or trained(out / "comparator", "task=classifier", f"seed={seed + 2}", *data)
         every_epoch = [f"task.train_steps={max(budgets)}", "callbacks.model_checkpoint.save_top_k=-1"] if budgets else []
+        cfg = compose_cfg("config", f"output_dir={out / 'generator'}", "logger=csv", "task=generator",
+                          f"seed={seed}", *data, f"encoder.ckpt={found['encoder']}",
+                          f"task.comparators=[{comparator}]", *generator_overrides, *every_epoch)
         start = time.perf_counter()
-        result = train(compose_cfg("config", f"output_dir={out / 'generator'}", "logger=csv", "task=generator",
-                                   f"seed={seed}", *data, f"encoder.ckpt={found['encoder']}",
-                                   f"task.comparators=[{comparator}]", *generator_overrides, *every_epoch))
+        result = train(cfg)
         minutes = (time.perf_counter() - start) / 60
         found["generator"] = result["best_checkpoint"]
         if budgets:
-            by_budget = generators_by_budget(out / "generator", budgets, result["steps_per_epoch"])
+            by_budget = generators_by_budget(out / "generator", budgets, result["steps_per_epoch"],
+                                             cfg.task.monitor, cfg.task.monitor_mode)
     found["prior"] = given["prior"] or trained(out / "prior", "task=prior", f"seed={seed}", *data,
                                                f"encoder.ckpt={found['encoder']}")
     found["judge"] = given["judge"] or trained(out / "judge", "task=classifier", f"seed={seed + 1}",

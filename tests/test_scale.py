@@ -355,9 +355,10 @@ def test_hparams_search_configs_compose_to_optuna_over_existing_keys(config, ove
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config, overrides=overrides, return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
     for key in sweeper.params:  # every searched key is a key of the job's config
         assert OmegaConf.select(cfg, key) is not None, key
-    if config == "config":  # train.py returns task.monitor: the direction must match its mode
-        assert cfg.task.monitor_mode == "max"
+    # train.py returns task.monitor: the direction must match its mode (visualize.py: its sweep's)
+    mode = cfg.task.monitor_mode if config == "config" else {"maximize": "max"}[cfg.sweep.direction]
+    assert sweeper.direction == {"max": "maximize", "min": "minimize"}[mode]
