@@ -67,7 +67,7 @@ from featvis.nets.adapters import fit_images
 from featvis.nets.encoder import Encoder
 from featvis.io import save_png
 from featvis.reports.grids import labelled_grid
-from featvis.run import train
+from featvis.run import budget_epochs, train
 from featvis.synthesis.evaluation import (JudgeFeatures, grid_artifact_score, per_class_diversity,
                                           reconstruction_transfer)
 from featvis.visualize import visualize
@@ -97,18 +97,17 @@ def trained(out: Path, *overrides: str) -> str:
     return train(compose_cfg("config", f"output_dir={out}", "logger=csv", *overrides))["best_checkpoint"]
 
 
-def generators_by_budget(out: Path, budgets: list[int], steps_per_epoch: int, monitor: str,
-                         mode: str) -> dict[int, str]:
+def generators_by_budget(out: Path, budgets: list[int], steps_per_epoch: int, task) -> dict[int, str]:
     """The checkpoint a G run of each budget would keep, from one run of the largest budget that
-    kept every epoch: the best `monitor` among the budget's whole epochs (as task.train_steps
-    rounds them), the first of equals, as ModelCheckpoint keeps it."""
+    kept every validated epoch: the best `task.monitor` among the budget's whole epochs (as
+    task.train_steps rounds them), the first of equals, as ModelCheckpoint keeps it."""
     rows = list(csv.DictReader(next(out.rglob("metrics.csv")).open()))
-    sign = 1.0 if mode == "max" else -1.0
-    value = {int(r["epoch"]): sign * float(r[monitor]) for r in rows if r.get(monitor)}
+    sign = 1.0 if task.monitor_mode == "max" else -1.0
+    value = {int(r["epoch"]): sign * float(r[task.monitor]) for r in rows if r.get(task.monitor)}
     found = {}
     for budget in budgets:
-        epochs = max(1, round(budget / steps_per_epoch))
-        best = max(range(epochs), key=lambda e: (value[e], -e))
+        epochs, _ = budget_epochs(budget, steps_per_epoch, task.get("val_every_steps"))
+        best = max((e for e in value if e < epochs), key=lambda e: (value[e], -e))
         found[budget] = str(next((out / "checkpoints").glob(f"epoch{best:03d}-*.ckpt")))
     return found
 
@@ -133,8 +132,7 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
         minutes = (time.perf_counter() - start) / 60
         found["generator"] = result["best_checkpoint"]
         if budgets:
-            by_budget = generators_by_budget(out / "generator", budgets, result["steps_per_epoch"],
-                                             cfg.task.monitor, cfg.task.monitor_mode)
+            by_budget = generators_by_budget(out / "generator", budgets, result["steps_per_epoch"], cfg.task)
     found["prior"] = given["prior"] or trained(out / "prior", "task=prior", f"seed={seed}", *data,
                                                f"encoder.ckpt={found['encoder']}")
     found["judge"] = given["judge"] or trained(out / "judge", "task=classifier", f"seed={seed + 1}",

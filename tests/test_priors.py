@@ -252,12 +252,16 @@ def test_deepsim_generator_and_caffenet_encoder_from_torchvision_weights(tmp_pat
     assert [m.out_features for m in dae.net if isinstance(m, torch.nn.Linear)] == [2048, 1024, 500, 1024, 2048, 4096]
 
 
-def _epochs_run(folder: Path) -> int:
-    """The epochs a csv-logged run validated: one val row per epoch."""
+def _validated_epochs(folder: Path) -> list[int]:
+    """The epochs a csv-logged run validated: one val row per validation."""
     rows = next(folder.rglob("metrics.csv")).read_text().splitlines()
     header = rows[0].split(",")
     epoch, val = header.index("epoch"), header.index("val/loss")
-    return len({r.split(",")[epoch] for r in rows[1:] if r.split(",")[val]})
+    return sorted({int(r.split(",")[epoch]) for r in rows[1:] if r.split(",")[val]})
+
+
+def _epochs_run(folder: Path) -> int:
+    return len(_validated_epochs(folder))
 
 
 def test_priors_train_for_a_budget_of_steps_whatever_the_data_size(small_classifier, tmp_path):
@@ -277,3 +281,13 @@ def test_priors_train_for_a_budget_of_steps_whatever_the_data_size(small_classif
     assert _epochs_run(explicit) == 1 and "steps_per_epoch" not in result
     with pytest.raises(ConfigError, match=r"task.train_steps=0; expected a positive number of training steps"):
         train(compose_in(tmp_path / "bad", "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=0"))
+    # Validation about every 8 steps is every 2nd epoch of 4 steps; the 24 steps are 6 epochs, so
+    # the last epoch validates and the kept checkpoint saw the whole budget.
+    spaced = tmp_path / "spaced"
+    result = train(compose_in(spaced, "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=24",
+                              "+task.val_every_steps=8"))
+    assert _validated_epochs(spaced) == [1, 3, 5]
+    assert torch.load(result["last_checkpoint"], weights_only=True)["epoch"] == 5
+    with pytest.raises(ConfigError, match=r"task.val_every_steps=0; expected a positive number of steps or null"):
+        train(compose_in(tmp_path / "bad_every", "task=prior", f"encoder.ckpt={encoder}", *by_steps,
+                         "+task.val_every_steps=0"))

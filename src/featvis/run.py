@@ -93,21 +93,33 @@ def _step_budget(cfg: DictConfig) -> int | None:
     return steps
 
 
+def budget_epochs(steps: int, per_epoch: int, val_every_steps: int | None) -> tuple[int, int]:
+    """(epochs, validate every n epochs) for a budget of `steps` at `per_epoch` steps an epoch."""
+    interval = max(1, round(val_every_steps / per_epoch)) if val_every_steps else 1
+    return max(1, round(steps / (per_epoch * interval))) * interval, interval
+
+
 def _epochs_for_budget(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule) -> int | None:
     """Turn task.train_steps into whole epochs of this data set on this many processes; returns
     the steps per epoch (None without a budget).
 
-    The budget is what a prior needs, whatever the data set's size; whole epochs, because each
-    epoch ends with the validation that picks the best checkpoint and with last.ckpt.
+    The budget is what a prior needs, whatever the data set's size; whole epochs, because
+    validation (which picks the best checkpoint and writes last.ckpt) comes at an epoch's end.
+    `task.val_every_steps` spaces validations by about that many steps: on a small data set an
+    epoch is a few steps, and validating the whole validation set after each can cost as much
+    as the training.  The epoch count is then a multiple of the interval, so the last epoch validates.
     """
     steps = _step_budget(cfg)
     if steps is None:
         return None
     datamodule.setup("fit")
     per_epoch = max(1, len(datamodule.train_dataloader()) // trainer.world_size)
-    trainer.fit_loop.max_epochs = max(1, round(steps / per_epoch))
-    log.info("%s: task.train_steps=%d is %d epochs of %d steps", cfg.task.name, steps,
-             trainer.fit_loop.max_epochs, per_epoch)
+    every = cfg.task.get("val_every_steps")
+    if every is not None and not (isinstance(every, int) and every >= 1):
+        raise ConfigError(f"task.val_every_steps={every}; expected a positive number of steps or null")
+    trainer.fit_loop.max_epochs, trainer.check_val_every_n_epoch = budget_epochs(steps, per_epoch, every)
+    log.info("%s: task.train_steps=%d is %d epochs of %d steps, validated every %d", cfg.task.name, steps,
+             trainer.fit_loop.max_epochs, per_epoch, trainer.check_val_every_n_epoch)
     return per_epoch
 
 
