@@ -182,7 +182,7 @@ class ImageFolderDataModule(ImageDataModule):
         # ImageFolder lists each class's files together, so the first N validation images (the
         # evaluation's real images, the top-k pools, the sample grids) would be a few classes
         # only; a fixed shuffle makes them a sample of every class, the same in every run.
-        order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0))
+        order = torch.randperm(len(val_set), generator=torch.Generator(device="cpu").manual_seed(0), device="cpu")
         self.val_set = Subset(val_set, order.tolist())
 
     def _folder(self, split: str, transform: transforms.Compose) -> datasets.ImageFolder:
