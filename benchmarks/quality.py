@@ -1,17 +1,17 @@
 """Quality of the methods on the tiny preset: every class unit of fc8, 8 seeds each, over fresh
 checkpoint sets.
 
-    python benchmarks/quality.py [--repeats N] [--first-set K] [--data-root DIR] [--seeds 8] [--methods ...] [--docs]
-                                 [--generator-override KEY=VALUE ...]
+    python benchmarks/quality.py [--repeats N] [--first-set K] [--data-root DIR] [--seeds 8]
+                                 [--methods ...] [--docs] [--generator-override KEY=VALUE ...]
     python benchmarks/quality.py --encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt
 
 Each repeat trains one independent checkpoint set, with its own seed for every network: the
 classifier (also the target), a comparator classifier whose features G's feature loss reads
 beside the encoder's (task.comparators), G, the DAE prior, and the judge (another classifier,
 fc6 of 512; never seen by G or the sampler).  Repeat r uses seeds 100 r (+1 judge, +2
-comparator), so repeat 0 is the set earlier versions trained; --first-set K numbers the sets from K, so
-two processes (or machines) with --first-set 0 and 1 train the two sets of --repeats 2.  Checkpoints given on the command
-line replace the trained ones (one set, --repeats 1).  --data-root DIR runs everything on an
+comparator), so repeat 0 is the set earlier versions trained; --first-set K numbers the sets
+from K, so two processes (or machines) with --first-set 0 and 1 train the sets of --repeats 2.
+Checkpoints given on the command line replace the trained ones (one set, --repeats 1).  --data-root DIR runs everything on an
 ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*) instead of the built-in shapes; the
 judge is then a classifier of that data too.
 
@@ -328,7 +328,8 @@ def main() -> dict:
             if repeat == sets_run[0] and budget == max(budgets, default=None):
                 sheet_path = save_png(sheet, (ROOT / "docs" / "methods.png") if args.docs else folder / "methods.png")
                 print(f"contact sheet: {sheet_path}")
-    worst = {budget: print_worst(runs, f" (G budget {budget} steps)" if budget else "", sets_run) for budget, runs in sets.items()}
+    worst = {budget: print_worst(runs, f" (G budget {budget} steps)" if budget else "", sets_run)
+             for budget, runs in sets.items()}
     print(f"runs: {out}")
     if budgets:
         return {"budgets": {str(b): {**worst[b], "repeats": sets[b]} for b in budgets}}
