@@ -11,9 +11,9 @@ beside the encoder's (task.comparators), G, the DAE prior, and the judge (anothe
 fc6 of 512; never seen by G or the sampler).  Repeat r uses seeds 100 r (+1 judge, +2
 comparator), so repeat 0 is the set earlier versions trained; --first-set K numbers the sets
 from K, so two processes (or machines) with --first-set 0 and 1 train the sets of --repeats 2.
-Checkpoints given on the command line replace the trained ones (one set, --repeats 1).  --data-root DIR runs everything on an
-ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*) instead of the built-in shapes; the
-judge is then a classifier of that data too.
+Checkpoints given on the command line replace the trained ones (one set, --repeats 1).
+--data-root DIR runs everything on an ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*)
+instead of the built-in shapes; the judge is then a classifier of that data too.
 
 Prints, per set, a table of the methods beside two reference rows (real images and G's
 reconstructions G(E(x))), then the worst case over the sets, and as its last line one JSON
