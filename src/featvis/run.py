@@ -109,14 +109,14 @@ def _epochs_for_budget(cfg: DictConfig, trainer: L.Trainer, datamodule: L.Lightn
     epoch is a few steps, and validating the whole validation set after each can cost as much
     as the training.  The epoch count is then a multiple of the interval, so the last epoch validates.
     """
+    every = cfg.task.get("val_every_steps")
+    if every is not None and not (isinstance(every, int) and every >= 1):
+        raise ConfigError(f"task.val_every_steps={every}; expected a positive number of steps or null")
     steps = _step_budget(cfg)
     if steps is None:
         return None
     datamodule.setup("fit")
     per_epoch = max(1, len(datamodule.train_dataloader()) // trainer.world_size)
-    every = cfg.task.get("val_every_steps")
-    if every is not None and not (isinstance(every, int) and every >= 1):
-        raise ConfigError(f"task.val_every_steps={every}; expected a positive number of steps or null")
     trainer.fit_loop.max_epochs, trainer.check_val_every_n_epoch = budget_epochs(steps, per_epoch, every)
     log.info("%s: task.train_steps=%d is %d epochs of %d steps, validated every %d", cfg.task.name, steps,
              trainer.fit_loop.max_epochs, per_epoch, trainer.check_val_every_n_epoch)
