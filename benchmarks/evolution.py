@@ -89,8 +89,8 @@ def main() -> dict:
     if not prior:
         train_py(out / "prior", "task=prior", f"encoder.ckpt={encoder}", "logger=csv")
         prior = best_checkpoint(out / "prior")
-    evolution = ["callbacks=evolution", f"callbacks.feature_evolution.generator_ckpt={generator}",
-                 f"callbacks.feature_evolution.prior_ckpt={prior}", f"callbacks.feature_evolution.judge_ckpt={encoder}"]
+    evolution = ["callbacks=evolution", f"callbacks.feature_evolution.generator.ckpt={generator}",
+                 f"callbacks.feature_evolution.prior.ckpt={prior}", f"callbacks.feature_evolution.judge.ckpt={encoder}"]
     target = ["task=classifier", "seed=1", "logger=csv"]
 
     # Overhead: the same training with and without the callback (default cadence), back to back, twice.

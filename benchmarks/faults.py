@@ -279,7 +279,7 @@ EVOLUTION_FRAMES = 5
 
 def _classifier_args(inputs: dict[str, str]) -> list[str]:
     evolution = "callbacks.feature_evolution"
-    return [*SMALL_CLASSIFIER, "callbacks=evolution", f"{evolution}.generator_ckpt={inputs['generator']}",
+    return [*SMALL_CLASSIFIER, "callbacks=evolution", f"{evolution}.generator.ckpt={inputs['generator']}",
             f"{evolution}.units=[conv5:0,fc8:0,fc8:1]", f"{evolution}.steps=4", f"{evolution}.log_frames={EVOLUTION_FRAMES}",
             f"{evolution}.linear_frames=2", f"{evolution}.every_n_steps=3", f"{evolution}.live_report=true",
             "callbacks.model_checkpoint.monitor=null",

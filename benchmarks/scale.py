@@ -142,7 +142,7 @@ def main() -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     evo = "callbacks.feature_evolution"
     proc = run("train.py", folder, "task=classifier", *DDP, *SHAPES, *NET, "trainer.max_epochs=1", "logger=wandb",
-               "callbacks=evolution", f"{evo}.generator_ckpt={stages['generator']}", f"{evo}.steps=10",
+               "callbacks=evolution", f"{evo}.generator.ckpt={stages['generator']}", f"{evo}.steps=10",
                f"hydra.run.dir={folder / 'run'}")
     ok.append(ddp_run_ok(proc, folder / "run") and (folder / "run" / "evolution" / "index.html").is_file())
     ddp_ok = int(all(ok))

@@ -6,7 +6,7 @@ from lightning import Trainer
 from PIL import Image
 
 from featvis.data import ImageDataModule
-from featvis.errors import DataError
+from featvis.errors import ConfigError, DataError
 from featvis.run import build_trainer
 
 from .conftest import CONF
@@ -51,11 +51,33 @@ def test_model_options_instantiate(compose_cfg, model, size):
 @pytest.mark.parametrize("callbacks", _options("callbacks"))
 def test_trainer_logger_callbacks_instantiate(compose_cfg, logger, callbacks):
     # FeatureEvolution needs its generator only when training starts
-    needs = ["callbacks.feature_evolution.generator_ckpt=G.ckpt"] if callbacks == "evolution" else []
+    needs = ["callbacks.feature_evolution.generator.ckpt=G.ckpt"] if callbacks == "evolution" else []
     trainer = build_trainer(compose_cfg(f"logger={logger}", f"callbacks={callbacks}", *needs))
     assert isinstance(trainer, Trainer)
     assert (len(trainer.loggers) > 0) == (logger != "none")
     assert bool(trainer.checkpoint_callback.save_last) == (callbacks != "none")
+
+
+def test_visualize_and_the_evolution_callback_spell_the_synthesis_keys_alike(compose_cfg, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from featvis.callbacks import FeatureEvolution
+
+    shared = OmegaConf.load(CONF / "synthesis" / "default.yaml")
+    callback = compose_cfg("callbacks=evolution", "callbacks.feature_evolution.generator.ckpt=G.ckpt",
+                           "callbacks.feature_evolution.judge.feature_layer=fc6").callbacks.feature_evolution
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        visualize = compose("visualize", overrides=[f"output_dir={tmp_path}", "generator.ckpt=G.ckpt"])
+    for key, value in shared.items():
+        assert OmegaConf.is_dict(value) == OmegaConf.is_dict(callback[key]) == OmegaConf.is_dict(visualize[key])
+        if OmegaConf.is_dict(value):
+            assert set(value) == set(callback[key]) == set(visualize[key]), key
+    assert callback.generator.ckpt == visualize.generator.ckpt == "G.ckpt"
+    recorder = instantiate(callback, method={"name": "dgn_am"}).recorder
+    assert (recorder.generator_ckpt, recorder.judge_feature_layer, recorder.seeds) == ("G.ckpt", "fc6", 1)
+    with pytest.raises(ConfigError, match=r"generator='G.ckpt'; expected a mapping \{ckpt: <checkpoint path>\}"):
+        FeatureEvolution(["fc8:0"], {"name": "dgn_am"}, generator="G.ckpt")
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

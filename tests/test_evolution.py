@@ -30,7 +30,7 @@ TOTAL_STEPS = 12
 
 def evolution_cfg(out, priors, *extra):
     generator = priors["generator"][1]["last_checkpoint"]
-    return compose_in(out, *TARGET, *EVOLUTION, f"callbacks.feature_evolution.generator_ckpt={generator}", *extra)
+    return compose_in(out, *TARGET, *EVOLUTION, f"callbacks.feature_evolution.generator.ckpt={generator}", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def evolution_run(small_priors, small_judge, tmp_path_factory):
     """One target training with the callback: frames at step 0, log-spaced steps and each checkpoint."""
     out = tmp_path_factory.mktemp("evolution")
     judge = small_judge[1]["best_checkpoint"]
-    cfg = evolution_cfg(out, small_priors, f"callbacks.feature_evolution.judge_ckpt={judge}",
+    cfg = evolution_cfg(out, small_priors, f"callbacks.feature_evolution.judge.ckpt={judge}",
                         "callbacks.feature_evolution.on_checkpoint=true")
     return out, train(cfg)
 

@@ -270,8 +270,8 @@ def evolution_run(device, small_priors, small_judge, tmp_path_factory):
         result, seen = train_on(
             device, out, *TINY, *SMALL_NET, "callbacks=evolution", "callbacks.model_checkpoint.save_top_k=-1",
             "callbacks.model_checkpoint.monitor=null", "+callbacks.model_checkpoint.every_n_train_steps=1",
-            f"{EVOLUTION}.generator_ckpt={small_priors['generator'][1]['last_checkpoint']}",
-            f"{EVOLUTION}.judge_ckpt={small_judge[1]['best_checkpoint']}", f"{EVOLUTION}.units=[conv1:0,fc8:0]",
+            f"{EVOLUTION}.generator.ckpt={small_priors['generator'][1]['last_checkpoint']}",
+            f"{EVOLUTION}.judge.ckpt={small_judge[1]['best_checkpoint']}", f"{EVOLUTION}.units=[conv1:0,fc8:0]",
             f"{EVOLUTION}.seeds=2", f"{EVOLUTION}.steps=2", f"{EVOLUTION}.log_frames=2",
             f"{EVOLUTION}.on_checkpoint=true")
     return out, result, seen, runs

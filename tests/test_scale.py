@@ -39,7 +39,7 @@ def test_ddp_classifier_with_feature_evolution_two_processes(tmp_path, small_pri
     generator = small_priors["generator"][1]["last_checkpoint"]
     evolution = "callbacks.feature_evolution"
     proc = run_script("train.py", tmp_path, "task=classifier", *DDP, *SMALL_NET, "logger=wandb",
-                      "callbacks=evolution", f"{evolution}.generator_ckpt={generator}", f"{evolution}.steps=2",
+                      "callbacks=evolution", f"{evolution}.generator.ckpt={generator}", f"{evolution}.steps=2",
                       f"{evolution}.log_frames=2", f"{evolution}.units=[conv1:0,conv3:1,fc8:0,fc8:1,fc8:2]",
                       f"hydra.run.dir={tmp_path / 'run'}", wandb_mode="offline")
     assert proc.returncode == 0, proc.stderr[-3000:]

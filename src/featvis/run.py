@@ -346,8 +346,8 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
     evolution = "callbacks.feature_evolution"
     target = compose_stage([
         *shared, "task=classifier", f"seed={task.target_seed}", f"output_dir={cfg.output_dir}",
-        "callbacks=evolution", f"{evolution}.generator_ckpt={generator}", f"{evolution}.prior_ckpt={prior}",
-        f"{evolution}.judge_ckpt={encoder}", *[o for o in forwarded if _key(o) in TARGET_ONLY],
+        "callbacks=evolution", f"{evolution}.generator.ckpt={generator}", f"{evolution}.prior.ckpt={prior}",
+        f"{evolution}.judge.ckpt={encoder}", *[o for o in forwarded if _key(o) in TARGET_ONLY],
         *([f"ckpt_path={cfg.ckpt_path}"] if cfg.get("ckpt_path") else [])])
     with open_dict(target):
         target.logger = cfg.get("logger")  # the pipeline's own logger (wandb by default) records the target

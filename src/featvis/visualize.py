@@ -246,8 +246,8 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     use_tf32(cfg.performance.tf32)
     checkpoints = checkpoints_in_order(cfg.target.ckpt_dir)
-    recorder = EvolutionRecorder(cfg.units, cfg.method, cfg.generator.get("ckpt"), cfg.prior.get("ckpt"),
-                                 cfg.judge.get("ckpt"), output_dir=Path(cfg.output_dir) / "evolution",
+    recorder = EvolutionRecorder(cfg.units, cfg.method, cfg.generator, cfg.prior, cfg.judge,
+                                 output_dir=Path(cfg.output_dir) / "evolution",
                                  layer=cfg.layer, seeds=int(cfg.seeds), steps=cfg.get("steps"),
                                  spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed),
                                  pre_relu=cfg.pre_relu, top_k=int(cfg.top_k),

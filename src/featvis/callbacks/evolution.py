@@ -62,19 +62,16 @@ class FeatureEvolution(L.Callback):
     `linear_frames` evenly spaced ones (late training, where log-spaced frames are sparse),
     `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
     checkpoint save), plus step 0 (`at_start`).
+
+    What each frame synthesizes (`units`, `method`, `generator={"ckpt": G}`, `prior`, `judge`,
+    `seeds`, `steps`, ...: conf/synthesis/'s keys) goes to featvis.synthesis.evolution.EvolutionRecorder.
     """
 
     def __init__(
         self,
         units: Mapping[str, list] | list,
         method: Mapping[str, Any],
-        generator_ckpt: str | None = None,
-        prior_ckpt: str | None = None,
-        judge_ckpt: str | None = None,
         dirpath: str | None = None,
-        layer: str | None = None,
-        seeds: int = 2,
-        steps: int | None = 60,
         log_frames: int = 10,
         linear_frames: int | None = None,
         every_n_steps: int | None = None,
@@ -82,24 +79,14 @@ class FeatureEvolution(L.Callback):
         on_checkpoint: bool = False,
         at_start: bool = True,
         live_report: bool = False,
-        spatial: str = "center",
-        keep: str = "best",
-        noise_seed: int = 0,
         target_attribute: str = "net",
-        logits_layer: str = "fc8",
-        pre_relu: bool = False,
-        top_k: int = 4,
-        real_images: int = 256,
+        **synthesis: Any,
     ):
         for name, value in (("log_frames", log_frames), ("linear_frames", linear_frames),
                             ("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:
                 raise ConfigError(f"callbacks.feature_evolution.{name}={value}; expected a non-negative integer")
-        self.recorder = EvolutionRecorder(units, method, generator_ckpt, prior_ckpt, judge_ckpt,
-                                          output_dir=dirpath or "evolution", layer=layer, seeds=seeds,
-                                          steps=steps, spatial=spatial, keep=keep, noise_seed=noise_seed,
-                                          logits_layer=logits_layer, pre_relu=pre_relu, top_k=top_k,
-                                          real_images=real_images)
+        self.recorder = EvolutionRecorder(units, method, output_dir=dirpath or "evolution", **synthesis)
         self.dirpath = dirpath
         self.log_frames, self.linear_frames = log_frames, linear_frames
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs

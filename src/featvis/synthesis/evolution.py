@@ -39,6 +39,15 @@ from featvis.synthesis.synthesize import Judge, load_judge, synthesize, unit_val
 FORMAT_VERSION = 1
 
 
+def checkpoint_of(name: str, value: Mapping[str, Any] | None) -> str | None:
+    """The path in a `{ckpt: path}` entry (generator, prior, judge), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}={value!r}; expected a mapping {{ckpt: <checkpoint path>}}")
+    return value.get("ckpt")
+
+
 class EvolutionRecorder:
     """Synthesize `units` x `seeds` for a network state and record the frame on disk."""
 
@@ -46,9 +55,9 @@ class EvolutionRecorder:
         self,
         units: Any,
         method: Mapping[str, Any],
-        generator_ckpt: str | None = None,
-        prior_ckpt: str | None = None,
-        judge_ckpt: str | None = None,
+        generator: Mapping[str, Any] | None = None,
+        prior: Mapping[str, Any] | None = None,
+        judge: Mapping[str, Any] | None = None,
         output_dir: str | Path = "evolution",
         layer: str | None = None,
         seeds: int = 2,
@@ -70,7 +79,10 @@ class EvolutionRecorder:
                 raise ConfigError(f"{name}={value}; expected a non-negative integer")
         self.unit_spec, self.layer = units, layer
         self.method = dict(method)
-        self.generator_ckpt, self.prior_ckpt, self.judge_ckpt = generator_ckpt, prior_ckpt, judge_ckpt
+        # {ckpt: path} each, as conf/synthesis/ spells them (the judge also takes feature_layer)
+        self.generator_ckpt, self.prior_ckpt, self.judge_ckpt = (
+            checkpoint_of(name, value) for name, value in (("generator", generator), ("prior", prior), ("judge", judge)))
+        self.judge_feature_layer = (judge or {}).get("feature_layer") or "fc7"
         self.output_dir = Path(output_dir)
         self.seeds, self.steps, self.spatial, self.keep = int(seeds), steps, spatial, keep
         self.noise_seed = int(noise_seed)
@@ -106,9 +118,9 @@ class EvolutionRecorder:
                 self.real = real_pool(real, self.real_images, net.image_size)
             self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size)
             if self.judge_ckpt:
-                self.judge = load_judge(self.judge_ckpt, target=net)
+                self.judge = load_judge(self.judge_ckpt, self.judge_feature_layer, target=net)
                 if self.judge.class_names != self.class_names:
-                    raise ConfigError(f"judge_ckpt={self.judge_ckpt} has other classes than the target; "
+                    raise ConfigError(f"judge.ckpt={self.judge_ckpt} has other classes than the target; "
                                       "expected a classifier of the same classes")
         if self.z0 is None:
             self.z0 = self.parts.start(len(self.units), self.seeds)
