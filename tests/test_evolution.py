@@ -283,6 +283,12 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
     second = run(tmp_path / "run2")  # the stages are reused, only the target trains again
     assert {s: Path(second[s]).stat().st_mtime_ns for s in stamps} == stamps
     assert (tmp_path / "run2" / "evolution" / "index.html").is_file()
+    # Stages given as checkpoints (task.<stage>.ckpt) are not trained, nor looked for in stages_dir.
+    stages = tmp_path / "empty"
+    given = run(tmp_path / "given", *(f"task.{s}.ckpt={first[s]}" for s in stamps))
+    assert {s: given[s] for s in stamps} == {s: first[s] for s in stamps} and not stages.exists()
+    assert (tmp_path / "given" / "evolution" / "index.html").is_file()
+    stages = tmp_path / "stages"
 
     # A comparator classifier: its own stage, and a G of its own beside the first (not a stale reuse).
     for seeds, taken in (("[0]", "the encoder's seed"), ("[1]", "task.target_seed"), ("[3,3]", "given twice")):

@@ -330,19 +330,19 @@ def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
     stage_logger = f"logger={task.stage_logger}"
     prior_stage = [*shared, stage_logger, f"seed={cfg.seed}"]
     # One banner per stage, "[k/n] name: ...": the stages given as checkpoints do not count.
-    trained = [not task.encoder_ckpt, *[not task.generator_ckpt] * (len(seeds) + 1), not task.prior_ckpt, True]
+    trained = [not task.encoder.ckpt, *[not task.generator.ckpt] * (len(seeds) + 1), not task.prior.ckpt, True]
     total = sum(trained)
     banners = iter(f"[{k}/{total}]" for k in range(1, total + 1))
-    encoder = task.encoder_ckpt or run_stage(stages, "encoder", [*prior_stage, "task=classifier"], next(banners))
+    encoder = task.encoder.ckpt or run_stage(stages, "encoder", [*prior_stage, "task=classifier"], next(banners))
     on_encoder = f"encoder.ckpt={encoder}"
-    generator = task.generator_ckpt
+    generator = task.generator.ckpt
     if not generator:
         comparators = [run_stage(stages, f"comparator-{seed}", [*shared, stage_logger, f"seed={seed}",
                                                                "task=classifier"], next(banners)) for seed in seeds]
         name = "-".join(["generator", *(f"c{seed}" for seed in seeds)])
         generator = run_stage(stages, name, [*prior_stage, "task=generator", on_encoder,
                                              f"task.comparators=[{','.join(comparators)}]"], next(banners))
-    prior = task.prior_ckpt or run_stage(stages, "prior", [*prior_stage, "task=prior", on_encoder], next(banners))
+    prior = task.prior.ckpt or run_stage(stages, "prior", [*prior_stage, "task=prior", on_encoder], next(banners))
     evolution = "callbacks.feature_evolution"
     target = compose_stage([
         *shared, "task=classifier", f"seed={task.target_seed}", f"output_dir={cfg.output_dir}",
