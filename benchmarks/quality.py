@@ -141,7 +141,7 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
 
 
 def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
-            methods: list[str]) -> tuple[dict[str, float], torch.Tensor]:
+            methods: list[str], code_overrides: list[str] = ()) -> tuple[dict[str, float], torch.Tensor]:
     """Every figure of one checkpoint set, its printed table, and its contact sheet."""
     figures: dict[str, float] = {}
     reference = reference_rows(checkpoints, data, seeds)
@@ -156,8 +156,10 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
     for method in methods:
         start = time.perf_counter()
         name, _, variant = method.partition("+")
+        overrides = [*(VARIANTS[variant](name) if variant else [f"method={name}"]),
+                     *(code_overrides if name in ("dgn_am", "ppgn") else [])]
         summary = visualize(compose_cfg(
-            "visualize", *(VARIANTS[variant](name) if variant else [f"method={name}"]), f"output_dir={out / method}", *data,
+            "visualize", *overrides, f"output_dir={out / method}", *data,
             f"target.ckpt={checkpoints['encoder']}", f"generator.ckpt={checkpoints['generator']}",
             f"prior.ckpt={checkpoints['prior']}", f"judge.ckpt={checkpoints['judge']}",
             f"units=[{','.join(str(u) for u in range(len(classes)))}]", f"seeds={seeds}", "gif=false",
@@ -278,6 +280,9 @@ def main() -> dict:
     parser.add_argument("--generator-override", action="append", default=[], metavar="KEY=VALUE",
                         help="a train.py override for G's training only (repeatable), e.g. "
                              "generator.net.stages=[[128,128],[64,0],[32,0],[16,0]]")
+    parser.add_argument("--code-method-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a visualize.py override for the code methods (dgn_am, ppgn and their "
+                             "variants) only (repeatable), e.g. method.jitter=2")
     parser.add_argument("--data-root", help="an ImageFolder tree (train/ and val/) instead of shapes")
     parser.add_argument("--budgets", type=int, nargs="+", default=[], metavar="STEPS",
                         help="G step budgets to compare (one G run of the largest keeps every epoch; "
@@ -319,7 +324,7 @@ def main() -> dict:
                 checkpoints = {**checkpoints, "generator": by_budget[budget]}
                 print(f"\n-- G budget {budget} steps: {by_budget[budget]}")
             figures, sheet = measure(checkpoints, folder / (f"budget{budget}" if budget else ""), data,
-                                     args.seeds, methods)
+                                     args.seeds, methods, args.code_method_override)
             if minutes is not None:
                 # a shorter budget's share of the longest run's minutes, in proportion to its epochs
                 figures["generator_train_minutes"] = round(minutes * min(1.0, budget / max(budgets)) if budget

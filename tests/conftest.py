@@ -72,7 +72,8 @@ def small_priors(small_classifier, tmp_path_factory):
     encoder = small_classifier[1]["best_checkpoint"]
     runs = {}
     for task in ("generator", "prior"):
-        extra = SAMPLES_EVERY_2_STEPS if task == "generator" else []
+        # the generator with every loss term on, the spectral one included
+        extra = [*SAMPLES_EVERY_2_STEPS, "task.module.loss_weights.spectral=0.05"] if task == "generator" else []
         cfg = compose_in(tmp_path_factory.mktemp(task), f"task={task}", f"encoder.ckpt={encoder}",
                          *SMALL_PRIOR, *extra)
         runs[task] = (cfg, train(cfg))

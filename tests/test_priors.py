@@ -13,7 +13,7 @@ from featvis.errors import CheckpointError, ConfigError
 from featvis.nets import CodeStatistics, Discriminator, Encoder, Generator
 from featvis.nets.adapters import fit_images
 from featvis.run import train
-from featvis.training.losses import Comparator, GanBalance, feature_loss
+from featvis.training.losses import Comparator, GanBalance, feature_loss, spectral_loss
 
 from .conftest import SMALL_PRIOR, compose_in
 
@@ -153,6 +153,26 @@ def test_comparator_adds_other_networks_features_with_the_same_weights(small_cla
         Comparator(Encoder(net), {"pool5": 1.0}, [bigger])
 
 
+def test_spectral_loss_charges_missing_high_frequencies_and_passes_gradients_to_the_fakes():
+    torch.manual_seed(0)
+
+    def textured(n: int) -> torch.Tensor:  # images with power at every frequency, like shapes' backgrounds
+        return torch.nn.functional.avg_pool2d(torch.rand(n, 3, 40, 40), 9, 1) + 0.1 * torch.rand(n, 3, 32, 32)
+
+    real, other = textured(16), textured(16)
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(real, (2, 2, 2, 2), mode="replicate"), 5, 1)
+    assert spectral_loss(real, real) == 0
+    # A blurred copy is closer to the real batch pixel for pixel than another batch is, but has
+    # lost its fine texture: the log spectrum charges that far more than the batches' spread.
+    mse = torch.nn.functional.mse_loss
+    assert mse(blurred, real) < mse(other, real)
+    assert spectral_loss(blurred, real) > 20 * spectral_loss(other, real)
+    fake = blurred.clone().requires_grad_(True)
+    target = real.clone().requires_grad_(True)
+    spectral_loss(fake, target).backward()
+    assert fake.grad.abs().sum() > 0 and target.grad is None
+
+
 @pytest.fixture(scope="module")
 def priors(small_priors):
     return small_priors
@@ -169,6 +189,8 @@ def test_generator_job_writes_a_self_describing_checkpoint(priors, small_classif
     checkpoint = read_checkpoint(result["last_checkpoint"])
     assert len(checkpoint["optimizer_states"]) == 2 and "gan_balance" in checkpoint
     assert 0 <= result["metrics"]["val/agreement"] <= 1
+    assert cfg.task.module.loss_weights.spectral > 0 and result["metrics"]["train/loss_spectral"] > 0
+    assert result["metrics"]["val/loss_spectral"] > 0
     samples = sorted((Path(cfg.output_dir) / "samples").glob("step*.png"))
     assert len(samples) >= 2, "the samples callback writes a grid every 2 steps and at the end"
 

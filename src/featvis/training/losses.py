@@ -16,12 +16,13 @@ from featvis.nets.layers import tap
 
 @dataclass
 class LossWeights:
-    """lambda_img, lambda_feat, lambda_adv: set by task/generator.yaml's loss_weights (no defaults
-    here, so the config is the one place they are written)."""
+    """lambda_img, lambda_feat, lambda_adv, lambda_spec: set by task/generator.yaml's loss_weights
+    (no defaults here, so the config is the one place they are written)."""
 
     image: float
     feature: float
     adversarial: float
+    spectral: float
 
 
 class Comparator(nn.Module):
@@ -75,10 +76,33 @@ def feature_loss(fake: torch.Tensor | dict[str, torch.Tensor], real: torch.Tenso
     return sum(weights.get(name, 1.0) * F.mse_loss(fake[name], real[name]) for name in fake)
 
 
+def log_power_spectrum(images: torch.Tensor, floor: torch.Tensor | float) -> torch.Tensor:
+    """log(floor + the batch's mean power spectrum), per channel, each image's mean removed."""
+    images = images.float()  # FFTs of half precision take only power-of-two sizes on CUDA
+    centred = images - images.mean((-2, -1), keepdim=True)
+    return (torch.fft.rfft2(centred, norm="ortho").abs().square().mean(0) + floor).log()
+
+
+def spectral_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the log power spectra of the fakes and the real images, bin by
+    bin in 2-D (Durall et al. 2020 match the azimuthal average of the spectrum).
+
+    Pixel and feature losses let G leave out the fine texture it cannot place (a blur costs them
+    little), and against that empty high band the pattern of G's 2x up-sampling stands out as a
+    grid.  On a log scale a missing band costs as much as any other error.  The floor (1e-3 of
+    the real images' mean power) keeps the log finite where the real spectrum is empty.
+    """
+    with torch.no_grad():
+        floor = 1e-3 * (real - real.mean((-2, -1), keepdim=True)).square().mean()
+        target = log_power_spectrum(real, floor)
+    return F.mse_loss(log_power_spectrum(fake, floor), target)
+
+
 def generator_losses(generator: nn.Module, discriminator: nn.Module, encoder: nn.Module,
                      images: torch.Tensor, weights: LossWeights,
                      target: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """lambda_img ||G(E(x)) - x||^2 + lambda_feat ||C(G(E(x))) - C(x)||^2 + lambda_adv GAN.
+    """lambda_img ||G(E(x)) - x||^2 + lambda_feat ||C(G(E(x))) - C(x)||^2 + lambda_adv GAN
+    + lambda_spec spectral_loss.
 
     Returns every term, the weighted `total`, the reconstructions (`fake`) and
     the encoder's outputs on the real images (`target`, reusable by the D step).
@@ -92,8 +116,10 @@ def generator_losses(generator: nn.Module, discriminator: nn.Module, encoder: nn
     feature = feature_loss(fake_out["features"], target["features"], getattr(encoder, "weights", None))
     logits = discriminator(fake, target["code"])
     adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-    total = weights.image * image + weights.feature * feature + weights.adversarial * adversarial
-    return {"total": total, "image": image, "feature": feature, "adversarial": adversarial,
+    spectral = spectral_loss(fake, images) if weights.spectral else torch.zeros((), device=images.device)
+    total = (weights.image * image + weights.feature * feature + weights.adversarial * adversarial
+             + weights.spectral * spectral)
+    return {"total": total, "image": image, "feature": feature, "adversarial": adversarial, "spectral": spectral,
             "fake": fake, "fake_logits": fake_out["logits"], "target": target}
 
 
