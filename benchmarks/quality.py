@@ -3,6 +3,7 @@ checkpoint sets.
 
     python benchmarks/quality.py [--repeats N] [--first-set K] [--data-root DIR] [--seeds 8]
                                  [--methods ...] [--docs] [--generator-override KEY=VALUE ...]
+                                 [--code-method-override KEY=VALUE ...]
     python benchmarks/quality.py --encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt
 
 Each repeat trains one independent checkpoint set, with its own seed for every network: the
