@@ -15,7 +15,7 @@ from featvis.nets.codes import CodeStatistics
 from featvis.nets.encoder import Encoder
 from featvis.training.classifier import OptimizerFactory
 from featvis.training.losses import (Comparator, GanBalance, LossWeights, discriminator_loss,
-                                     generator_losses, spectral_loss)
+                                     generator_losses)
 
 
 class GeneratorModule(L.LightningModule):
@@ -87,8 +87,8 @@ class GeneratorModule(L.LightningModule):
         self.untoggle_optimizer(opt_d)
 
         self.balance.update(d_loss.item(), losses["adversarial"].item())
-        self.log_dict({f"train/loss_{k}": losses[k] for k in ("image", "feature", "adversarial", "spectral")},
-                      prog_bar=False)
+        self.log_dict({f"train/loss_{k}": losses[k]
+                       for k in ("image", "feature", "adversarial", "spectral")}, prog_bar=False)
         self.log_dict({"train/loss_g": losses["total"], "train/loss_d": d_loss,
                        "train/d_active": float(self.balance.train_d),
                        "train/g_active": float(self.balance.train_g)}, prog_bar=True)
@@ -100,7 +100,7 @@ class GeneratorModule(L.LightningModule):
         # Does the encoder's own classifier see the reconstruction as the same class?
         agreement = (losses["fake_logits"].argmax(1) == losses["target"]["logits"].argmax(1)).float().mean()
         self.log_dict({"val/loss_image": losses["image"], "val/loss_feature": losses["feature"],
-                       "val/loss_spectral": spectral_loss(losses["fake"], images),
+                       "val/loss_spectral": losses["spectral"],
                        "val/agreement": agreement}, prog_bar=True, sync_dist=True)  # mean over DDP ranks
 
     @property

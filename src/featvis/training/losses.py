@@ -116,11 +116,11 @@ def generator_losses(generator: nn.Module, discriminator: nn.Module, encoder: nn
     feature = feature_loss(fake_out["features"], target["features"], getattr(encoder, "weights", None))
     logits = discriminator(fake, target["code"])
     adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-    spectral = spectral_loss(fake, images) if weights.spectral else torch.zeros((), device=images.device)
+    spectral = spectral_loss(fake, images)  # logged whatever its weight: one small FFT per batch
     total = (weights.image * image + weights.feature * feature + weights.adversarial * adversarial
              + weights.spectral * spectral)
-    return {"total": total, "image": image, "feature": feature, "adversarial": adversarial, "spectral": spectral,
-            "fake": fake, "fake_logits": fake_out["logits"], "target": target}
+    return {"total": total, "image": image, "feature": feature, "adversarial": adversarial,
+            "spectral": spectral, "fake": fake, "fake_logits": fake_out["logits"], "target": target}
 
 
 def discriminator_loss(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
