@@ -13,7 +13,9 @@ image to image.  This script scores each part apart, with the mean image removed
    set on the 3x3 convolutions here.
 2. With --generator and --encoder: a trained G on `shapes` validation images x, its
    reconstructions G(E(x)) and G on codes drawn from its code statistics, each scored whole and
-   varying, and `fixed_pattern`: the spatial spread of G's mean image over the real images' one.
+   varying, `fixed_pattern`: the spatial spread of G's mean image over the real images' one, and
+   `spectral`: featvis.training.losses.spectral_loss of the first half of the images against the
+   other half of the real images (for the real images: the spread between two real halves).
 
 Prints a table, then, as its last line, one JSON object of the figures.
 """
@@ -35,6 +37,7 @@ from featvis.checkpoints import load_classifier, load_generator
 from featvis.nets.adapters import fit_images
 from featvis.nets.encoder import Encoder
 from featvis.synthesis.evaluation import grid_artifact_score
+from featvis.training.losses import spectral_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,12 +90,14 @@ def trained(generator_ckpt: str, encoder_ckpt: str, images: int) -> dict[str, fl
                  "G(E(x))": generator(encoder.code(fit_images(real, encoder.image_size))).clamp(0, 1),
                  "G(drawn codes)": generator(stats.sample(images, torch.Generator().manual_seed(0))).clamp(0, 1)}
     found = {}
-    print(f"\n{'trained G':<40}{'whole':>8}{'varying':>9}{'fixed':>8}")
+    half = images // 2
+    print(f"\n{'trained G':<40}{'whole':>8}{'varying':>9}{'fixed':>8}{'spectral':>10}")
     for name, batch in shown.items():
         row = {"whole": round(grid_artifact_score(batch), 3), "varying": round(grid_artifact_score(varying(batch)), 3),
-               "fixed_pattern": round(fixed_spread(batch) / fixed_spread(real), 3)}
+               "fixed_pattern": round(fixed_spread(batch) / fixed_spread(real), 3),
+               "spectral": round(float(spectral_loss(batch[:half], real[half:2 * half])), 3)}
         found[name] = row
-        print(f"{name:<40}{row['whole']:>8}{row['varying']:>9}{row['fixed_pattern']:>8}")
+        print(f"{name:<40}{row['whole']:>8}{row['varying']:>9}{row['fixed_pattern']:>8}{row['spectral']:>10}")
     return found
 
 
