@@ -116,7 +116,9 @@ def generator_losses(generator: nn.Module, discriminator: nn.Module, encoder: nn
     feature = feature_loss(fake_out["features"], target["features"], getattr(encoder, "weights", None))
     logits = discriminator(fake, target["code"])
     adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-    spectral = spectral_loss(fake, images)  # logged whatever its weight: one small FFT per batch
+    # Logged whatever its weight (one small FFT per batch); differentiated only when it counts.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and bool(weights.spectral)):
+        spectral = spectral_loss(fake, images)
     total = (weights.image * image + weights.feature * feature + weights.adversarial * adversarial
              + weights.spectral * spectral)
     return {"total": total, "image": image, "feature": feature, "adversarial": adversarial,
