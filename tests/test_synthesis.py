@@ -73,7 +73,7 @@ def test_bad_objectives(objectives, sizes, kwargs, message):
 @pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("steps", 0),
                                           ("eps2_end", -0.1), ("eps3", -0.1), ("eps3_end", -0.1),
                                           ("scale", 1.5),
-                                          ("rotate", -1.0)])
+                                          ("rotate", -1.0), ("target_blur", -0.5)])
 def test_bad_sampler_settings_name_the_value(field, value):
     with pytest.raises(ConfigError, match=f"method.{field}="):
         SamplerSettings(**{field: value})
@@ -128,6 +128,28 @@ def test_pixel_am_raises_the_unit_and_leaves_the_network_alone(target):
     assert [p.requires_grad for p in net.parameters()] == flags
     assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters()))
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_target_blur_keeps_fine_texture_out_of_the_units_reach(target):
+    """The target reads a blurred image, so the step carries no fine detail: the change that pixel
+    AM makes has almost no power above a third of a cycle per pixel, while the unit still rises."""
+    net, _ = target
+    z0 = torch.full((3, 3, 32, 32), 0.5)
+
+    def high_band_share(result):
+        change = result.last_z - z0
+        power = torch.fft.rfft2(change - change.mean((2, 3), keepdim=True), norm="ortho").abs() ** 2
+        fy = torch.fft.fftfreq(32).abs().view(-1, 1)
+        fx = torch.fft.rfftfreq(32).view(1, -1)
+        return float(power[..., (fy > 1 / 3) | (fx > 1 / 3)].sum() / power.sum())
+
+    sharp = _pixel_sampler(net, [0, 5, 9]).run(z0)
+    blurred = _pixel_sampler(net, [0, 5, 9], target_blur=1.0).run(z0)
+    with torch.no_grad():
+        start = net.eval()(z0)[torch.arange(3), torch.tensor([0, 5, 9])]
+    assert (blurred.best_value > start + 1.0).all(), (start, blurred.best_value)
+    assert high_band_share(blurred) < 0.1 * high_band_share(sharp), (high_band_share(blurred),
+                                                                      high_band_share(sharp))
 
 
 def test_the_prior_weight_follows_its_schedule(target):

@@ -18,11 +18,13 @@ the device between checks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
 from featvis.devices import to_host, wait_for_copies
@@ -59,6 +61,13 @@ def require_finite(pending: list[tuple[int, dict[str, torch.Tensor]]]) -> None:
                                     "(lower method.lr or method.eps1/eps2)")
 
 
+def low_pass(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian blur of std `sigma` pixels (kernel out to 3 sigma): detail finer than the blur,
+    such as a generator's up-sampling grid, no longer reaches the target, so it cannot raise a unit."""
+    radius = max(1, math.ceil(3 * sigma))
+    return gaussian_blur(images, kernel_size=2 * radius + 1, sigma=sigma)
+
+
 def alpha_mask(attribution: torch.Tensor) -> torch.Tensor:
     """(B, 1, S, S) attributions -> alpha in [0, 1]: each image's divided by its 99th percentile, so
     a few extreme pixels do not leave the rest transparent."""
@@ -81,6 +90,7 @@ class SamplerSettings:
     scale: float = 0.0               # random rescaling by up to this fraction per step
     rotate: float = 0.0              # random rotation by up to this many degrees per step
     image_noise: float = 0.0         # std of Gaussian noise added to what the target reads per step
+    target_blur: float = 0.0         # std (pixels) of a Gaussian blur on what the target reads
     transparency: bool = False       # accumulate |d objective / d image| into an alpha mask (MACO)
     record_every: int = 0            # keep a frame every n steps (0: none)
 
@@ -93,7 +103,7 @@ class SamplerSettings:
             "eps2_end": self.eps2_end is None or self.eps2_end >= 0,
             "eps3_end": self.eps3_end is None or self.eps3_end >= 0,
             "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
-            "image_noise": self.image_noise >= 0,
+            "image_noise": self.image_noise >= 0, "target_blur": self.target_blur >= 0,
             "record_every": self.record_every >= 0,
         }
         for name, ok in checks.items():
@@ -189,6 +199,8 @@ class Sampler:
             s = self.settings
             rendered = self.render(z)
             images = robustness_transform(rendered, s.jitter, s.scale, s.rotate, transforms)
+            if s.target_blur > 0:
+                images = low_pass(images, s.target_blur)
             if s.image_noise > 0:
                 images = images + s.image_noise * torch.randn(images.shape, generator=noise, device=z.device)
             values = self.objectives(self.taps(images.contiguous(memory_format=self.memory_format)))
