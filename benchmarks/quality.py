@@ -69,8 +69,8 @@ from featvis.nets.encoder import Encoder
 from featvis.io import save_png
 from featvis.reports.grids import labelled_grid
 from featvis.run import budget_epochs, train
-from featvis.synthesis.evaluation import (JudgeFeatures, grid_artifact_score, per_class_diversity,
-                                          reconstruction_transfer)
+from featvis.synthesis.evaluation import (JudgeFeatures, grid_artifact_score, judge_misreadings,
+                                          per_class_diversity, reconstruction_transfer)
 from featvis.visualize import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
     for name in ("real", "random_codes", "dae_codes"):
         figures[f"judge_confidence_{name}"] = round(reference["confidence"][name], 4)
     classes = reference["classes"]
-    sheet_rows, table, paths = [], [], {}
+    sheet_rows, table, paths, misreadings = [], [], {}, {}
     for method in methods:
         start = time.perf_counter()
         name, _, variant = method.partition("+")
@@ -174,6 +174,7 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
         figures["real_path_similarity"] = round(ev["real_path_similarity_mean"], 4)
         paths[method], real_path = ev["path_similarity"], ev["real_path_similarity"]
         table.append((method, row, seconds))
+        misreadings[method] = ", ".join(judge_misreadings(ev["per_unit"], classes))
         firsts = [r["files"]["best"] for r in summary["results"] if r["seed"] == 0]
         sheet_rows.append(torch.stack([_load(out / method / f) for f in firsts]))
     if "ppgn" in methods:
@@ -213,6 +214,8 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
             print(f"{name:<20}" + "".join(f"{by_layer[layer]:>8.3f}" for layer in layers))
     print("judge accuracy per class on G(E(x)): "
           + "  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, reference["reconstruction"]["per_class"])))
+    for method, misread in misreadings.items():
+        print(f"{method}: syntheses the judge reads as another class: {misread or 'none'}")
     print("judge confidence (mean max-probability): "
           + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in reference["confidence"].items()))
     sheet = labelled_grid(torch.cat(sheet_rows), len(methods), methods, [c.replace(" ", "\n") for c in classes])

@@ -334,6 +334,18 @@ def test_reconstruction_transfer_reads_the_judge_on_real_images_and_on_their_rec
     assert red["reconstruction"]["overall"] == pytest.approx((labels[:10] == 0).float().mean().item())
 
 
+def test_judge_misreadings_name_each_units_most_common_wrong_class():
+    from featvis.synthesis.evaluation import judge_misreadings
+
+    names = ["red circle", "blue circle", "blue square"]
+    per_unit = [{"unit_index": 0, "judge_classes": [0, 0, 0, 0]},
+                {"unit_index": 2, "judge_classes": [1, 2, 1, 0]},
+                {"unit_index": 1, "judge_classes": [2, 2, 2, 2]}]
+    assert judge_misreadings(per_unit, names) == ["blue square as blue circle 2/4",
+                                                  "blue circle as blue square 4/4"]
+    assert judge_misreadings(per_unit[:1], names) == []
+
+
 def test_visualize_reports_faithfulness_with_a_judge(small_classifier, small_priors, small_judge, tmp_path):
     target = small_classifier[1]["best_checkpoint"]
     cfg = _compose("method=dgn_am", f"output_dir={tmp_path}", f"target.ckpt={target}",
@@ -346,6 +358,10 @@ def test_visualize_reports_faithfulness_with_a_judge(small_classifier, small_pri
     assert evaluation["fid"] is None  # 9 syntheses in a 128-d feature space: no covariance
     row = evaluation["per_unit"][0]
     assert row["unit"] == "0 red circle" and row["real_top1"] >= row["real_top9_mean"]
+    for unit in evaluation["per_unit"]:  # the judge's reading of each seed is what transfer counts
+        assert len(unit["judge_classes"]) == 3
+        assert unit["judge_transfer"] == pytest.approx(
+            sum(c == unit["unit_index"] for c in unit["judge_classes"]) / 3)
     layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]  # evaluation.path_layers=auto
     assert list(evaluation["path_similarity"]) == layers == list(row["path_similarity"])
     assert all(-1 <= v <= 1 for v in [*evaluation["path_similarity"].values(), *row["path_similarity"].values()])

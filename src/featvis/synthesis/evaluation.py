@@ -21,6 +21,7 @@ scale: the diversity of as many real images (or their reconstructions) per class
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -190,6 +191,20 @@ def per_class_diversity(features: torch.Tensor, labels: torch.Tensor, per_class:
     return pairwise_diversity(torch.cat(groups), len(groups))
 
 
+def judge_misreadings(per_unit: Sequence[dict[str, Any]], class_names: Sequence[str]) -> list[str]:
+    """For each unit whose seeds the judge did not all read as the unit's class, its most common
+    wrong reading: "blue square as blue circle 6/8".  Colour right and shape wrong, say, points at
+    what G or the target gets wrong, which a transfer figure alone hides."""
+    found = []
+    for row in per_unit:
+        read = row.get("judge_classes", [])
+        wrong = Counter(c for c in read if c != row["unit_index"])
+        if wrong:
+            label, count = wrong.most_common(1)[0]
+            found.append(f"{class_names[row['unit_index']]} as {class_names[label]} {count}/{len(read)}")
+    return found
+
+
 @torch.no_grad()
 def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], images: torch.Tensor,
              activations: torch.Tensor, seeds: int, real_batches: Iterable | None, spatial: str = "center",
@@ -229,6 +244,7 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
         transfer = (predicted == wanted).float()
         for u, row in enumerate(report["per_unit"]):
             row["judge_transfer"] = float(transfer[u].mean())
+            row["judge_classes"] = predicted[u].tolist()  # what the judge read each seed as
         report["judge_transfer"] = float(transfer.mean())
     features = JudgeFeatures(judge, judge_layer)
     diversity = pairwise_diversity(features(images), units)
