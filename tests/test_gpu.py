@@ -208,9 +208,10 @@ def assert_complete_metrics(out: Path, summary: dict, units: int, seeds: int) ->
     return metrics
 
 
-# pixel: jitter, scaling and rotation, whose random draws once crashed beside a CUDA generator.
+# pixel: jitter, scaling and rotation, whose random draws once crashed beside a CUDA generator;
+# dgn_am: the blur on what the target reads, through G.
 METHODS = {"pixel_noprior": [], "pixel": ["method.jitter=2", "method.scale=0.05", "method.rotate=5.0"],
-           "pixel_fft": [], "pixel_maco": [], "dgn_am": [], "ppgn": []}
+           "pixel_fft": [], "pixel_maco": [], "dgn_am": ["method.target_blur=1.0"], "ppgn": []}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -222,6 +223,8 @@ def test_visualize_each_method_on_the_device(method, device, small_classifier, s
     if method == "pixel":
         settings = metrics["settings"]
         assert (settings["jitter"], settings["scale"], settings["rotate"]) == (2, 0.05, 5.0)
+    if method == "dgn_am":
+        assert metrics["settings"]["target_blur"] == 1.0
     assert len(list((tmp_path / "gifs").glob("*.gif"))) == 2
     assert_ran_on(device, sampler_runs)
     assert len(sampler_runs[0]["result"].frames) == 3  # steps 0, 2 and the last
