@@ -51,6 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from featvis.devices import use_channels_last
 from featvis.nets import CodeStatistics, Encoder
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
 from featvis.nets.layers import frozen
@@ -197,6 +198,7 @@ def gan_throughput(cfg, nets: dict, sizes: dict, device: torch.device) -> dict:
                                 code_dim=encoder.code_dim if cfg.generator.code_branch else 0)
     module = instantiate(cfg.task.module, generator=generator, discriminator=discriminator, encoder=encoder,
                          code_stats=nets["stats"], encoder_record={}, comparators=nn.ModuleList())
+    use_channels_last(module, cfg.performance.channels_last)  # the layout train.py trains in
     batch, warmup, steps = sizes["gan_batch"], sizes["gan_warmup"], sizes["gan_steps"]
     allow_tf32 = cfg.get("performance", {}).get("tf32") if device.type == "cuda" else None
     images = torch.rand(batch, 3, encoder.image_size, encoder.image_size)
@@ -216,7 +218,8 @@ def gan_throughput(cfg, nets: dict, sizes: dict, device: torch.device) -> dict:
             trainer.fit(module, train_dataloaders=loader)
     return {"gan_images_per_second": batch * steps / (timer.end - timer.start), "gan_batch": batch,
             "gan_steps": steps, "gan_steps_with_d_and_g": f"{timer.d_steps}/{steps} D, {timer.g_steps}/{steps} G",
-            "gan_precision": str(cfg.trainer.precision) + (" (tf32)" if allow_tf32 else "")}
+            "gan_precision": str(cfg.trainer.precision) + (" (tf32)" if allow_tf32 else "")
+            + (", channels-last" if cfg.performance.channels_last else "")}
 
 
 def build_nets(cfg, classes: int, device: torch.device) -> dict:

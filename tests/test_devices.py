@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from featvis.checkpoints import load_classifier
-from featvis.devices import to_host, wait_for_copies
+from featvis.devices import to_host, use_channels_last, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
+from featvis.nets import Discriminator, Generator
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
 
 from .conftest import ROOT
@@ -94,3 +95,30 @@ def test_sparse_finiteness_checks_give_the_same_images_and_still_name_the_first_
     for bad in (0, 2.5, "10"):
         with pytest.raises(ConfigError, match=rf"performance.check_every={bad}; expected a positive integer"):
             _sampler(net, bad)
+
+
+def test_channels_last_changes_the_layout_and_not_the_results():
+    torch.manual_seed(0)
+    spec = dict(code_dim=16, fc_dims=[32], start_channels=8, stages=[[8, 8], [4, 0]], upsample="bilinear",
+                norm="group")
+    generator, discriminator = Generator(**spec), Discriminator(16, code_dim=16, channels=[4, 8])
+    codes = torch.rand(5, 16)
+    expected_images = generator(codes)
+    expected_logits = discriminator(expected_images, codes)
+    assert use_channels_last(generator, False) is generator
+    assert generator.deconv.up0.weight.is_contiguous()
+
+    for net in (generator, discriminator):
+        use_channels_last(net, True)
+    weights = [p for p in (*generator.parameters(), *discriminator.parameters()) if p.dim() == 4]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                           for w in weights)
+    images = generator(codes)
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    torch.testing.assert_close(images, expected_images, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(discriminator(images, codes), expected_logits, rtol=1e-4, atol=1e-5)
+
+    plain = Generator(**spec)  # a channels-last state dict loads into a default-layout network
+    plain.load_state_dict(generator.state_dict())
+    assert plain.deconv.up0.weight.is_contiguous()
+    torch.testing.assert_close(plain(codes), expected_images, rtol=1e-4, atol=1e-5)

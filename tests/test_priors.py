@@ -218,8 +218,11 @@ def test_generator_job_with_another_comparator_network(small_classifier, small_j
     state = read_checkpoint(result["last_checkpoint"])["state_dict"]
     reference, _ = load_classifier(other)
     assert torch.equal(state["comparator.others.0.conv1.conv.weight"], reference.state_dict()["conv1.conv.weight"])
+    # performance.channels_last (the default) trained every network in NHWC layout
+    assert state["generator.deconv.up0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert state["comparator.others.0.conv1.conv.weight"].is_contiguous(memory_format=torch.channels_last)
     generator, _, _ = load_generator(result["last_checkpoint"])  # readers still see a plain generator
-    assert generator.code_dim == 128
+    assert generator.code_dim == 128 and generator.deconv.up0.weight.is_contiguous()
 
     missing = tmp_path / "missing.ckpt"
     with pytest.raises(CheckpointError, match="missing.ckpt"):

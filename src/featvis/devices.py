@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,3 +34,9 @@ def wait_for_copies(device: torch.device) -> None:
     """Block until the copies `to_host` queued on `device`'s current stream have landed."""
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
+
+
+def use_channels_last(module: nn.Module, enabled: bool) -> nn.Module:
+    """`module`'s 4-d parameters and buffers in NHWC layout when `enabled`.  Convolutions follow
+    their weights' layout, so the activations go NHWC too; state dicts load into either layout."""
+    return module.to(memory_format=torch.channels_last) if enabled else module

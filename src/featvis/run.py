@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier
 from featvis.configs import compose_config
-from featvis.devices import use_tf32
+from featvis.devices import use_channels_last, use_tf32
 from featvis.distributed import check_launcher, ddp_job, share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
@@ -126,6 +126,7 @@ def _epochs_for_budget(cfg: DictConfig, trainer: L.Trainer, datamodule: L.Lightn
 def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, Any]:
     trainer = build_trainer(cfg)
     steps_per_epoch = _epochs_for_budget(cfg, trainer, datamodule)
+    use_channels_last(module, cfg.performance.get("channels_last", False))
     wandb_run = None
     try:
         # A resumed checkpoint may come from anywhere: tensors and plain types only, never code.
