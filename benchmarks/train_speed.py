@@ -1,6 +1,6 @@
 """Training speed of the tiny preset's networks, NCHW against channels-last, side by side in one run.
 
-    python benchmarks/train_speed.py [--steps 12] [--warmup 3] [--generator-steps 3000]
+    python benchmarks/train_speed.py [--steps 12] [--warmup 3] [--rounds 2] [--generator-steps N]
 
 Times Lightning training steps of the two convolutional tasks as train.py builds them (the
 generator task with one comparator classifier, batch 64, as `benchmarks/quality.py` trains it;
@@ -13,8 +13,9 @@ Prints a table, then, as its last line, one JSON object:
   classifier_step_speedup   the same for the classifier task
   generator_ms_nchw, generator_ms_channels_last, classifier_ms_nchw, classifier_ms_channels_last
                             the step times behind the ratios
-  generator_minutes_at_<N>  N steps (--generator-steps) at the channels-last step time: the
-                            training alone, without validation or the code statistics
+  generator_minutes_at_<N>  N steps (--generator-steps; default task.train_steps of
+                            conf/task/generator.yaml) at the channels-last step time: the training
+                            alone, without validation or the code statistics
 """
 
 from __future__ import annotations
@@ -99,16 +100,18 @@ def main() -> dict:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per layout")
-    parser.add_argument("--generator-steps", type=int, default=3000,
-                        help="the budget whose minutes are printed (task.train_steps)")
+    parser.add_argument("--generator-steps", type=int,
+                        help="the budget whose minutes are printed (default: task.train_steps)")
     args = parser.parse_args()
+    builders = {"generator": (generator_module, compose_task("generator")),
+                "classifier": (classifier_module, compose_task("classifier"))}
+    if args.generator_steps is None:
+        args.generator_steps = builders["generator"][1].task.train_steps
     if min(args.steps, args.rounds, args.generator_steps) < 1 or args.warmup < 0:
         parser.error("expected positive --steps, --rounds and --generator-steps and a non-negative --warmup")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*(module\(s\) in eval mode|does not have many workers|"
                                               r"smaller than the logging interval|no `val_dataloader`).*")
-    builders = {"generator": (generator_module, compose_task("generator")),
-                "classifier": (classifier_module, compose_task("classifier"))}
     best: dict[tuple[str, bool], float] = {}
     for _ in range(args.rounds):
         for task, (build, cfg) in builders.items():
