@@ -80,8 +80,8 @@ def classifier_module(cfg) -> L.LightningModule:
     return instantiate(cfg.task.module, net=net, class_names=[str(i) for i in range(CLASSES)])
 
 
-def step_seconds(module: L.LightningModule, batch_size: int, warmup: int, steps: int) -> float:
-    images = torch.rand(batch_size, 3, 64, 64)
+def step_seconds(module: L.LightningModule, batch_size: int, image_size: int, warmup: int, steps: int) -> float:
+    images = torch.rand(batch_size, 3, image_size, image_size)
     labels = torch.randint(0, CLASSES, (batch_size,))
     # The same random batch every step: what the step costs does not depend on the pixels.
     loader = DataLoader([(images, labels)] * (warmup + steps), batch_size=None)
@@ -118,7 +118,7 @@ def main() -> dict:
             for channels_last in (False, True):
                 torch.manual_seed(0)
                 module = use_channels_last(build(cfg), channels_last)
-                seconds = step_seconds(module, cfg.data.batch_size, args.warmup, args.steps)
+                seconds = step_seconds(module, cfg.data.batch_size, cfg.data.image_size, args.warmup, args.steps)
                 key = (task, channels_last)
                 best[key] = min(best.get(key, float("inf")), seconds)
                 print(f"  {task}, {'channels-last' if channels_last else 'NCHW'}: {1e3 * seconds:.1f} ms/step",

@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
-from featvis.devices import to_host, wait_for_copies
+from featvis.devices import to_host, use_channels_last, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import frozen, tap
@@ -171,9 +171,8 @@ class Sampler:
         if self.target_size is None:
             raise ConfigError("target has no image_size; expected target_size to be given")
         self.space = space if space is not None else PixelSpace(self.target_size)
-        if channels_last:
-            for module in (self.taps, self.space):
-                module.to(memory_format=torch.channels_last)
+        for module in (self.taps, self.space):
+            use_channels_last(module, channels_last)
         self._forward = torch.compile(self._values) if compile else self._values
         # Each finiteness check waits for the device; every step's flags are kept, so a check
         # every k steps still names the first bad step, at the cost of up to k - 1 wasted steps.
