@@ -13,6 +13,7 @@ from featvis.errors import CheckpointError, ConfigError
 from featvis.nets import CodeStatistics, Discriminator, Encoder, Generator
 from featvis.nets.adapters import fit_images
 from featvis.run import train
+from featvis.training import linear_decay
 from featvis.training.losses import Comparator, GanBalance, feature_loss, spectral_loss
 
 from .conftest import SMALL_PRIOR, compose_in
@@ -49,6 +50,30 @@ def test_generator_bilinear_upsampling_and_group_norm_behave_alike_in_train_and_
     assert "norm" not in Generator(32).spec  # older checkpoints keep loading
     with pytest.raises(ConfigError, match=r"generator.norm='batch'; expected one of \['none', 'group'\]"):
         Generator(32, norm="batch")
+
+
+def test_generator_noise_is_fresh_in_training_and_fixed_in_eval():
+    settings = dict(fc_dims=[16], start_channels=8, stages=[[12, 8], [4, 0]], upsample="bilinear", norm="group")
+    torch.manual_seed(0)
+    plain = Generator(32, **settings)
+    torch.manual_seed(0)
+    noisy = Generator(32, **settings, noise=True)
+    codes = torch.rand(3, 32)
+    # the scales start at 0 and the fixed maps use their own random stream: at initialization
+    # the same G as without noise
+    assert torch.equal(noisy.eval()(codes), plain.eval()(codes))
+    assert sorted(n for n, _ in noisy.deconv.named_children() if n.endswith("_noise")) == [
+        "conv0_noise", "up0_noise", "up1_noise"]
+    for module in noisy.modules():
+        if hasattr(module, "scale"):
+            torch.nn.init.constant_(module.scale, 0.5)
+    assert torch.equal(noisy.eval()(codes), noisy(codes))  # G(h) is a function of h for the samplers
+    noisy.train()
+    assert not torch.allclose(noisy(codes), noisy(codes))
+    copy_of = Generator(**{k: v for k, v in noisy.spec.items() if k != "arch"})
+    copy_of.load_state_dict(noisy.state_dict())  # the fixed maps are rebuilt, not stored
+    assert noisy.spec["noise"] is True and torch.equal(copy_of.eval()(codes), noisy.eval()(codes))
+    assert "noise" not in plain.spec  # older checkpoints keep loading
 
 
 @pytest.mark.parametrize("code_dim", [0, 24])
@@ -176,6 +201,22 @@ def test_spectral_loss_charges_missing_high_frequencies_and_passes_gradients_to_
 @pytest.fixture(scope="module")
 def priors(small_priors):
     return small_priors
+
+
+def test_linear_decay_holds_then_falls_to_zero():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = linear_decay(optimizer, total_steps=8, fraction=0.5)
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    assert optimizer.param_groups[0]["lr"] == 0
+    with pytest.raises(ValueError, match=r"fraction=0; expected a number in \(0, 1\]"):
+        linear_decay(optimizer, total_steps=8, fraction=0)
+    with pytest.raises(ValueError, match="total_steps=inf; expected a finite number of steps"):
+        linear_decay(optimizer, total_steps=float("inf"))
 
 
 def test_generator_job_writes_a_self_describing_checkpoint(priors, small_classifier):

@@ -7,7 +7,8 @@ convolution]), LeakyReLU(0.3), linear output.  `upsample="nearest"` (or "bilinea
 up-convolution's uneven kernel overlap prints a checkerboard that activation maximization then
 amplifies; a bilinear resize also leaves no 2x2 blocks for it to find.  `norm="group"` puts a
 GroupNorm before each activation of the up-stages: the same in training and in eval, so an
-averaged (EMA) copy needs no running statistics.  G outputs RGB images in the [0, 1]
+averaged (EMA) copy needs no running statistics.  `noise=True` adds StyleGAN's per-pixel noise
+after each up-stage convolution (`NoiseInjection`).  G outputs RGB images in the [0, 1]
 range the networks take (not clamped: the samplers clip where they need to).
 """
 
@@ -36,6 +37,24 @@ NORMS = ("none", "group")
 TO_RGB = ("conv", "up")
 
 
+class NoiseInjection(nn.Module):
+    """Per-pixel Gaussian noise times a learned per-channel scale that starts at 0 (Karras et
+    al. 2019): a source for texture that the code does not carry, such as random backgrounds,
+    which G otherwise derives from the code, with a pattern at its up-sampling periods.  Fresh
+    noise in training; in eval one fixed map, so that G(h) is a function of h for the samplers."""
+
+    def __init__(self, channels: int, size: int, seed: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        fixed = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("fixed", fixed, persistent=False)  # rebuilt from the seed, not stored
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = (torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) if self.training
+                 else self.fixed.to(x.dtype))
+        return x + self.scale * noise
+
+
 class Generator(nn.Module):
     """code (B x code_dim) -> image (B x 3 x S x S), S = 4 * 2**len(stages) (x 2 with to_rgb="up").
 
@@ -55,6 +74,7 @@ class Generator(nn.Module):
         upsample: str = "deconv",
         to_rgb: str = "conv",
         norm: str = "none",
+        noise: bool = False,
     ):
         super().__init__()
         if upsample not in UPSAMPLE:
@@ -73,7 +93,7 @@ class Generator(nn.Module):
                      "start_channels": int(start_channels),
                      "stages": [[int(a), int(b)] for a, b in stages],
                      "negative_slope": float(negative_slope), "upsample": upsample}
-        for key, value, default in (("to_rgb", to_rgb, "conv"), ("norm", norm, "none")):
+        for key, value, default in (("to_rgb", to_rgb, "conv"), ("norm", norm, "none"), ("noise", bool(noise), False)):
             if value != default:  # older checkpoints have no key: the default
                 self.spec[key] = value
         self.code_dim = int(code_dim)
@@ -90,9 +110,11 @@ class Generator(nn.Module):
             return nn.Upsample(scale_factor=2, mode=upsample, **({} if upsample == "nearest" else
                                                                   {"align_corners": False}))
 
-        def normalized(name: str, width: int) -> None:
+        def normalized(name: str, width: int, size: int) -> None:
             if norm == "group":
                 layers[f"{name}_norm"] = nn.GroupNorm(math.gcd(8, width), width)
+            if noise:
+                layers[f"{name}_noise"] = NoiseInjection(width, size, seed=len(layers))
 
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = start_channels
@@ -102,12 +124,12 @@ class Generator(nn.Module):
             else:
                 layers[f"resize{i}"] = resize()
                 layers[f"up{i}"] = nn.Conv2d(channels, up, 3, padding=1)
-            normalized(f"up{i}", up)
+            normalized(f"up{i}", up, 8 * 2 ** i)
             layers[f"act{i}"] = nn.LeakyReLU(negative_slope)
             channels = up
             if conv:
                 layers[f"conv{i}"] = nn.Conv2d(channels, conv, 3, padding=1)
-                normalized(f"conv{i}", conv)
+                normalized(f"conv{i}", conv, 8 * 2 ** i)
                 layers[f"conv{i}_act"] = nn.LeakyReLU(negative_slope)
                 channels = conv
         if to_rgb == "conv":

@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from featvis.checkpoints import generator_record
 from featvis.nets.codes import CodeStatistics
 from featvis.nets.encoder import Encoder
-from featvis.training.classifier import OptimizerFactory
+from featvis.training.classifier import OptimizerFactory, SchedulerFactory
 from featvis.training.losses import (Comparator, GanBalance, LossWeights, discriminator_loss,
                                      generator_losses)
 
@@ -35,6 +35,7 @@ class GeneratorModule(L.LightningModule):
         ema_decay: float | None = None,
         feature_layers: dict[str, float] | None = None,
         comparators: Sequence[nn.Module] = (),
+        scheduler: SchedulerFactory | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -50,6 +51,7 @@ class GeneratorModule(L.LightningModule):
         self.comparator = Comparator(encoder, feature_layers, comparators) if feature_layers else None
         self.optimizer_factory = optimizer
         self.discriminator_optimizer_factory = discriminator_optimizer or optimizer
+        self.scheduler_factory = scheduler
         self.weights = LossWeights(**loss_weights)
         self.balance = GanBalance(**(balance or {}))
         # The averaged G is what samplers should use when it exists: smoother, fewer artefacts.
@@ -59,9 +61,14 @@ class GeneratorModule(L.LightningModule):
             # Averaged, never trained by gradients: no grads to compute, none for DDP to wait for.
             self.generator_ema.requires_grad_(False)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer_factory(self.generator.parameters()),
-                self.discriminator_optimizer_factory(self.discriminator.parameters())]
+    def configure_optimizers(self) -> Any:
+        optimizers = [self.optimizer_factory(self.generator.parameters()),
+                      self.discriminator_optimizer_factory(self.discriminator.parameters())]
+        if self.scheduler_factory is None:
+            return optimizers
+        # Manual optimization: training_step steps these once a batch, whichever nets it updated.
+        total = self.trainer.estimated_stepping_batches
+        return optimizers, [self.scheduler_factory(o, total_steps=total) for o in optimizers]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images = batch[0]
@@ -87,6 +94,8 @@ class GeneratorModule(L.LightningModule):
         self.untoggle_optimizer(opt_d)
 
         self.balance.update(d_loss.item(), losses["adversarial"].item())
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
         self.log_dict({f"train/loss_{k}": losses[k]
                        for k in ("image", "feature", "adversarial", "spectral")}, prog_bar=False)
         self.log_dict({"train/loss_g": losses["total"], "train/loss_d": d_loss,
@@ -119,3 +128,19 @@ class GeneratorModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "gan_balance" in checkpoint:
             self.balance.load_state_dict(checkpoint["gan_balance"])
+
+
+def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int | float,
+                 fraction: float = 0.5) -> torch.optim.lr_scheduler.LambdaLR:
+    """Constant learning rate, then linearly down to 0 over the last `fraction` of `total_steps`
+    (the schedule of pix2pix and CycleGAN): a GAN's last updates settle instead of ending
+    wherever the adversarial game happens to be."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"linear_decay: fraction={fraction}; expected a number in (0, 1]")
+    if not 0 < total_steps < float("inf"):
+        raise ValueError(f"linear_decay: total_steps={total_steps}; expected a finite number of "
+                         "steps (set task.train_steps or trainer.max_epochs)")
+    decay_steps = fraction * total_steps
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, max(0.0, (total_steps - step) / decay_steps)))
+
