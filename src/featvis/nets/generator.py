@@ -46,7 +46,8 @@ class NoiseInjection(nn.Module):
     def __init__(self, channels: int, size: int, seed: int):
         super().__init__()
         self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        fixed = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(seed))
+        fixed = torch.randn(1, 1, size, size, device="cpu",
+                            generator=torch.Generator(device="cpu").manual_seed(seed))
         self.register_buffer("fixed", fixed, persistent=False)  # rebuilt from the seed, not stored
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
