@@ -7,6 +7,9 @@ from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.data import ShapesDataset
 from featvis.errors import CheckpointError
 from featvis.nets import activations
+from featvis.run import train
+
+from .conftest import SMALL_CLASSIFIER, compose_in
 
 
 def test_short_training_learns_and_writes_checkpoints(small_classifier):
@@ -18,6 +21,19 @@ def test_short_training_learns_and_writes_checkpoints(small_classifier):
     assert (cfg.output_dir + "/checkpoints") in result["best_checkpoint"]
     csv = next(Path(cfg.output_dir, "csv").rglob("metrics.csv"))
     assert "val/acc" in csv.read_text().splitlines()[0]
+
+
+def test_last_checkpoint_is_the_newest_epoch_whatever_the_best(tmp_path):
+    # the best checkpoint is only considered every 2nd epoch: epoch 1 of 0-2 at most, so a
+    # last.ckpt that only followed the kept checkpoints would stop at epoch 1
+    small = [o for o in SMALL_CLASSIFIER if not o.startswith(("data.train_size", "trainer.max_epochs"))]
+    result = train(compose_in(tmp_path, *small, "data.train_size=200", "trainer.max_epochs=3",
+                              "+callbacks.model_checkpoint.every_n_epochs=2"))
+    assert read_checkpoint(result["best_checkpoint"])["epoch"] == 1
+    assert result["last_checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert read_checkpoint(result["last_checkpoint"])["epoch"] == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        Path(result["best_checkpoint"]).name, "last.ckpt"]
 
 
 def test_checkpoint_describes_itself_and_loads_safely(small_classifier):

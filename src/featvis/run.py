@@ -71,8 +71,12 @@ def _checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
     callback = trainer.checkpoint_callback
     if callback is None:
         return {"best_checkpoint": None, "last_checkpoint": None}
+    # callbacks.last_checkpoint (conf/callbacks/default.yaml) writes last.ckpt; a config without
+    # it may still have model_checkpoint's own
+    newest = next((c.best_model_path for c in trainer.checkpoint_callbacks
+                   if getattr(c, "filename", None) == "last" and c.monitor is None), None)
     return {"best_checkpoint": callback.best_model_path or None,
-            "last_checkpoint": getattr(callback, "last_model_path", None) or None}
+            "last_checkpoint": newest or getattr(callback, "last_model_path", None) or None}
 
 
 def train_classifier(cfg: DictConfig) -> dict[str, Any]:
