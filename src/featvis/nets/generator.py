@@ -94,7 +94,8 @@ class Generator(nn.Module):
                      "start_channels": int(start_channels),
                      "stages": [[int(a), int(b)] for a, b in stages],
                      "negative_slope": float(negative_slope), "upsample": upsample}
-        for key, value, default in (("to_rgb", to_rgb, "conv"), ("norm", norm, "none"), ("noise", bool(noise), False)):
+        for key, value, default in (("to_rgb", to_rgb, "conv"), ("norm", norm, "none"),
+                                    ("noise", bool(noise), False)):
             if value != default:  # older checkpoints have no key: the default
                 self.spec[key] = value
         self.code_dim = int(code_dim)
@@ -111,7 +112,7 @@ class Generator(nn.Module):
             return nn.Upsample(scale_factor=2, mode=upsample, **({} if upsample == "nearest" else
                                                                   {"align_corners": False}))
 
-        def normalized(name: str, width: int, size: int) -> None:
+        def after_conv(name: str, width: int, size: int) -> None:  # before the activation
             if norm == "group":
                 layers[f"{name}_norm"] = nn.GroupNorm(math.gcd(8, width), width)
             if noise:
@@ -125,12 +126,12 @@ class Generator(nn.Module):
             else:
                 layers[f"resize{i}"] = resize()
                 layers[f"up{i}"] = nn.Conv2d(channels, up, 3, padding=1)
-            normalized(f"up{i}", up, 8 * 2 ** i)
+            after_conv(f"up{i}", up, 8 * 2 ** i)
             layers[f"act{i}"] = nn.LeakyReLU(negative_slope)
             channels = up
             if conv:
                 layers[f"conv{i}"] = nn.Conv2d(channels, conv, 3, padding=1)
-                normalized(f"conv{i}", conv, 8 * 2 ** i)
+                after_conv(f"conv{i}", conv, 8 * 2 ** i)
                 layers[f"conv{i}_act"] = nn.LeakyReLU(negative_slope)
                 channels = conv
         if to_rgb == "conv":
