@@ -1,6 +1,7 @@
 """Where the generator's grid artefact comes from (issue: priors that draw the class).
 
     python benchmarks/grid_sources.py [--generator G.ckpt --encoder E.ckpt] [--images 512]
+                                      [--syntheses DIR ...]
 
 `grid_artifact_score` (featvis.synthesis.evaluation) reads the batch-averaged power spectrum, so
 it adds two things: a pattern that stands at the same place in every image (the batch's mean
@@ -16,6 +17,9 @@ image to image.  This script scores each part apart, with the mean image removed
    varying, `fixed_pattern`: the spatial spread of G's mean image over the real images' one, and
    `spectral`: featvis.training.losses.spectral_loss of the first half of the images against the
    other half of the real images (for the real images: the spread between two real halves).
+3. With --syntheses DIR ...: the saved syntheses of visualize.py output folders (each method's
+   folder of a benchmarks/quality.py run: images/<unit>/seed<k>_best.png), scored at each period
+   alone (2, 4, 8, 16 pixels), whole and varying: which period the score's maximum comes from.
 
 Prints a table, then, as its last line, one JSON object of the figures.
 """
@@ -101,12 +105,35 @@ def trained(generator_ckpt: str, encoder_ckpt: str, images: int) -> dict[str, fl
     return found
 
 
+PERIODS = (2, 4, 8, 16)
+
+
+def syntheses(folders: list[Path]) -> dict[str, dict[str, list[float]]]:
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    found = {}
+    print(f"\n{'syntheses, by period ' + '/'.join(map(str, PERIODS)):<40}{'whole':>26}{'varying':>26}")
+    for folder in folders:
+        files = sorted(folder.glob("images/*/seed*_best.png"))
+        if not files:
+            raise SystemExit(f"--syntheses {folder}: no images/*/seed*_best.png; expected a visualize.py output folder")
+        batch = torch.stack([pil_to_tensor(Image.open(f).convert("RGB")) for f in files]).float() / 255
+        row = {kind: [round(grid_artifact_score(images, periods=(p,)), 2) for p in PERIODS]
+               for kind, images in (("whole", batch), ("varying", varying(batch)))}
+        found[str(folder)] = row
+        print(f"{str(folder)[-40:]:<40}{str(row['whole']):>26}{str(row['varying']):>26}")
+    return found
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", help="a task=generator checkpoint (with --encoder)")
     parser.add_argument("--encoder", help="the classifier checkpoint G was trained on")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--inits", type=int, default=3)
+    parser.add_argument("--syntheses", type=Path, nargs="+", default=[],
+                        help="visualize.py output folders whose saved syntheses to score by period")
     args = parser.parse_args()
     if bool(args.generator) != bool(args.encoder):
         parser.error("--generator and --encoder go together; expected both or neither")
@@ -115,6 +142,8 @@ def main() -> dict:
     figures = {"untrained": untrained(args.images, args.inits)}
     if args.generator:
         figures["trained"] = trained(args.generator, args.encoder, args.images)
+    if args.syntheses:
+        figures["syntheses"] = syntheses(args.syntheses)
     return figures
 
 
