@@ -271,6 +271,17 @@ def test_generator_job_with_another_comparator_network(small_classifier, small_j
                          f"task.comparators=[{missing}]"))
 
 
+def test_generator_job_steps_both_learning_rate_schedules(small_classifier, tmp_path):
+    encoder = small_classifier[1]["best_checkpoint"]
+    small = [o for o in SMALL_PRIOR if not o.startswith("data.train_size")] + ["data.train_size=128"]
+    decay = "task.module.scheduler={_target_:featvis.training.linear_decay,_partial_:true,fraction:0.5}"
+    result = train(compose_in(tmp_path, "task=generator", f"encoder.ckpt={encoder}", *small, decay))
+    schedules = read_checkpoint(result["last_checkpoint"])["lr_schedulers"]
+    # one epoch of 2 batches of 64: G's and D's rates both stepped twice, down to 0 at the end
+    assert [s["last_epoch"] for s in schedules] == [2, 2]
+    assert [s["_last_lr"] for s in schedules] == [[0.0], [0.0]]
+
+
 def test_prior_job_and_code_compatibility(priors):
     _, result = priors["prior"]
     dae, stats, record = load_prior(result["last_checkpoint"])
