@@ -1,20 +1,9 @@
-"""Train featvis networks: `python train.py task=classifier [overrides]` (Hydra)."""
+"""Train featvis networks: `python train.py task=classifier [overrides]` (Hydra).
 
-import hydra
-from omegaconf import DictConfig
+The same app as `featvis-train` and `python -m featvis.train`: featvis.cli.train_app.
+"""
 
-from featvis.cli import report_errors, run
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-@report_errors
-def main(cfg: DictConfig) -> float | None:
-    from featvis.run import train  # torch and Lightning load once Hydra has composed the config
-
-    result = train(cfg)
-    # Returned for Hydra sweepers that optimize a metric.
-    return result["metrics"].get(cfg.task.monitor)
-
+from featvis.cli import train_main
 
 if __name__ == "__main__":
-    run(main)  # featvis's errors and Hydra's own as one line, exit 2
+    train_main()  # featvis's errors and Hydra's own as one line, exit 2

@@ -1,4 +1,8 @@
-"""One-line errors for `train.py` and `visualize.py`: `featvis: error: ...` and exit code 2.
+"""The command-line apps and their one-line errors: `featvis: error: ...` and exit code 2.
+
+The training and visualize Hydra apps are defined here once, on the packaged configs
+(pkg://featvis.conf); `train.py`, `visualize.py`, `python -m featvis.train|visualize` and the
+console scripts `featvis-train|visualize` all run them through `train_main` / `visualize_main`.
 
 Two ways in, one way out (`fail`):
 
@@ -16,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from featvis.configs import CONFIG_PATH
 from featvis.errors import FeatvisError
 
 EXIT_CODE = 2
@@ -109,3 +114,46 @@ def run(main: Callable[[], Any]) -> None:
         if message is None:
             raise
         fail(message)
+
+
+def hydra_app(name: str, config_name: str, job: Callable[[Any], Any]) -> Callable[[], Any]:
+    """`job` as a `@hydra.main` app on the packaged configs, its FeatvisErrors told in one line.
+
+    Hydra names the job (hydra.job.name: the help's title, `<name>.log`) after the module of the
+    task function, so the job takes the entry module's name: "train" and "visualize", as when the
+    top-level scripts defined the apps themselves.
+    """
+    import hydra
+
+    job.__module__ = f"featvis.{name}"
+    return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(report_errors(job))
+
+
+def _train(cfg: Any) -> float | None:
+    from featvis.run import train  # torch and Lightning load once Hydra has composed the config
+
+    result = train(cfg)
+    # Returned for Hydra sweepers that optimize a metric.
+    return result["metrics"].get(cfg.task.monitor)
+
+
+def _visualize(cfg: Any) -> float | None:
+    from featvis.visualize import visualize  # torch loads once Hydra has composed the config
+
+    summary = visualize(cfg)
+    # Returned for Hydra sweepers that optimize a figure (hparams_search=...): see `sweep.objective`.
+    return summary.get("sweep", {}).get("objective")
+
+
+train_app = hydra_app("train", "config", _train)
+visualize_app = hydra_app("visualize", "visualize", _visualize)
+
+
+def train_main() -> None:
+    """`featvis-train`, `python -m featvis.train`, `python train.py`: task=classifier [overrides]."""
+    run(train_app)
+
+
+def visualize_main() -> None:
+    """`featvis-visualize`, `python -m featvis.visualize`, `python visualize.py`: method=... [overrides]."""
+    run(visualize_app)
