@@ -22,14 +22,14 @@ from featvis.checkpoints import load_classifier, load_record
 from featvis.devices import resolve_device, use_tf32
 from featvis.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
-from featvis.nets.torchvision_target import TorchvisionTarget
-from featvis.io import remove_partials, save_gif, save_png, save_tensors, save_text, writable_dir
+from featvis.io import read_checkpoint, remove_partials, save_gif, save_png, save_tensors, save_text, writable_dir
 from featvis.loggers import log_lines_once
 from featvis.nets.layers import layer_names
+from featvis.nets.targets import build_target
 from featvis.reports.grids import labelled_grid
 from featvis.synthesis.evolution import EvolutionRecorder
 from featvis.synthesis.methods import Unit, load_method, parse_units, units_of
-from featvis.synthesis.synthesize import load_judge, sampler_for, synthesize
+from featvis.synthesis.synthesize import load_judge, logits_layer_of, sampler_for, synthesize
 
 __all__ = ["Unit", "build", "parse_units", "synthesize", "visualize"]
 
@@ -74,14 +74,16 @@ def _optimizing_sweep() -> bool:
 def sweep_value(terms: list[str], records: list[dict[str, Any]], evaluation: dict[str, Any] | None,
                 keep: str) -> dict[str, Any]:
     """{"objective": product of the figures or None when one is missing, "figures": each figure}."""
-    def mean(key: str) -> float:
-        return sum(r[keep][key] for r in records) / len(records)
+    def mean(key: str) -> float | None:
+        values = [r[keep][key] for r in records if r[keep][key] is not None]  # directions have no probability
+        return sum(values) / len(values) if values else None
 
     figures = {"unit_objective": mean("objective"), "activation": mean("activation"), "probability": mean("probability")}
     for key in ("judge_transfer", "diversity", "beats_real_top1", "kid_mean"):
         if evaluation and evaluation.get(key) is not None:
             figures[key] = float(evaluation[key])
-    value = math.prod(figures[t] for t in terms) if terms and all(t in figures for t in terms) else None
+    value = (math.prod(figures[t] for t in terms)
+             if terms and all(figures.get(t) is not None for t in terms) else None)
     return {"objective": value, "terms": terms, "figures": figures}
 
 
@@ -90,14 +92,15 @@ def build(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     sweep_terms(cfg)
     if cfg.target.get("ckpt"):
         target, t_record = load_classifier(cfg.target.ckpt)
-    elif cfg.target.get("torchvision"):
-        target = TorchvisionTarget(cfg.target.torchvision, cfg.target.get("weights"), cfg.target.image_size,
-                                   cfg.target.num_classes)
-        t_record = {"class_names": []}
+    elif any(cfg.target.get(k) for k in ("torchvision", "timm", "_target_")):
+        target = build_target(OmegaConf.to_container(cfg.target, resolve=True))
+        t_record = {"class_names": target.class_names}
     else:
-        raise ConfigError("target.ckpt is not set; expected a classifier checkpoint (task=classifier) "
-                          "or target.torchvision=<model name> with target.weights=<local file>")
-    units, _ = units_of(target, cfg.units, cfg.layer, t_record["class_names"], cfg.spatial, cfg.pre_relu)
+        raise ConfigError("target.ckpt is not set; expected a classifier checkpoint (task=classifier), "
+                          "target.torchvision=<name> or target.timm=<name> (with target.weights=<local file>), "
+                          "or target._target_=<an importable factory>")
+    units, _ = units_of(target, cfg.units, cfg.layer or logits_layer_of(target), t_record["class_names"],
+                        cfg.spatial, cfg.pre_relu)
     if int(cfg.seeds) < 1:
         raise ConfigError(f"seeds={cfg.seeds}; expected a positive number of seeds per unit")
     data = None
@@ -185,7 +188,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
             save_gif(frames, out / "gifs" / f"{unit.slug}.gif")
 
     evaluation = found.evaluation
-    summary = {"method": cfg.method.name, "layer": cfg.layer, "target": str(cfg.target.ckpt),
+    target_name = next((str(cfg.target.get(k)) for k in ("ckpt", "torchvision", "timm", "_target_") if cfg.target.get(k)), None)
+    summary = {"method": cfg.method.name, "layer": cfg.layer or logits_layer_of(built["target"]), "target": target_name,
                "generator": cfg.generator.get("ckpt"), "prior": cfg.prior.get("ckpt"),
                **({"magnitude": magnitude} if magnitude is not None else {}),
                "settings": found.settings.__dict__, "objective_mode": cfg.method.objective,
@@ -223,19 +227,22 @@ def _log_to_logger(cfg: DictConfig, grid, records: list[dict[str, Any]]) -> None
     wandb.finish()
 
 
-def checkpoints_in_order(folder: str | Path) -> list[tuple[Path, int, int]]:
-    """(path, global step, epoch) of the classifier checkpoints in `folder`, one per step, in step order."""
+def checkpoints_in_order(folder: str | Path, kind: str | None = "classifier") -> list[tuple[Path, int, int]]:
+    """(path, global step, epoch) of the checkpoints in `folder`, one per step, in step order: featvis
+    checkpoints of `kind`, or any Lightning checkpoints (kind None)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ConfigError(f"target.ckpt_dir={root} is not a folder; expected a folder of .ckpt files")
     by_step: dict[int, tuple[Path, int, int]] = {}
     # last.ckpt repeats the newest step: named checkpoints first, so they win
     for path in sorted(root.glob("*.ckpt"), key=lambda p: (p.name.startswith("last"), p.name)):
-        _, checkpoint = load_record(path, "classifier")  # a wrong kind stops here, before any output
+        # a wrong kind stops here, before any output
+        checkpoint = load_record(path, kind)[1] if kind else read_checkpoint(path)
         step = int(checkpoint.get("global_step", -1))
         by_step.setdefault(step, (path, step, int(checkpoint.get("epoch", 0))))
     if not by_step:
-        raise ConfigError(f"target.ckpt_dir={root} holds no .ckpt files; expected checkpoints of task=classifier")
+        raise ConfigError(f"target.ckpt_dir={root} holds no .ckpt files; expected checkpoints of "
+                          + (f"task={kind}" if kind else "the configured target's training run"))
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -245,25 +252,34 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("mode=evolution needs target.ckpt_dir; expected a folder of classifier checkpoints")
     device = resolve_device(cfg.device)
     use_tf32(cfg.performance.tf32)
-    checkpoints = checkpoints_in_order(cfg.target.ckpt_dir)
+    own = any(cfg.target.get(k) for k in ("torchvision", "timm", "_target_"))
+    checkpoints = checkpoints_in_order(cfg.target.ckpt_dir, None if own else "classifier")
     recorder = EvolutionRecorder(cfg.units, cfg.method, cfg.generator, cfg.prior, cfg.judge,
                                  output_dir=Path(cfg.output_dir) / "evolution",
                                  layer=cfg.layer, seeds=int(cfg.seeds), steps=cfg.get("steps"),
                                  spatial=cfg.spatial, keep=cfg.keep, noise_seed=int(cfg.noise_seed),
                                  pre_relu=cfg.pre_relu, top_k=int(cfg.top_k),
                                  real_images=int(cfg.evaluation.real_images))
-    net, record = load_classifier(checkpoints[0][0])
+    def network(path: Path) -> tuple[torch.nn.Module, list[str]]:
+        """A checkpoint's network: featvis's own classifier, or the configured target with its weights."""
+        if not own:
+            net, record = load_classifier(path)
+            return net, record["class_names"]
+        net = build_target({**OmegaConf.to_container(cfg.target, resolve=True), "weights": str(path)})
+        return net, net.class_names
+
+    net, class_names = network(checkpoints[0][0])
     real = None
     if recorder.top_k and recorder.real_images:
         data = instantiate(cfg.data, image_size=net.image_size,
                            **({"val_size": recorder.real_images} if "val_size" in cfg.data else {}))
         data.setup("validate")
         real = data.val_dataloader()
-    recorder.prepare(net, record["class_names"], real)  # units, priors and judge checked before any output
+    recorder.prepare(net, class_names, real)  # units, priors and judge checked before any output
     writable_dir(recorder.output_dir)
     for path, step, epoch in tqdm(checkpoints, desc="checkpoints"):
-        net, record = load_classifier(path)
-        if record["class_names"] != recorder.class_names:
+        net, class_names = network(path)
+        if class_names != recorder.class_names:
             raise ConfigError(f"checkpoint {path} has other classes than {checkpoints[0][0]}; "
                               "expected checkpoints of one run")
         images, rows = recorder.synthesize(net.to(device))
@@ -271,3 +287,8 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     summary = recorder.report()
     log.info("wrote %s", recorder.output_dir / "index.html")
     return {"index": str(recorder.output_dir / "index.html"), "steps": recorder.recorded_steps(), **summary}
+
+
+if __name__ == "__main__":  # python -m featvis.visualize: the app of featvis.cli
+    from featvis.cli import visualize_main
+    visualize_main()

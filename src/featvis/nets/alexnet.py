@@ -47,6 +47,7 @@ class AlexNet(nn.Module):
     """
 
     arch = "alexnet"
+    logits_layer = "fc8"
 
     def __init__(
         self,

@@ -33,18 +33,18 @@ from featvis.nets.adapters import fit_images
 from featvis.nets.layers import activations, frozen
 from featvis.reports.evolution import build_reports, grid_file, step_name
 from featvis.reports.grids import labelled_grid
-from featvis.synthesis.methods import Method, Unit, load_method, sampler_settings, units_of
-from featvis.synthesis.synthesize import Judge, load_judge, synthesize, unit_values
+from featvis.synthesis.methods import Method, Unit, load_method, method_config, sampler_settings, units_of
+from featvis.synthesis.synthesize import Judge, load_judge, logits_layer_of, synthesize, unit_values
 
 FORMAT_VERSION = 1
 
 
-def checkpoint_of(name: str, value: Mapping[str, Any] | None) -> str | None:
-    """The path in a `{ckpt: path}` entry (generator, prior, judge), or None."""
-    if value is None:
-        return None
+def checkpoint_of(name: str, value: Mapping[str, Any] | str | None) -> str | None:
+    """The path in a `{ckpt: path}` entry (generator, prior, judge) or the path itself, or None."""
+    if value is None or isinstance(value, (str, Path)):
+        return str(value) if value else None
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{name}={value!r}; expected a mapping {{ckpt: <checkpoint path>}}")
+        raise ConfigError(f"{name}={value!r}; expected a checkpoint path or a mapping {{ckpt: <checkpoint path>}}")
     return value.get("ckpt")
 
 
@@ -54,10 +54,10 @@ class EvolutionRecorder:
     def __init__(
         self,
         units: Any,
-        method: Mapping[str, Any],
-        generator: Mapping[str, Any] | None = None,
-        prior: Mapping[str, Any] | None = None,
-        judge: Mapping[str, Any] | None = None,
+        method: Mapping[str, Any] | str,
+        generator: Mapping[str, Any] | str | None = None,
+        prior: Mapping[str, Any] | str | None = None,
+        judge: Mapping[str, Any] | str | None = None,
         output_dir: str | Path = "evolution",
         layer: str | None = None,
         seeds: int = 2,
@@ -65,7 +65,7 @@ class EvolutionRecorder:
         spatial: str = "center",
         keep: str = "best",
         noise_seed: int = 0,
-        logits_layer: str = "fc8",
+        logits_layer: str | None = None,
         pre_relu: bool = False,
         top_k: int = 4,
         real_images: int = 256,
@@ -78,17 +78,17 @@ class EvolutionRecorder:
             if int(value) < 0:
                 raise ConfigError(f"{name}={value}; expected a non-negative integer")
         self.unit_spec, self.layer = units, layer
-        self.method = dict(method)
+        self.method = method_config(method) if isinstance(method, str) else dict(method)
         # {ckpt: path} each, as conf/synthesis/ spells them (the judge also takes feature_layer)
         self.generator_ckpt, self.prior_ckpt, self.judge_ckpt = (
             checkpoint_of(name, value) for name, value in (("generator", generator), ("prior", prior), ("judge", judge)))
-        self.judge_feature_layer = (judge or {}).get("feature_layer") or "fc7"
+        self.judge_feature_layer = (judge.get("feature_layer") if isinstance(judge, Mapping) else None) or "fc7"
         self.output_dir = Path(output_dir)
         self.seeds, self.steps, self.spatial, self.keep = int(seeds), steps, spatial, keep
         self.noise_seed = int(noise_seed)
         self.pre_relu = bool(pre_relu)  # conv units read before their ReLU: a gradient from the first frame
         self.top_k, self.real_images = int(top_k), int(real_images)
-        self.logits_layer = logits_layer  # units of this layer are classes: the judge is asked about them
+        self.logits_layer = logits_layer  # units of this layer are classes (None: the target's output)
         self.settings = sampler_settings(self.method, steps)
         # Filled by prepare(); z0 and frames are the state that resumes with a checkpoint.
         self.units: list[Unit] = []
@@ -102,20 +102,23 @@ class EvolutionRecorder:
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self, net: nn.Module, class_names: list[str], real: Any = None) -> None:
-        """Parse the units against `net`, load the priors and draw the fixed starting points once.
+        """Parse the units against `net` (a target: see featvis.as_target), load the priors and draw
+        the fixed starting points once.
 
-        `real`: batches (images, labels) of validation images; the first `real_images` of them are
-        the pool each frame's top-k real images come from (none: frames have no top-k)."""
+        `real`: batches (images, labels) of validation images in [0, 1] (or as the target reads
+        them, for a Target: they are shown de-normalized); the first `real_images` of them are the
+        pool each frame's top-k real images come from (none: frames have no top-k)."""
         if self.parts is not None:
             return
         self.class_names = list(class_names)
+        self.logits_layer = self.logits_layer or logits_layer_of(net)
         # Building networks to load checkpoints into draws initial weights, and a DataLoader draws a
         # seed when iterated: neither from the caller's RNG.
         with torch.random.fork_rng(devices=[]):
-            self.units, self.sizes = units_of(net, self.unit_spec, self.layer, self.class_names, self.spatial,
-                                              self.pre_relu)
+            self.units, self.sizes = units_of(net, self.unit_spec, self.layer or self.logits_layer, self.class_names,
+                                              self.spatial, self.pre_relu)
             if real is not None and self.top_k and self.real_images:
-                self.real = real_pool(real, self.real_images, net.image_size)
+                self.real = real_pool(real, self.real_images, net.image_size, getattr(net, "to_display", None))
             self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size)
             if self.judge_ckpt:
                 self.judge = load_judge(self.judge_ckpt, self.judge_feature_layer, target=net)
@@ -194,7 +197,7 @@ class EvolutionRecorder:
                 "top_k": self.top_k if self.real is not None else 0,
                 "settings": self.settings.__dict__, "seeds": self.seeds,
                 "units": [{"label": u.label, "layer": u.layer, "slug": u.slug,
-                           "terms": [t.__dict__ for t in u.terms]} for u in self.units],
+                           "terms": [t.record() for t in u.terms]} for u in self.units],
                 "steps": self.recorded_steps(), "frames": self.frames}
 
     def write_json(self, summary: dict[str, Any] | None = None) -> Path:
@@ -243,12 +246,32 @@ class EvolutionRecorder:
         self.frames = copy.deepcopy(list(state.get("frames", [])))
 
 
-def real_pool(batches: Any, count: int, image_size: int) -> torch.Tensor:
-    """The first `count` images of `batches` ((images, labels) pairs), fitted to the target's size,
-    as uint8 (a 227 px pool stays small)."""
+def batch_images(batch: Any) -> torch.Tensor:
+    """The images of a data loader's batch: an (images, labels, ...) sequence, a mapping with one
+    4-d tensor (e.g. {"image": ..., "label": ...}), or the images alone."""
+    if isinstance(batch, torch.Tensor):
+        found = batch
+    elif isinstance(batch, Mapping):
+        found = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim == 4), None)
+    elif isinstance(batch, (list, tuple)) and batch:
+        found = batch[0]
+    else:
+        found = None
+    if not isinstance(found, torch.Tensor) or found.ndim != 4:
+        raise ConfigError(f"a validation batch of {type(batch).__name__} holds no images; expected (images, labels) "
+                          "or a mapping with one (B, C, H, W) tensor")
+    return found
+
+
+def real_pool(batches: Any, count: int, image_size: int, to_display: Any = None) -> torch.Tensor:
+    """The first `count` images of `batches`, turned back into [0, 1] RGB by `to_display` (a
+    Target's: the data's normalization undone), fitted to the target's size, as uint8 (a 227 px
+    pool stays small)."""
     pool, have = [], 0
     for batch in batches:
-        images = fit_images(batch[0], image_size)[: count - have]
+        images = batch_images(batch).float()
+        images = to_display(images) if to_display is not None else images
+        images = fit_images(images, image_size)[: count - have]
         pool.append((images.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         have += len(pool[-1])
         if have >= count:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from featvis.errors import CheckpointError, ConfigError
 from featvis.io import read_checkpoint
 from featvis.nets.encoder import Encoder
 from featvis.nets.layers import activations, frozen, layer_names, pre_activation, tap
-from featvis.synthesis.objectives import Term, reduce_units
+from featvis.synthesis.objectives import Term, direction, match
 from featvis.synthesis.priors import (CenteredGaussianPrior, ClipCodes, DAEPrior, Decay, EncoderLoopPrior,
                                       GaussianPrior, ImageOperators, PriorTerm, TotalVariationPrior)
 from featvis.synthesis.sampler import SamplerSettings
@@ -50,8 +51,15 @@ class Unit:
         return f"{self.layer}-" + re.sub(r"[^A-Za-z0-9_.+-]+", "_", label)
 
 
+def _split_place(token: str) -> tuple[str, str | None]:
+    """"3@2,5" -> ("3", "2,5"); "red circle" -> ("red circle", None)."""
+    name, sep, place = token.rpartition("@")
+    return (name.strip(), place.strip()) if sep else (token.strip(), None)
+
+
 def parse_units(spec: list[Any], layer: str, class_names: list[str], layer_size: int) -> list[Unit]:
-    """Units as ints, class names, or sums like "3+7" (activate both) and "3-0.5*7" (suppress 7)."""
+    """Units as ints, class names, or sums like "3+7" (activate both) and "3-0.5*7" (suppress 7);
+    each may say where a conv or token layer is read ("3@2,5", "12@cls", "4@mean")."""
     if not spec:
         raise ConfigError("units=[]; expected at least one unit index or class name")
     named = bool(class_names) and len(class_names) == layer_size
@@ -72,17 +80,79 @@ def parse_units(spec: list[Any], layer: str, class_names: list[str], layer_size:
         terms = []
         for sign, weight, token in TERM.findall(text):
             value = float(weight) if weight else 1.0
-            terms.append(Term(layer, index(token.strip()), -value if sign == "-" else value))
+            name, place = _split_place(token)
+            terms.append(Term(layer, index(name), -value if sign == "-" else value, place))
         if not terms:
             raise ConfigError(f"unit {text!r} could not be read; expected e.g. 3, 'red circle', '3+7' or '3-7'")
-        if named and len(terms) == 1 and re.fullmatch(r"\d+", text.strip()):
+        if named and len(terms) == 1 and re.fullmatch(r"\d+", _split_place(text)[0]):
             text = f"{text} {class_names[terms[0].unit]}"  # the grid shows what the unit is
         units.append(Unit(text, terms))
     return units
 
 
-def layer_sizes(target: nn.Module, layers: list[str], spatial: str = "center") -> dict[str, int]:
-    """Units per named layer (conv layers: channels); an unknown name is a one-line error."""
+def read_direction(spec: str, layer: str, at: str | None) -> Term:
+    """"cav.npy", "dictionary.pt#3" (row 3 of a matrix): a direction term from a .npy or .pt file."""
+    path_text, _, row = spec.partition("#")
+    path = Path(path_text).expanduser()
+    label = f"{layer}:direction={spec}"
+    if not path.is_file():
+        raise ConfigError(f"{label}: {path} does not exist; expected a .npy or .pt file of a vector")
+    try:
+        if path.suffix == ".npy":
+            import numpy as np
+
+            values = torch.from_numpy(np.load(path, allow_pickle=False).astype("float32"))
+        else:
+            values = torch.load(path, map_location="cpu", weights_only=True)
+            values = values.get("direction", values.get("vector")) if isinstance(values, Mapping) else values
+    except Exception as err:  # noqa: BLE001 - numpy and torch raise many types for a bad file
+        raise ConfigError(f"{label}: {path} cannot be read ({type(err).__name__}); expected a .npy array or a "
+                          ".pt tensor") from None
+    if not isinstance(values, torch.Tensor) or values.ndim not in (1, 2):
+        found = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ConfigError(f"{label}: {path} holds {found}; expected a vector (C,) or a matrix (K, C) with #row")
+    if values.ndim == 2:
+        if not row.strip().isdigit() or int(row) >= len(values):
+            raise ConfigError(f"{label}: {path} holds {len(values)} directions; expected one picked as "
+                              f"{path_text}#K with K in 0..{len(values) - 1}")
+        values = values[int(row)]
+    return direction(layer, values, at=at, source=spec)
+
+
+def read_image(path_text: str, size: int) -> torch.Tensor:
+    """An image file as (1, 3, size, size) in [0, 1]: resized on its short side, centre-cropped."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as TF
+
+    path = Path(path_text).expanduser()
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        raise ConfigError(f"invert={path_text}: not a readable image; expected a PNG or JPEG file") from None
+    tensor = TF.to_dtype(TF.pil_to_tensor(rgb), torch.float32, scale=True)
+    return TF.center_crop(TF.resize(tensor, [size], antialias=True), [size, size]).unsqueeze(0)
+
+
+def special_unit(target: nn.Module, name: str, item: str) -> Unit | None:
+    """A direction ("direction=cav.npy[#row][@place]") or a feature inversion ("invert=photo.png") of
+    layer `name`, or None for a plain units spec."""
+    text = item.strip()
+    if text.startswith("direction="):
+        spec, place = _split_place(text.removeprefix("direction="))
+        return Unit(f"{name} direction {Path(spec).name}", [read_direction(spec, name, place)])
+    if text.startswith("invert="):
+        path = text.removeprefix("invert=")
+        image = read_image(path, target.image_size)
+        device = next(target.parameters()).device
+        with frozen(target), torch.no_grad():
+            reference = activations(target, image.to(device), [name])[name][0]
+        return Unit(f"{name} invert {Path(path).name}", [match(name, reference, source=path)])
+    return None
+
+
+def layer_shapes(target: nn.Module, layers: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of one image's activation at each named layer; an unknown name is a one-line error."""
     known = layer_names(target)
     for layer in layers:
         if layer not in known:
@@ -91,17 +161,33 @@ def layer_sizes(target: nn.Module, layers: list[str], spatial: str = "center") -
     device = next(target.parameters()).device
     with frozen(target), torch.no_grad():  # a network in training must not see the probe (BN stats)
         probe = activations(target, torch.zeros(1, 3, size, size, device=device), layers)
-    return {name: reduce_units(value, spatial).shape[1] for name, value in probe.items()}
+    return {name: tuple(value.shape[1:]) for name, value in probe.items()}
+
+
+def layer_sizes(target: nn.Module, layers: list[str], spatial: str = "center") -> dict[str, int]:
+    """Units per named layer (conv layers: channels; token layers: features)."""
+    return {name: shape[-1] if len(shape) == 2 else shape[0] for name, shape in layer_shapes(target, layers).items()}
 
 
 def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[str],
              spatial: str = "center", pre_relu: bool = False) -> tuple[list[Unit], dict[str, int]]:
     """`spec` is a list of units of `layer`, a list of "layer:unit" strings, or a mapping
-    {layer: [units]} across layers.
+    {layer: [units]} across layers; list items may also be `Term`s (featvis.synthesis.objectives:
+    direction, match, custom) or `Unit`s.  A unit item may be a direction ("direction=cav.npy") or a
+    feature inversion ("invert=photo.png") of its layer.
 
     Labels of units of other layers than the logits carry their layer name ("conv3 5").  With
     `pre_relu`, a layer that ends in a ReLU is read before it ("conv3" -> "conv3.bn 5").
     """
+    built: list[tuple[int, Unit]] = []
+    if not isinstance(spec, Mapping):
+        spec = [spec] if isinstance(spec, (str, int, Term, Unit)) else list(spec)
+        for position, item in enumerate(spec):
+            if isinstance(item, Term):
+                built.append((position, Unit(f"{item.layer} {item.kind} {item.source}".strip(), [item])))
+            elif isinstance(item, Unit):
+                built.append((position, item))
+        spec = [item for item in spec if not isinstance(item, (Term, Unit))]
     prefixed = not isinstance(spec, Mapping) and any(":" in str(item) for item in spec)
     if isinstance(spec, Mapping):
         by_layer = dict(spec)
@@ -111,21 +197,34 @@ def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[
             name, sep, unit = str(item).partition(":")
             by_layer.setdefault(name.strip() if sep else layer, []).append(unit.strip() if sep else item)
     else:
-        by_layer = {layer: list(spec)}
+        by_layer = {layer: list(spec)} if spec else {}
     if None in by_layer:
         raise ConfigError("units are given without a layer; expected layer=<name> or units={layer: [...]}")
     if pre_relu:
         renamed = {pre_activation(target, name): items for name, items in by_layer.items()}
         prefixed = prefixed or any(new != old for new, old in zip(renamed, by_layer))
         by_layer = renamed
-    sizes = layer_sizes(target, list(by_layer), spatial)
+    known = {t.layer for _, u in built for t in u.terms}
+    sizes = layer_sizes(target, sorted(set(by_layer) | known), spatial) if by_layer or known else {}
     units = []
     for name, items in by_layer.items():
-        parsed = parse_units(list(items), name, class_names, sizes[name])
-        if isinstance(spec, Mapping) or prefixed:
-            parsed = [Unit(f"{name} {u.label}", u.terms) for u in parsed]
-        units.extend(parsed)
+        plain = [item for item in items if special_unit_kind(item) is None]
+        parsed = iter(parse_units(plain, name, class_names, sizes[name]) if plain else [])
+        for item in items:
+            unit = special_unit(target, name, str(item)) if special_unit_kind(item) else next(parsed)
+            if not special_unit_kind(item) and (isinstance(spec, Mapping) or prefixed):
+                unit = Unit(f"{name} {unit.label}", unit.terms)
+            units.append(unit)
+    for position, unit in built:
+        units.insert(min(position, len(units)), unit)
+    if not units:
+        raise ConfigError("units=[]; expected at least one unit index or class name")
     return units, sizes
+
+
+def special_unit_kind(item: Any) -> str | None:
+    text = str(item).strip()
+    return next((kind for kind in ("direction", "invert") if text.startswith(f"{kind}=")), None)
 
 
 def method_config(name: str, *overrides: str) -> dict[str, Any]:

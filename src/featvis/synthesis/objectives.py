@@ -1,47 +1,154 @@
-"""What activation maximization maximizes: weighted units of named layers (the survey's Table 1).
+"""What activation maximization maximizes: weighted terms over named layers (the survey's Table 1).
 
-A *term* is (layer, unit index, weight); an *objective* is a list of terms, so
-"activate A" is one term, "activate A and B" two positive terms and "activate A,
-suppress B" a positive and a negative one.  A conv unit is one channel, read at
-the spatial centre (the DGN-AM convention) or averaged over space.  `mode` picks
-the survey's three variants: the raw activation, its softmax across the layer,
-or the log of that softmax.  `selectivity` adds that many times the units' log-softmax to
-any mode, on fully connected layers (whose units compete as classes; conv channels do not): the
-term is ~0 while a unit leads its layer and pulls away from the leading unit while it does not,
-so a raw objective cannot be raised by drawing another class harder.
+A *term* reads one layer: a unit (a class logit, a conv channel, a token feature), a direction in
+the layer's activation space (a CAV, a dictionary row), a match of the layer's activation to a
+reference one (feature inversion: what a layer keeps of an image), or any callable on the
+activation.  An *objective* is a list of terms, so "activate A" is one term, "activate A and B" two
+positive terms and "activate A, suppress B" a positive and a negative one.
 
-Objectives for a whole batch are turned into one dense weight matrix per layer,
-so evaluating them is a few tensor ops, with no Python loop over units.
+Conv maps (B, C, H, W) and token layers (B, N, C) are read at a place (`at`, or the batch's
+`spatial`): `center` (the centre pixel, or the centre patch token), `mean` (over space, or over the
+patch tokens), `cls` (a ViT's class token), `y,x` (one pixel, or one patch of the token grid) or a
+patch index.  `mode` picks the survey's three variants for units: the raw activation, its softmax
+across the layer, or the log of that softmax.  `selectivity` adds that many times the units'
+log-softmax to any mode, on fully connected layers (whose units compete as classes; conv channels
+do not): the term is ~0 while a unit leads its layer and pulls away from the leading unit while it
+does not, so a raw objective cannot be raised by drawing another class harder.
+
+Units and directions of a whole batch become one dense weight matrix per (layer, place), so
+evaluating them is a few tensor ops, with no Python loop over units.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from featvis.errors import ConfigError
 
 MODES = ("raw", "softmax", "log_softmax")
-SPATIAL = ("center", "mean")
+SPATIAL = ("center", "mean", "cls")
+KINDS = ("unit", "direction", "match", "custom")
+PLACE = re.compile(r"(center|mean|cls|\d+|\d+,\d+)")
 
 
 @dataclass(frozen=True)
 class Term:
+    """One layer's contribution to an objective, `weight` times:
+
+    kind=unit: unit `unit` (a logit, a channel, a token feature); direction: the projection on
+    `value` (a (C,) vector, unit length); match: 1 - |a - r|^2 / |r|^2 for the reference
+    activation r = `value` (1 at a perfect match); custom: `value(activation) -> (B,)`.
+    `at`: where a conv or token layer is read (None: the batch's `spatial`); `source`: what the
+    value was read from (a file; for the records).
+    """
+
     layer: str
-    unit: int
+    unit: int = 0
     weight: float = 1.0
+    at: str | None = None
+    kind: str = "unit"
+    source: str = ""
+    value: Any = field(default=None, compare=False, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-safe: what a metrics or evolution file says of the term."""
+        out: dict[str, Any] = {"layer": self.layer, "unit": self.unit, "weight": self.weight}
+        if self.at is not None:
+            out["at"] = self.at
+        if self.kind != "unit":
+            out.update(kind=self.kind, source=self.source)
+        return out
 
 
-def reduce_units(activation: torch.Tensor, spatial: str = "center") -> torch.Tensor:
-    """(B, C, H, W) -> (B, C) by the centre pixel or the spatial mean; (B, C) passes through."""
+def direction(layer: str, vector: Any, weight: float = 1.0, at: str | None = None, source: str = "python") -> Term:
+    """Maximize the projection of `layer`'s activation (read at `at`) on `vector` (normalized)."""
+    vector = torch.as_tensor(vector, dtype=torch.float32, device="cpu").flatten()
+    norm = float(vector.norm())
+    if not math.isfinite(norm) or norm == 0:
+        raise ConfigError(f"direction {source} for layer {layer!r} has norm {norm}; expected a non-zero finite vector")
+    return Term(layer, -1, float(weight), at, "direction", source, vector / norm)
+
+
+def match(layer: str, reference: torch.Tensor, weight: float = 1.0, source: str = "python") -> Term:
+    """Make `layer`'s whole activation match `reference` (one image's activation there, no batch dim)."""
+    reference = reference.detach().float().cpu()
+    if not bool(reference.square().sum() > 0):
+        raise ConfigError(f"the reference activation of layer {layer!r} ({source}) is all zeros; expected a "
+                          "layer the reference image activates (e.g. one before its ReLU)")
+    return Term(layer, -1, float(weight), None, "match", source, reference)
+
+
+def custom(layer: str, fn: Callable[[torch.Tensor], torch.Tensor], weight: float = 1.0, source: str = "") -> Term:
+    """Any differentiable `fn(activation of layer) -> (B,)` to maximize."""
+    if not callable(fn):
+        raise ConfigError(f"custom objective for layer {layer!r} is {type(fn).__name__}; expected a callable")
+    return Term(layer, -1, float(weight), None, "custom", source or getattr(fn, "__name__", "callable"), fn)
+
+
+def token_grid(tokens: int) -> int:
+    """The side of a square patch grid of `tokens` patches (0 when they are not a square)."""
+    side = math.isqrt(tokens)
+    return side if side * side == tokens else 0
+
+
+def reduce_units(activation: torch.Tensor, spatial: str = "center", prefix_tokens: int = 0) -> torch.Tensor:
+    """(B, C, H, W) maps and (B, N, C) tokens -> (B, C), read at `spatial` (see the module doc);
+    (B, C) passes through."""
     if activation.ndim == 2:
         return activation
+    if activation.ndim == 3:
+        patches = activation[:, prefix_tokens:]
+        if spatial == "mean":
+            return patches.mean(1)
+        if spatial == "cls":
+            if not prefix_tokens:
+                raise ConfigError("spatial=cls reads a class token, and this token layer has none; expected "
+                                  "center, mean or a patch index")
+            return activation[:, 0]
+        if spatial == "center":
+            side = token_grid(patches.shape[1])
+            index = (side // 2) * side + side // 2 if side else patches.shape[1] // 2
+            return patches[:, index]
+        return patches[:, _patch_index(spatial, patches.shape[1])]
     if activation.ndim != 4:
         return activation.flatten(1)
     if spatial == "center":
         return activation[:, :, activation.shape[2] // 2, activation.shape[3] // 2]
-    return activation.mean((2, 3))
+    if spatial == "mean":
+        return activation.mean((2, 3))
+    if "," not in spatial:
+        raise ConfigError(f"spatial={spatial!r} on a conv map; expected center, mean or a position y,x")
+    y, x = (int(v) for v in spatial.split(","))
+    if not (0 <= y < activation.shape[2] and 0 <= x < activation.shape[3]):
+        raise ConfigError(f"position {spatial} outside a {activation.shape[2]}x{activation.shape[3]} map; "
+                          f"expected y in 0..{activation.shape[2] - 1}, x in 0..{activation.shape[3] - 1}")
+    return activation[:, :, y, x]
+
+
+def _patch_index(place: str, patches: int) -> int:
+    if "," in place:
+        side = token_grid(patches)
+        if not side:
+            raise ConfigError(f"position {place} on {patches} tokens that are no square grid; expected a patch index")
+        y, x = (int(v) for v in place.split(","))
+        index = y * side + x if 0 <= y < side and 0 <= x < side else patches
+    else:
+        index = int(place)
+    if not 0 <= index < patches:
+        raise ConfigError(f"patch {place} out of range; expected 0..{patches - 1} (or y,x on the token grid)")
+    return index
+
+
+def check_place(place: str) -> str:
+    if not PLACE.fullmatch(place):
+        raise ConfigError(f"spatial={place!r}; expected one of {list(SPATIAL)}, a position y,x or a patch index")
+    return place
 
 
 def gram_similarity(activation: torch.Tensor, group: int) -> torch.Tensor:
@@ -54,12 +161,30 @@ def gram_similarity(activation: torch.Tensor, group: int) -> torch.Tensor:
     return ((similarity.sum(-1) - 1) / (group - 1)).flatten()
 
 
-class ObjectiveBatch:
-    """B objectives over one network, evaluated together."""
+def term_values(term: Term, activation: torch.Tensor, spatial: str = "center", prefix_tokens: int = 0) -> torch.Tensor:
+    """(B,): a term's raw value on each image of a batch of `term.layer` activations (its weight
+    not applied): a unit's value, a direction's projection, a match's score, a callable's value."""
+    if term.kind == "custom":
+        return term.value(activation).reshape(len(activation)).float()
+    if term.kind == "match":
+        made, wanted = activation.float().flatten(1), term.value.to(activation.device).flatten()
+        return 1 - (made - wanted).square().sum(1) / wanted.square().sum()
+    units = reduce_units(activation, term.at or spatial, prefix_tokens).float()
+    return units @ term.value.to(units.device) if term.kind == "direction" else units[:, term.unit]
 
-    def __init__(self, objectives: list[list[Term]], layer_sizes: dict[str, int],
+
+class ObjectiveBatch:
+    """B objectives over one network, evaluated together.
+
+    layer_sizes: per layer, its number of units (channels), or the shape of one image's
+    activation there ((C,), (C, H, W) or (N, C)); prefix_tokens: leading non-patch tokens of
+    token layers (a ViT's class token).
+    """
+
+    def __init__(self, objectives: list[list[Term]], layer_sizes: dict[str, Any],
                  mode: str = "raw", spatial: str = "center", selectivity: float = 0.0,
-                 diversity: float = 0.0, diversity_layer: str | None = None, group: int = 1):
+                 diversity: float = 0.0, diversity_layer: str | None = None, group: int = 1,
+                 prefix_tokens: int = 0):
         if mode not in MODES:
             raise ConfigError(f"objective mode {mode!r}; expected one of {list(MODES)}")
         try:
@@ -72,9 +197,8 @@ class ObjectiveBatch:
             raise ConfigError(f"objective spatial {spatial!r}; expected one of {list(SPATIAL)}")
         if not objectives or any(not terms for terms in objectives):
             raise ConfigError("objectives: an empty objective; expected at least one unit each")
-        self.mode, self.spatial = mode, spatial
+        self.mode, self.spatial, self.prefix_tokens = mode, spatial, int(prefix_tokens)
         self.layers = list(dict.fromkeys(t.layer for terms in objectives for t in terms))
-        self.weights: dict[str, torch.Tensor] = {}
         # lucid's diversity term: each of a unit's `group` chains (consecutive rows) is pushed away
         # from the others' Gram matrices at `diversity_layer`, so the seeds show different facets.
         if not (isinstance(diversity, (int, float)) and diversity >= 0):  # NaN too
@@ -87,19 +211,51 @@ class ObjectiveBatch:
             if len(objectives) % self.group:
                 raise ConfigError(f"objectives: {len(objectives)} rows in groups of {self.group}; expected whole groups")
             self.layers = list(dict.fromkeys([*self.layers, diversity_layer]))
-        for layer in dict.fromkeys(t.layer for terms in objectives for t in terms):
-            if layer not in layer_sizes:
-                raise ConfigError(f"layer {layer!r} not available; expected one of {sorted(layer_sizes)}")
-            self.weights[layer] = torch.zeros(len(objectives), layer_sizes[layer], device="cpu")  # moved by .to()
+        shapes = {name: (size,) if isinstance(size, int) else tuple(size) for name, size in layer_sizes.items()}
+        # Dense rows per (layer, place, transformed): units are read through `mode`, directions raw.
+        self.weights: dict[tuple[str, str, bool], torch.Tensor] = {}
+        self.matches: dict[str, tuple[list[int], list[float], list[torch.Tensor]]] = {}
+        self.customs: list[tuple[int, Term]] = []
         for row, terms in enumerate(objectives):
             for term in terms:
-                size = layer_sizes[term.layer]
-                if not 0 <= term.unit < size:
-                    raise ConfigError(f"unit {term.unit} out of range for layer {term.layer!r}; "
-                                      f"expected 0 to {size - 1}")
-                self.weights[term.layer][row, term.unit] += term.weight
-        # The unit each objective is "about" (its first positive term), for metrics.
+                if term.layer not in shapes:
+                    raise ConfigError(f"layer {term.layer!r} not available; expected one of {sorted(shapes)}")
+                self._add(row, term, shapes[term.layer], len(objectives))
+        # The term each objective is "about" (its first positive term), for metrics.
         self.primary = [next((t for t in terms if t.weight > 0), terms[0]) for terms in objectives]
+
+    def _add(self, row: int, term: Term, shape: tuple[int, ...], rows: int) -> None:
+        if term.kind not in KINDS:
+            raise ConfigError(f"objective term of kind {term.kind!r}; expected one of {list(KINDS)}")
+        if term.kind == "custom":
+            self.customs.append((row, term))
+            return
+        if term.kind == "match":
+            if tuple(term.value.shape) != shape and len(shape) > 1:
+                raise ConfigError(f"the reference activation of layer {term.layer!r} has shape "
+                                  f"{tuple(term.value.shape)}; expected {shape}")
+            rows_, weights, refs = self.matches.setdefault(term.layer, ([], [], []))
+            rows_.append(row), weights.append(term.weight), refs.append(term.value)
+            return
+        channels = shape[-1] if len(shape) == 2 else shape[0]
+        place = check_place(term.at) if term.at is not None else self.spatial
+        if len(shape) == 1 and term.at not in (None, "center", "mean"):
+            raise ConfigError(f"{term.layer}@{term.at}: layer {term.layer!r} is a vector of {channels} units; "
+                              "expected no position (positions read conv maps and token layers)")
+        if len(shape) > 1:
+            self.read(torch.zeros(1, *shape, device="cpu"), place)  # a bad position fails here, before any step
+        key = (term.layer, place, term.kind == "unit")
+        weights = self.weights.setdefault(key, torch.zeros(rows, channels, device="cpu"))  # moved by .to()
+        if term.kind == "direction":
+            if term.value.numel() != channels:
+                raise ConfigError(f"direction {term.source} has {term.value.numel()} values; expected {channels}, "
+                                  f"one per unit of layer {term.layer!r}")
+            weights[row] += term.weight * term.value
+            return
+        if not 0 <= term.unit < channels:
+            raise ConfigError(f"unit {term.unit} out of range for layer {term.layer!r}; "
+                              f"expected 0 to {channels - 1}")
+        weights[row, term.unit] += term.weight
 
     def __len__(self) -> int:
         return len(self.primary)
@@ -119,26 +275,50 @@ class ObjectiveBatch:
             value = value + self.selectivity * units.log_softmax(1)
         return value
 
-    def __call__(self, activations: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The objective value of each sample, (B,); `rows` selects objectives for a sub-batch."""
+    def read(self, activation: torch.Tensor, place: str) -> torch.Tensor:
+        return reduce_units(activation, place, self.prefix_tokens)
+
+    def __call__(self, activations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The objective value of each sample, (B,)."""
         total = 0
-        for layer, weights in self.weights.items():
-            weights = weights if rows is None else weights[rows]
+        for (layer, place, transformed), weights in self.weights.items():
             activation = activations[layer]
-            units = self.transform(reduce_units(activation, self.spatial), fully_connected=activation.ndim == 2)
-            total = total + (weights * units).sum(1)
-        if self.diversity and self.group > 1 and rows is None:
+            units = self.read(activation, place)
+            if transformed:
+                units = self.transform(units, fully_connected=activation.ndim == 2)
+            total = total + (weights * units.to(weights.dtype)).sum(1)
+        if self.matches or self.customs:
+            first = next(iter(activations.values()))
+            extra = torch.zeros(len(first), device=first.device, dtype=torch.float32)
+            for layer, (rows, weights, refs) in self.matches.items():
+                index = torch.tensor(rows, device=first.device)
+                made, wanted = activations[layer][index].float().flatten(1), torch.stack(refs).to(first.device).flatten(1)
+                score = 1 - (made - wanted).square().sum(1) / wanted.square().sum(1)
+                extra = extra.index_add(0, index, torch.tensor(weights, device=first.device) * score)
+            for row, term in self.customs:
+                value = term.value(activations[term.layer][row:row + 1]).reshape(-1)
+                if value.numel() != 1:
+                    raise ConfigError(f"custom objective {term.source} returned {value.numel()} values for one image; "
+                                      "expected one per image, shape (B,)")
+                extra = extra.index_add(0, torch.tensor([row], device=first.device), term.weight * value.float())
+            total = total + extra
+        if self.diversity and self.group > 1:
             total = total - self.diversity * gram_similarity(activations[self.diversity_layer], self.group)
         return total
 
     @torch.no_grad()
     def unit_metrics(self, activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per sample: the primary unit's raw activation, softmax probability and rank in its layer."""
+        """Per sample, of its primary term: the raw value (term_values), and for units their softmax
+        probability and rank in their layer (NaN and -1 for the other kinds, which have neither)."""
         out = {"activation": [], "probability": [], "rank": []}
         for row, term in enumerate(self.primary):
-            units = reduce_units(activations[term.layer][row:row + 1], self.spatial)[0]
-            value = units[term.unit]
-            out["activation"].append(value)
-            out["probability"].append(units.softmax(0)[term.unit])
-            out["rank"].append((units > value).sum())
+            activation = activations[term.layer][row:row + 1]
+            value = term_values(term, activation, self.spatial, self.prefix_tokens)[0]
+            probability, rank = torch.tensor(float("nan")), torch.tensor(-1)
+            if term.kind == "unit":
+                units = self.read(activation, term.at or self.spatial)[0].float()
+                probability, rank = units.softmax(0)[term.unit], (units > value).sum()
+            out["activation"].append(value.float().cpu())
+            out["probability"].append(probability.float().cpu())
+            out["rank"].append(rank.cpu())
         return {k: torch.stack(v).cpu() for k, v in out.items()}

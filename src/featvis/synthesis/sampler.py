@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from featvis.devices import to_host, use_channels_last, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
 from featvis.nets.adapters import fit_images
-from featvis.nets.layers import frozen, tap
+from featvis.nets.layers import frozen, redirect_relu_gradients, tap
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.priors import PriorTerm, robustness_transform
 from featvis.synthesis.spaces import PixelSpace
@@ -92,6 +92,7 @@ class SamplerSettings:
     image_noise: float = 0.0         # std of Gaussian noise added to what the target reads per step
     target_blur: float = 0.0         # std (pixels) of a Gaussian blur on what the target reads
     transparency: bool = False       # accumulate |d objective / d image| into an alpha mask (MACO)
+    redirect_relu: bool = True       # a ReLU that passes no gradient for an image lets it through (lucid)
     record_every: int = 0            # keep a frame every n steps (0: none)
 
     def __post_init__(self) -> None:
@@ -164,6 +165,8 @@ class Sampler:
     ):
         self.target = target
         self.taps = tap(target, objectives.layers)
+        if settings.redirect_relu:
+            redirect_relu_gradients(self.taps)
         # Speed switches, for GPUs mostly: bf16 autocast, NHWC convolutions, torch.compile.
         self.autocast = autocast
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -15,6 +15,7 @@ The caller's networks, gradients and random streams are left as they were.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,9 @@ from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import frozen, layer_names, tap
 from featvis.synthesis.evaluation import evaluate
-from featvis.synthesis.methods import Method, Unit, layer_sizes, load_method, method_config, units_of
-from featvis.synthesis.objectives import ObjectiveBatch, reduce_units
+from featvis.nets.targets import as_target
+from featvis.synthesis.methods import Method, Unit, layer_shapes, load_method, method_config, units_of
+from featvis.synthesis.objectives import ObjectiveBatch, term_values
 from featvis.synthesis.sampler import Sampler, SamplerResult, SamplerSettings
 from featvis.synthesis.spaces import multifaceted_starts
 
@@ -92,8 +94,8 @@ def synthesize(
     *,
     generator: str | None = None,
     prior: str | None = None,
-    layer: str | None = "fc8",
-    class_names: Sequence[str] = (),
+    layer: str | None = None,
+    class_names: Sequence[str] | None = None,
     seeds: int = 4,
     steps: int | None = None,
     spatial: str = "center",
@@ -108,14 +110,18 @@ def synthesize(
     path_layers: Sequence[str] = (),
     max_real: int = 1000,
     evaluation: bool | None = None,
-    logits_layer: str = "fc8",
+    logits_layer: str | None = None,
     performance: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Synthesis:
     """Synthesize `units` x `seeds` preferred images of `target`'s units with `method`.
 
+    target: a featvis network, or any nn.Module wrapped with its input contract
+        (featvis.as_target(module, image_size=..., mean=..., std=...)).
     units: a spec (indices, class names, sums like "3+7"; "layer:unit" strings or {layer: [...]})
-        read against `layer` and `class_names`, or parsed `Unit`s.
+        read against `layer` (default: the target's output, `logits_layer`) and `class_names`
+        (default: the target's), objective terms (featvis.direction, featvis.match, featvis.custom),
+        or parsed `Unit`s.
     method: a method's name ("dgn_am": conf/method/dgn_am.yaml), its config (a mapping, e.g.
         `method_config("ppgn", "eps3=0.1")`), with `generator`/`prior` naming the checkpoints it
         needs (and, for method.space=maco without method.magnitude, `real` for the spectrum); or a
@@ -135,7 +141,11 @@ def synthesize(
         raise ConfigError(f"seeds={seeds}; expected a positive number of seeds per unit")
     if keep not in ("best", "last"):
         raise ConfigError(f"keep={keep!r}; expected best or last")
-    seeds, class_names = int(seeds), list(class_names)
+    target = as_target(target)
+    logits_layer = logits_layer or logits_layer_of(target)
+    layer = layer or logits_layer
+    class_names = list(getattr(target, "class_names", []) if class_names is None else class_names)
+    seeds = int(seeds)
     if isinstance(method, str):
         method = method_config(method)
     if not isinstance(method, Method):
@@ -183,17 +193,21 @@ def synthesize(
         for b in range(len(units) * seeds):
             unit = units[b // seeds]
             row = {"unit": unit.label, "layer": unit.layer, "seed": b % seeds,
-                   "terms": [t.__dict__ for t in unit.terms],
+                   "terms": [t.record() for t in unit.terms],
                    "last": {"objective": float(result.last_value[b]), **_metric_row(metrics["last"], b)},
                    "best": {"objective": float(result.best_value[b]), "step": int(result.best_step[b]),
                             **_metric_row(metrics["best"], b)},
                    "blank": bool(blank[b])}
-            if judged is not None and unit.layer == logits_layer and len(unit.terms) == 1:
+            if judged is not None and is_class_unit(unit, logits_layer):
                 row["judge_correct"] = bool(judged[b] == unit.terms[0].unit)
             rows.append(row)
         found = Synthesis(units, seeds, keep, sampler.settings, result, rows, None)
-        if evaluation if evaluation is not None else (judge is not None or real is not None):
-            class_units = [u.layer == logits_layer and len(u.terms) == 1 for u in units]
+        evaluated = evaluation if evaluation is not None else (judge is not None or real is not None)
+        if evaluated and any(t.kind != "unit" for u in units for t in u.terms):
+            found.evaluation = {"skipped": "the faithfulness figures compare units with real images; this "
+                                           "synthesis has directions, matches or callables"}
+        elif evaluated:
+            class_units = [is_class_unit(u, logits_layer) for u in units]
             same_data = real_classes is not None and list(real_classes) == class_names
             found.evaluation = _evaluate(target, found, metrics[keep], judge, asked and all(class_units), real,
                                          spatial, max_real, path_layers, [same_data and c for c in class_units])
@@ -205,15 +219,17 @@ def sampler_for(target: nn.Module, units: list[Unit], method: Method, *, seeds: 
                 performance: Mapping[str, Any] | None = None) -> Sampler:
     """The Sampler for `units` x `seeds` (unit-major); building one checks everything the sampler
     would refuse, so a caller can check a synthesis before it writes anything."""
+    target = as_target(target)
     layers = {t.layer for u in units for t in u.terms}
     if method.config.get("diversity") and method.config.get("diversity_layer") in layer_names(target):
         layers.add(method.config["diversity_layer"])
-    sizes = layer_sizes(target, sorted(layers), spatial)
-    objectives = ObjectiveBatch([u.terms for u in units for _ in range(seeds)], sizes,
+    shapes = layer_shapes(target, sorted(layers))
+    objectives = ObjectiveBatch([u.terms for u in units for _ in range(seeds)], shapes,
                                 mode=method.config["objective"], spatial=spatial,
                                 selectivity=method.config.get("selectivity", 0.0),
                                 diversity=method.config.get("diversity", 0.0),
-                                diversity_layer=method.config.get("diversity_layer"), group=seeds)
+                                diversity_layer=method.config.get("diversity_layer"), group=seeds,
+                                prefix_tokens=getattr(target, "prefix_tokens", 0))
     return Sampler(target, objectives, method.settings(steps, record_every), **method.sampler_kwargs(),
                    **(performance or {}))
 
@@ -226,8 +242,10 @@ def unit_values(target: nn.Module, units: list[Unit], real: Iterable, spatial: s
     values, images, count = [], [], 0
     for batch in real:
         batch_images = fit_images(batch[0], target.image_size)
-        acts = {k: reduce_units(v, spatial) for k, v in taps(batch_images.to(next(target.parameters()).device)).items()}
-        values.append(torch.stack([sum(t.weight * acts[t.layer][:, t.unit] for t in u.terms) for u in units], 1).cpu())
+        acts = taps(batch_images.to(next(target.parameters()).device))
+        prefix = getattr(target, "prefix_tokens", 0)
+        values.append(torch.stack([sum(t.weight * term_values(t, acts[t.layer], spatial, prefix) for t in u.terms)
+                                   for u in units], 1).cpu())
         images.append(batch_images.cpu())
         count += len(batch_images)
         if count >= max_images:
@@ -235,9 +253,23 @@ def unit_values(target: nn.Module, units: list[Unit], real: Iterable, spatial: s
     return torch.cat(values)[:max_images], torch.cat(images)[:max_images]
 
 
-def _metric_row(metrics: dict[str, torch.Tensor], b: int) -> dict[str, float]:
-    return {"activation": float(metrics["activation"][b]), "probability": float(metrics["probability"][b]),
-            "rank": int(metrics["rank"][b])}
+def is_class_unit(unit: Unit, logits_layer: str) -> bool:
+    """One unit of the logits layer: a class, whose images a judge can name."""
+    return len(unit.terms) == 1 and unit.layer == logits_layer and unit.terms[0].kind == "unit"
+
+
+def logits_layer_of(target: nn.Module) -> str:
+    """The layer whose units are the target's classes: what it declares (featvis's networks: fc8; a
+    Target: its output, `logits`)."""
+    return getattr(target, "logits_layer", "fc8")
+
+
+def _metric_row(metrics: dict[str, torch.Tensor], b: int) -> dict[str, float | int | None]:
+    """A row's figures; probability and rank are None for terms that have neither (directions,
+    matches, callables)."""
+    probability, rank = float(metrics["probability"][b]), int(metrics["rank"][b])
+    return {"activation": float(metrics["activation"][b]),
+            "probability": None if math.isnan(probability) else probability, "rank": None if rank < 0 else rank}
 
 
 def _evaluate(target: nn.Module, found: Synthesis, metrics: dict[str, torch.Tensor], judge: Judge | None,
