@@ -77,8 +77,10 @@ def test_visualize_and_the_evolution_callback_spell_the_synthesis_keys_alike(com
     assert callback.generator.ckpt == visualize.generator.ckpt == "G.ckpt"
     recorder = instantiate(callback, method={"name": "dgn_am"}).recorder
     assert (recorder.generator_ckpt, recorder.judge_feature_layer, recorder.seeds) == ("G.ckpt", "fc6", 1)
-    with pytest.raises(ConfigError, match=r"generator='G.ckpt'; expected a mapping \{ckpt: <checkpoint path>\}"):
-        FeatureEvolution(["fc8:0"], {"name": "dgn_am"}, generator="G.ckpt")
+    # from Python a checkpoint may be given as its path alone
+    assert FeatureEvolution(["fc8:0"], {"name": "dgn_am"}, generator="G.ckpt").recorder.generator_ckpt == "G.ckpt"
+    with pytest.raises(ConfigError, match=r"generator=3; expected a checkpoint path or a mapping \{ckpt: <checkpoint"):
+        FeatureEvolution(["fc8:0"], {"name": "dgn_am"}, generator=3)
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

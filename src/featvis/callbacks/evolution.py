@@ -8,6 +8,13 @@ activate the unit most at that step.  Frames, grids, videos, a strip, a settling
 per-unit scalars and images (in one panel section per layer), videos and a summary table
 go to wandb when a WandbLogger is attached.
 
+Any LightningModule: `target` names the attribute holding the network (or is a callable
+`pl_module -> network`).  What the network reads (its input contract: size, normalization,
+channels) is its own when it declares one (featvis's networks, `featvis.as_target`), else what the
+callback is told (`image_size`, `mean`, `std`, `channels`), else read from the validation data:
+the batch's size and channels, and the `Normalize` of its dataset's transform.  The top-k real
+images come from the trainer's validation data, with or without a datamodule, shown de-normalized.
+
 Training is not disturbed: the synthesis runs on a copy of the network with its own RNG
 streams (the global ones are restored), with gradients enabled even where Lightning runs
 under inference mode.  Every trigger happens before any checkpoint of the same step is
@@ -20,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +37,9 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
 from featvis.errors import ConfigError
+from featvis.nets.targets import as_target, declares_contract
 from featvis.reports.evolution import grid_file
-from featvis.synthesis.evolution import EvolutionRecorder
+from featvis.synthesis.evolution import EvolutionRecorder, batch_images
 
 log = logging.getLogger(__name__)
 
@@ -63,36 +71,52 @@ class FeatureEvolution(L.Callback):
     `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
     checkpoint save), plus step 0 (`at_start`).
 
-    What each frame synthesizes (`units`, `method`, `generator={"ckpt": G}`, `prior`, `judge`,
-    `seeds`, `steps`, ...: conf/synthesis/'s keys) goes to featvis.synthesis.evolution.EvolutionRecorder.
+    What each frame synthesizes (`units`, `method` (a name such as "dgn_am" or a method config),
+    `generator` (a checkpoint path or {"ckpt": G}), `prior`, `judge`, `seeds`, `steps`, ...:
+    conf/synthesis/'s keys) goes to featvis.synthesis.evolution.EvolutionRecorder.  Conv units are
+    read as their channel's mean before its ReLU by default (`spatial`, `pre_relu`): a rectified
+    unit that is zero everywhere on the start image passes no gradient, and its tile stays blank.
+
+    `target`: the attribute holding the network, or a callable pl_module -> network; `image_size`,
+    `mean`, `std`, `channels`: its input contract where neither it nor the validation data says.
     """
 
     def __init__(
         self,
         units: Mapping[str, list] | list,
-        method: Mapping[str, Any],
+        method: Mapping[str, Any] | str,
         dirpath: str | None = None,
-        log_frames: int = 10,
-        linear_frames: int | None = None,
+        log_frames: int = 4,
+        linear_frames: int | None = 3,
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
         on_checkpoint: bool = False,
         at_start: bool = True,
         live_report: bool = False,
-        target_attribute: str = "net",
+        target: str | Callable[[L.LightningModule], torch.nn.Module] = "net",
+        image_size: int | None = None,
+        mean: Sequence[float] | float | None = None,
+        std: Sequence[float] | float | None = None,
+        channels: int | None = None,
+        seeds: int = 1,
+        steps: int | None = 48,
+        spatial: str = "mean",
+        pre_relu: bool = True,
         **synthesis: Any,
     ):
         for name, value in (("log_frames", log_frames), ("linear_frames", linear_frames),
                             ("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:
                 raise ConfigError(f"callbacks.feature_evolution.{name}={value}; expected a non-negative integer")
-        self.recorder = EvolutionRecorder(units, method, output_dir=dirpath or "evolution", **synthesis)
+        self.recorder = EvolutionRecorder(units, method, output_dir=dirpath or "evolution", seeds=seeds, steps=steps,
+                                          spatial=spatial, pre_relu=pre_relu, **synthesis)
         self.dirpath = dirpath
         self.log_frames, self.linear_frames = log_frames, linear_frames
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.on_checkpoint, self.at_start = on_checkpoint, at_start
         self.live_report = live_report  # rebuild strip/videos/index.html after every frame, not only at the end
-        self.target_attribute = target_attribute
+        self.target = target
+        self.contract = {"image_size": image_size, "mean": mean, "std": std, "channels": channels}
         self.scheduled: set[int] = set()
         self.seconds = 0.0  # spent in this callback by this process: its cost to the training run
 
@@ -101,15 +125,17 @@ class FeatureEvolution(L.Callback):
         if self.dirpath is None:
             self.recorder.output_dir = Path(trainer.default_root_dir) / "evolution"
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        data = trainer.datamodule  # the top-k real images come from its validation set, when there is one
-        real = data.val_dataloader() if data is not None and self.recorder.top_k else None
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The validation data is set up by now (Lightning loads it before this hook), whatever its source.
+        real = validation_loader(trainer)
         with self.timed():
-            self.recorder.prepare(self._net(pl_module), getattr(pl_module, "class_names", []), real)
+            if self.recorder.parts is None:
+                self.contract = resolve_contract(self._module(pl_module), self.contract, real)
+            net = self._net(pl_module)
+            self.recorder.prepare(net, class_names_of(pl_module, net, real),
+                                  real if self.recorder.top_k else None)
         if trainer.is_global_zero:
             self.recorder.reconcile_disk()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = int(trainer.estimated_stepping_batches)
         self.scheduled = scheduled_steps(total, self.log_frames, self.linear_frames, self.every_n_steps)
         if self.at_start and trainer.global_step == 0:
@@ -153,12 +179,21 @@ class FeatureEvolution(L.Callback):
         finally:
             self.seconds += time.perf_counter() - start
 
-    def _net(self, pl_module: L.LightningModule) -> torch.nn.Module:
-        net = getattr(pl_module, self.target_attribute, None) if self.target_attribute else pl_module
-        if net is None:
-            raise ConfigError(f"callbacks.feature_evolution.target_attribute={self.target_attribute!r} is not an "
-                              f"attribute of {type(pl_module).__name__}; expected the name of the network")
+    def _module(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        """The network studied, as the LightningModule holds it."""
+        if callable(self.target) and not isinstance(self.target, torch.nn.Module):
+            net = self.target(pl_module)
+        else:
+            net = getattr(pl_module, self.target, None) if self.target else pl_module
+        if not isinstance(net, torch.nn.Module):
+            raise ConfigError(f"callbacks.feature_evolution.target={self.target!r} gives "
+                              f"{type(net).__name__} on {type(pl_module).__name__}; expected the name of the "
+                              "attribute holding the network (or a callable pl_module -> network)")
         return net
+
+    def _net(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        """The network behind its input contract (featvis.as_target), as the samplers read it."""
+        return as_target(self._module(pl_module), **{k: v for k, v in self.contract.items() if v is not None})
 
     def capture(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Synthesize one frame at the current step (this rank's shard of units), gather, record."""
@@ -192,7 +227,9 @@ class FeatureEvolution(L.Callback):
         for unit in self.recorder.units:
             mine = [r for r in rows if r["unit"] == unit.label]
             for key in ("activation", "probability"):
-                metrics[f"evolution-{unit.layer}/{unit.slug}/{key}"] = sum(r[key] for r in mine) / len(mine)
+                values = [r[key] for r in mine if r[key] is not None]  # directions have no probability
+                if values:
+                    metrics[f"evolution-{unit.layer}/{unit.slug}/{key}"] = sum(values) / len(values)
             judged = [r["judge_correct"] for r in mine if "judge_correct" in r]
             if judged:
                 metrics[f"evolution-{unit.layer}/{unit.slug}/judge_transfer"] = sum(judged) / len(judged)
@@ -246,3 +283,92 @@ class FeatureEvolution(L.Callback):
             logger.log_table("evolution/summary", columns=["unit", "layer", f"activation@{steps[0]}",
                                                            f"activation@{steps[-1]}", "layer settle step",
                                                            "evolution"], data=rows)
+
+
+def validation_loader(trainer: L.Trainer) -> Any:
+    """The trainer's (first) validation data in its own order, or None when there is none.
+
+    A map-style dataset is read by a plain loader of its own, not the trainer's: under DDP the
+    trainer's holds each rank's shard, and every rank must hold the same pool of real images.
+    """
+    loader = trainer.val_dataloaders
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    elif isinstance(loader, Mapping):
+        loader = next(iter(loader.values()), None)
+    dataset = getattr(loader, "dataset", None)
+    if loader is None or dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        return loader
+    return torch.utils.data.DataLoader(dataset, batch_size=loader.batch_size or 64, shuffle=False,
+                                       collate_fn=loader.collate_fn)
+
+
+def normalize_of(transform: Any, depth: int = 0) -> tuple[list[float], list[float]] | None:
+    """The mean and std of the first torchvision `Normalize` in a transform (a Compose of them)."""
+    if transform is None or depth > 8:
+        return None
+    if type(transform).__name__ == "Normalize" and hasattr(transform, "mean") and hasattr(transform, "std"):
+        return [float(v) for v in torch.as_tensor(transform.mean).flatten()], \
+            [float(v) for v in torch.as_tensor(transform.std).flatten()]
+    for inner in getattr(transform, "transforms", None) or []:
+        found = normalize_of(inner, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def dataset_normalization(dataset: Any) -> tuple[list[float], list[float]] | None:
+    """The Normalize of a dataset's transform, looking through Subsets and wrappers."""
+    for _ in range(8):
+        if dataset is None:
+            return None
+        found = normalize_of(getattr(dataset, "transform", None)) or normalize_of(getattr(dataset, "transforms", None))
+        if found is not None:
+            return found
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def resolve_contract(module: torch.nn.Module, given: dict[str, Any], loader: Any) -> dict[str, Any]:
+    """What the network reads: its own declaration, else the callback's arguments, else the
+    validation data's image size, channels and Normalize (images already in [0, 1] need none)."""
+    if declares_contract(module):
+        return given
+    contract = dict(given)
+    if loader is None:
+        if contract["image_size"] is None:
+            raise ConfigError(f"FeatureEvolution: {type(module).__name__} declares no input contract and there is no "
+                              "validation data to read it from; expected FeatureEvolution(image_size=..., mean=..., "
+                              "std=...) or featvis.as_target(net, ...)")
+        return contract
+    images = batch_images(next(iter(loader)))
+    if images.shape[-1] != images.shape[-2] and contract["image_size"] is None:
+        raise ConfigError(f"FeatureEvolution: validation images of {images.shape[-2]}x{images.shape[-1]} px; expected "
+                          "square images or FeatureEvolution(image_size=...)")
+    contract["image_size"] = contract["image_size"] or int(images.shape[-1])
+    contract["channels"] = contract["channels"] or int(images.shape[1])
+    if contract["mean"] is None and contract["std"] is None:
+        found = dataset_normalization(getattr(loader, "dataset", None))
+        low, high = float(images.min()), float(images.max())
+        if found is not None:
+            contract["mean"], contract["std"] = found
+        elif low < -0.01 or high > 1.01:
+            raise ConfigError(f"FeatureEvolution: validation images range over [{low:.2f}, {high:.2f}] and their "
+                              "dataset has no torchvision Normalize to undo; expected FeatureEvolution(mean=..., "
+                              "std=...) (the normalization the network reads)")
+    return contract
+
+
+def class_names_of(pl_module: L.LightningModule, net: torch.nn.Module, loader: Any) -> list[str]:
+    """The module's `class_names`, the target's, or the validation dataset's `classes` (ImageFolder)."""
+    for names in (getattr(pl_module, "class_names", None), getattr(net, "class_names", None)):
+        if names:
+            return list(names)
+    dataset = getattr(loader, "dataset", None)
+    for _ in range(8):
+        if dataset is None:
+            break
+        if isinstance(getattr(dataset, "classes", None), (list, tuple)):
+            return [str(c) for c in dataset.classes]
+        dataset = getattr(dataset, "dataset", None)
+    return []
