@@ -1,12 +1,13 @@
 """An installed wheel works on its own: run with the python of a venv holding the featvis wheel.
 
-    python -I .ci/wheel_check.py [example.py]
+    python -I .ci/wheel_check.py [example.py | README.md]
 
 The configs must come from the installed package, not from a checkout: a wheel once shipped
 without conf/ and every config lookup failed outside the source tree. Checks, from a fresh
 temporary directory: featvis (and its configs) import from the venv, not from this checkout;
 method configs compose; the command-line apps print Hydra's help and fail bad overrides in one
-line; then `example.py`, if given, runs there as a script.
+line; then `example.py`, if given, runs there as a script (for README.md: the first Python
+block of its "Your own model" section, which needs no checkpoint).
 """
 
 from __future__ import annotations
@@ -72,10 +73,20 @@ def check_commands() -> None:
         assert not Path("run").exists(), f"{cmd} made its run dir"
 
 
+def readme_example(readme: Path, folder: Path) -> Path:
+    """The first Python block of the README's "Your own model" section, as a script in `folder`."""
+    section = readme.read_text().split("## Your own model", 1)[1]
+    script = folder / "readme_example.py"
+    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    return script
+
+
 def main(argv: list[str]) -> None:
     example = Path(argv[1]).resolve() if len(argv) > 1 else None
     with tempfile.TemporaryDirectory(prefix="featvis-wheel-check-") as work:
         os.chdir(work)  # relative paths (Hydra's outputs/, the example's files) land here
+        if example is not None and example.suffix == ".md":
+            example = readme_example(example, Path(work))
         check_imports_from_the_venv()
         check_method_configs()
         check_commands()

@@ -292,3 +292,41 @@ def test_visualize_takes_directions_inversions_and_any_factory(tmp_path):
     assert [r["unit"] for r in summary["results"]] == ["0", "2"] and summary["target"].endswith("make_tiny_convnet")
     with pytest.raises(ConfigError, match=r"target._target_='no_such.module.make' cannot be imported"):
         visualize(_compose(*factory[:1], "+target._target_=no_such.module.make", *factory[3:]))
+
+
+def test_the_readmes_own_model_example_runs(monkeypatch, tmp_path, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Your own model", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # CI runs it from an installed wheel in another folder too (.ci/wheel_check.py)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    found, tokens, other = namespace["found"], namespace["tokens"], namespace["other"]
+    assert found.images.shape == (6, 3, 64, 64) and not any(r["blank"] for r in found.rows)
+    assert [u.label for u in tokens.units] == ["encoder.layers.encoder_layer_1 5@cls", "encoder.layers.encoder_layer_1 5@mean"]
+    assert [r["unit"] for r in other.rows] == ["layer3 direction python", "layer2 custom <lambda>"]
+    assert "torch.Size([6, 3, 64, 64])" in capsys.readouterr().out
+
+
+def test_visualize_evolution_over_a_plain_modules_checkpoints(tmp_path):
+    from tests.test_synthesis import _compose
+    from featvis.visualize import visualize
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(16, 3, SIZE, SIZE), torch.randint(0, 4, (16,)))
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=2, save_top_k=-1,
+                                                      filename="{step}")
+    trainer = L.Trainer(max_steps=4, callbacks=[checkpoints], logger=False, enable_progress_bar=False,
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(PlainClassifier(torchvision.models.resnet18(num_classes=4)),
+                torch.utils.data.DataLoader(data, batch_size=4))
+    cfg = _compose(f"output_dir={tmp_path / 'out'}", "mode=evolution", f"target.ckpt_dir={tmp_path / 'ckpts'}",
+                   "target.torchvision=resnet18", "target.num_classes=4", f"target.image_size={SIZE}",
+                   "method=pixel_fft", "seeds=1", "steps=3", "top_k=0", "units=[layer3:1,logits:2]", "device=cpu")
+    summary = visualize(cfg)
+    assert summary["steps"] == [2, 4]
+    record = json.loads((tmp_path / "out" / "evolution" / "evolution.json").read_text())
+    assert [u["label"] for u in record["units"]] == ["layer3 1", "logits 2"]
+    first, last = ({f["unit"]: f["activation"] for f in record["frames"] if f["step"] == s} for s in (2, 4))
+    assert first != last  # each frame read its own checkpoint's weights
