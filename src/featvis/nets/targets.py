@@ -79,8 +79,8 @@ class Target(nn.Module):
         self.image_size, self.channels = int(image_size), int(channels)
         self.class_names = list(class_names)
         self.prefix_tokens = int(prefix_tokens if prefix_tokens is not None else module_prefix_tokens(net))
-        self.register_buffer("input_mean", torch.tensor(mean).view(1, channels, 1, 1), persistent=False)
-        self.register_buffer("input_std", torch.tensor(std).view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("input_mean", torch.tensor(mean, device="cpu").view(1, channels, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std, device="cpu").view(1, channels, 1, 1), persistent=False)
 
     @property
     def contract(self) -> dict[str, Any]:

@@ -314,7 +314,7 @@ class ObjectiveBatch:
         for row, term in enumerate(self.primary):
             activation = activations[term.layer][row:row + 1]
             value = term_values(term, activation, self.spatial, self.prefix_tokens)[0]
-            probability, rank = torch.tensor(float("nan")), torch.tensor(-1)
+            probability, rank = torch.tensor(float("nan"), device="cpu"), torch.tensor(-1, device="cpu")
             if term.kind == "unit":
                 units = self.read(activation, term.at or self.spatial)[0].float()
                 probability, rank = units.softmax(0)[term.unit], (units > value).sum()
