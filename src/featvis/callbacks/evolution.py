@@ -104,6 +104,9 @@ class FeatureEvolution(L.Callback):
         pre_relu: bool = True,
         **synthesis: Any,
     ):
+        if "target_attribute" in synthesis:
+            raise ConfigError(f"callbacks.feature_evolution.target_attribute={synthesis['target_attribute']!r} is now "
+                              "spelled target=...; expected target=<attribute> (or a callable pl_module -> network)")
         for name, value in (("log_frames", log_frames), ("linear_frames", linear_frames),
                             ("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:

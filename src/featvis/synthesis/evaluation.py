@@ -33,7 +33,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import tap
-from featvis.synthesis.objectives import Term, reduce_units
+from featvis.synthesis.objectives import Term, reduce_units, term_values
 
 
 class JudgeFeatures(nn.Module):
@@ -63,8 +63,9 @@ def real_top_activations(target: nn.Module, terms: list[Term], batches: Iterable
     count = 0
     for batch in batches:
         images = fit_images(batch[0], target.image_size)
-        acts = {k: reduce_units(v, spatial) for k, v in taps(images).items()}
-        columns.append(torch.stack([acts[t.layer][:, t.unit] for t in terms], dim=1))
+        acts = taps(images)
+        prefix = getattr(target, "prefix_tokens", 0)
+        columns.append(torch.stack([term_values(t, acts[t.layer], spatial, prefix) for t in terms], dim=1))
         seen.append(images)
         count += len(images)
         if count >= max_images:
@@ -103,7 +104,8 @@ def path_similarity(target: nn.Module, terms: list[Term], images: torch.Tensor, 
         acts = taps(fit_images(batch[0], target.image_size))
         for name in layers:
             channels[name].append(reduce_units(acts[name], "mean"))
-        unit_values.append(torch.stack([reduce_units(acts[t.layer], spatial)[:, t.unit] for t in terms], 1))
+        prefix = getattr(target, "prefix_tokens", 0)
+        unit_values.append(torch.stack([term_values(t, acts[t.layer], spatial, prefix) for t in terms], 1))
         labels.append(batch[1])
         count += len(batch[0])
         if count >= max_images:
