@@ -90,6 +90,20 @@ def test_callback_in_a_plain_lightning_module_with_normalized_data(small_priors,
     assert all(p.requires_grad for p in module.net.parameters())  # the training network is left as it was
 
 
+def test_callback_draws_maco_with_the_validation_datas_spectrum(tmp_path):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(16, 3, SIZE, SIZE), torch.randint(0, 3, (16,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    callback = FeatureEvolution(units=["layer3:1", "fc:0"], method="pixel_maco", dirpath=str(tmp_path / "evolution"),
+                                steps=4, log_frames=1, linear_frames=0, top_k=0)
+    trainer = L.Trainer(max_steps=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(PlainClassifier(torchvision.models.resnet18(num_classes=3)), loader, loader)
+    record = json.loads((tmp_path / "evolution" / "evolution.json").read_text())
+    assert record["method"] == "pixel_maco" and record["top_k"] == 0 and len(record["frames"]) == 4
+    assert callback.recorder.parts.space.magnitude.shape == (3, SIZE, SIZE // 2 + 1)
+
+
 def test_callback_without_contract_or_validation_data_is_one_clear_line(tmp_path):
     callback = FeatureEvolution(units=["fc:0"], method="pixel_fft")
     module = PlainClassifier(torchvision.models.resnet18(num_classes=3))

@@ -270,7 +270,8 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
 
     net, class_names = network(checkpoints[0][0])
     real = None
-    if recorder.top_k and recorder.real_images:
+    spectrum_from_data = cfg.method.space == "maco" and not cfg.method.get("magnitude")
+    if recorder.real_images and (recorder.top_k or spectrum_from_data):
         data = instantiate(cfg.data, image_size=net.image_size,
                            **({"val_size": recorder.real_images} if "val_size" in cfg.data else {}))
         data.setup("validate")

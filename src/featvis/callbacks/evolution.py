@@ -135,8 +135,7 @@ class FeatureEvolution(L.Callback):
             if self.recorder.parts is None:
                 self.contract = resolve_contract(self._module(pl_module), self.contract, real)
             net = self._net(pl_module)
-            self.recorder.prepare(net, class_names_of(pl_module, net, real),
-                                  real if self.recorder.top_k else None)
+            self.recorder.prepare(net, class_names_of(pl_module, net, real), real)
         if trainer.is_global_zero:
             self.recorder.reconcile_disk()
         total = int(trainer.estimated_stepping_batches)

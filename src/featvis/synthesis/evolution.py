@@ -117,9 +117,14 @@ class EvolutionRecorder:
         with torch.random.fork_rng(devices=[]):
             self.units, self.sizes = units_of(net, self.unit_spec, self.layer or self.logits_layer, self.class_names,
                                               self.spatial, self.pre_relu)
-            if real is not None and self.top_k and self.real_images:
+            # MACO's magnitude spectrum comes from the same pool when the method names no saved one.
+            spectrum = self.method.get("space") == "maco" and not self.method.get("magnitude")
+            if real is not None and self.real_images and (self.top_k or spectrum):
                 self.real = real_pool(real, self.real_images, net.image_size, getattr(net, "to_display", None))
-            self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size)
+            pool = [(batch.float() / 255,) for batch in self.real.split(64)] if spectrum and self.real is not None else None
+            self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size, real=pool)
+            if not self.top_k:
+                self.real = None  # frames have no top-k
             if self.judge_ckpt:
                 self.judge = load_judge(self.judge_ckpt, self.judge_feature_layer, target=net)
                 if self.judge.class_names != self.class_names:

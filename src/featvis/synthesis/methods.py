@@ -330,7 +330,8 @@ def maco_magnitude(path: str | None, real: Any, image_size: int) -> torch.Tensor
         return magnitude
     if real is None:
         raise ConfigError("method.space=maco needs the magnitude spectrum of real images; expected "
-                          "method.magnitude=<maco_magnitude.pt> or real images (evaluation.real_images > 0)")
+                          "method.magnitude=<maco_magnitude.pt> or real images (evaluation.real_images > 0; "
+                          "for FeatureEvolution, validation data)")
     return magnitude_spectrum(real, image_size)
 
 
