@@ -151,18 +151,24 @@ class RedirectedReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
+        active = x > 0
+        ctx.save_for_backward(active)
+        return x * active
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        x, = ctx.saved_tensors
-        relu_grad = torch.where(x > 0, grad, torch.zeros_like(grad))
-        redirected = torch.where((x <= 0) & (grad < 0), torch.zeros_like(grad), grad)
-        if x.ndim < 2:
-            return relu_grad if bool(relu_grad.abs().sum() > 0) else redirected
-        alive = relu_grad.flatten(1).abs().sum(1) > 0
-        return torch.where(alive.view(-1, *([1] * (x.ndim - 1))), relu_grad, redirected)
+        active, = ctx.saved_tensors
+        relu_grad = grad * active
+        rows = relu_grad.reshape(len(relu_grad), -1) if relu_grad.ndim > 1 else relu_grad.reshape(1, -1)
+        passed = (rows != 0).any(1)
+        # On the host the common case (every image passes a gradient) is read at no cost; on a GPU
+        # reading it would wait for the device, so the redirected gradient is computed and selected.
+        if grad.device.type == "cpu" and bool(passed.all()):
+            return relu_grad
+        redirected = grad.masked_fill(~active & (grad < 0), 0)
+        if relu_grad.ndim < 2:
+            return torch.where(passed[0], relu_grad, redirected)
+        return torch.where(passed.view(-1, *([1] * (grad.ndim - 1))), relu_grad, redirected)
 
 
 def redirected_relu(x: torch.Tensor) -> torch.Tensor:

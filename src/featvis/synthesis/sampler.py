@@ -92,7 +92,7 @@ class SamplerSettings:
     image_noise: float = 0.0         # std of Gaussian noise added to what the target reads per step
     target_blur: float = 0.0         # std (pixels) of a Gaussian blur on what the target reads
     transparency: bool = False       # accumulate |d objective / d image| into an alpha mask (MACO)
-    redirect_relu: bool = True       # a ReLU that passes no gradient for an image lets it through (lucid)
+    redirect_relu: int = 16          # first steps in which a ReLU that passes no gradient for an image lets it through
     record_every: int = 0            # keep a frame every n steps (0: none)
 
     def __post_init__(self) -> None:
@@ -105,6 +105,7 @@ class SamplerSettings:
             "eps3_end": self.eps3_end is None or self.eps3_end >= 0,
             "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
             "image_noise": self.image_noise >= 0, "target_blur": self.target_blur >= 0,
+            "redirect_relu": isinstance(self.redirect_relu, int) and self.redirect_relu >= 0,
             "record_every": self.record_every >= 0,
         }
         for name, ok in checks.items():
@@ -112,7 +113,8 @@ class SamplerSettings:
             # NaN fails every comparison, so it lands here too
             if not ok or (isinstance(value, float) and value != value):
                 raise ConfigError(f"method.{name}={value}; expected "
-                                  + ("a positive integer" if name == "steps" else "a non-negative number"))
+                                  + ("a positive integer" if name == "steps" else
+                                     "a non-negative integer" if name == "redirect_relu" else "a non-negative number"))
 
     def _linear(self, start: float, end: float | None, step: int) -> float:
         if end is None or self.steps == 1:
@@ -165,8 +167,9 @@ class Sampler:
     ):
         self.target = target
         self.taps = tap(target, objectives.layers)
-        if settings.redirect_relu:
-            redirect_relu_gradients(self.taps)
+        # The same layers with lucid's redirected ReLU gradient, for the first settings.redirect_relu steps:
+        # a unit dead on its start image gets a direction; later steps pay nothing for it.
+        self.redirected = redirect_relu_gradients(tap(target, objectives.layers)) if settings.redirect_relu else None
         # Speed switches, for GPUs mostly: bf16 autocast, NHWC convolutions, torch.compile.
         self.autocast = autocast
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -174,8 +177,9 @@ class Sampler:
         if self.target_size is None:
             raise ConfigError("target has no image_size; expected target_size to be given")
         self.space = space if space is not None else PixelSpace(self.target_size)
-        for module in (self.taps, self.space):
-            use_channels_last(module, channels_last)
+        for module in (self.taps, self.redirected, self.space):
+            if module is not None:
+                use_channels_last(module, channels_last)
         self._forward = torch.compile(self._values) if compile else self._values
         # Each finiteness check waits for the device; every step's flags are kept, so a check
         # every k steps still names the first bad step, at the cost of up to k - 1 wasted steps.
@@ -195,8 +199,8 @@ class Sampler:
         """z -> images in [0, 1] at the target's input size."""
         return fit_images(self.space(z), self.target_size).clamp(0, 1)
 
-    def _values(self, z: torch.Tensor, transforms: torch.Generator,
-                noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _values(self, z: torch.Tensor, transforms: torch.Generator, noise: torch.Generator,
+                taps: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             s = self.settings
             rendered = self.render(z)
@@ -205,7 +209,7 @@ class Sampler:
                 images = low_pass(images, s.target_blur)
             if s.image_noise > 0:
                 images = images + s.image_noise * torch.randn(images.shape, generator=noise, device=z.device)
-            values = self.objectives(self.taps(images.contiguous(memory_format=self.memory_format)))
+            values = self.objectives(taps(images.contiguous(memory_format=self.memory_format)))
         return values.float(), images.float(), rendered
 
     def run(self, z0: torch.Tensor, seed: int = 0, progress: bool = False) -> SamplerResult:
@@ -239,11 +243,12 @@ class Sampler:
             best_step = torch.where(improved, step, best_step)
 
         # The taps are a traced copy with their own train/eval graphs: freeze them too.
-        with frozen(self.target, self.taps, *modules):
+        with frozen(self.target, self.taps, self.redirected, *modules):
             for step in tqdm(range(s.steps), desc="synthesis", disable=not progress, leave=False):
                 z.requires_grad_(True)
                 with torch.enable_grad():
-                    values, images, rendered = self._forward(z, transforms, noise)
+                    taps = self.redirected if self.redirected is not None and step < s.redirect_relu else self.taps
+                    values, images, rendered = self._forward(z, transforms, noise, taps)
                     grad, *image_grad = torch.autograd.grad(values.sum(), (z, rendered) if s.transparency else z)
                 if image_grad:
                     step_attribution = image_grad[0].detach().abs().sum(1, keepdim=True)
