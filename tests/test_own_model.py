@@ -344,3 +344,20 @@ def test_visualize_evolution_over_a_plain_modules_checkpoints(tmp_path):
     assert [u["label"] for u in record["units"]] == ["layer3 1", "logits 2"]
     first, last = ({f["unit"]: f["activation"] for f in record["frames"] if f["step"] == s} for s in (2, 4))
     assert first != last  # each frame read its own checkpoint's weights
+
+
+def test_a_unit_dead_on_its_start_image_moves_only_with_the_redirected_gradient():
+    from featvis.nets import AlexNet
+
+    net = AlexNet(num_classes=15, image_size=SIZE, fc6_dim=64, fc7_dim=64).eval()
+    with torch.no_grad():
+        net.conv3.bn.bias[0] = -3.0  # channel 0 of conv3 is 0 everywhere on grey after its ReLU
+    moved = {}
+    for window in (0, 16):
+        method = featvis.method_config("pixel_noprior", f"redirect_relu={window}")  # no operator moves it either
+        found = featvis.synthesize(net, ["conv3:0"], method, seeds=1, steps=20, spatial="mean", keep="last")
+        moved[window] = not found.rows[0]["blank"]
+    assert moved == {0: False, 16: True}
+    sampler = featvis.synthesis.synthesize.sampler_for(net, found.units, featvis.load_method(
+        featvis.method_config("pixel"), None, None, SIZE))
+    assert sampler.redirected.conv1.conv.weight is net.conv1.conv.weight  # a copy of the graph, not of the weights

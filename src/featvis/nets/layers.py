@@ -12,6 +12,7 @@ does not run conv4..fc8.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -175,19 +176,16 @@ def redirected_relu(x: torch.Tensor) -> torch.Tensor:
     return RedirectedReLU.apply(x)
 
 
-def redirect_relu_gradients(taps: nn.Module) -> nn.Module:
-    """Every ReLU of a traced `tap` module computes RedirectedReLU's gradient (the same forward);
-    hook-based taps are left as they are."""
+def redirected_copy(taps: nn.Module) -> nn.Module | None:
+    """A copy of a traced `tap` module (its eval-mode graph, sharing its weights) whose ReLUs compute
+    RedirectedReLU's gradient, the same forward; None for hook-based taps."""
     if not isinstance(taps, torch.fx.GraphModule):
-        return taps
-    graphs = {id(g): g for g in (getattr(taps, "train_graph", None), getattr(taps, "eval_graph", None), taps.graph)
-              if g is not None}
-    for graph in graphs.values():
-        for node in graph.nodes:
-            if _is_relu(node, taps):
-                node.op, node.target, node.args, node.kwargs = "call_function", redirected_relu, node.args[:1], {}
-    taps.recompile()
-    return taps
+        return None
+    graph = copy.deepcopy(getattr(taps, "eval_graph", None) or taps.graph)
+    for node in graph.nodes:
+        if _is_relu(node, taps):
+            node.op, node.target, node.args, node.kwargs = "call_function", redirected_relu, node.args[:1], {}
+    return torch.fx.GraphModule(taps, graph).eval()
 
 
 def pre_activation(model: nn.Module, name: str) -> str:

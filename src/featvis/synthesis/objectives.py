@@ -215,7 +215,8 @@ class ObjectiveBatch:
         # Dense rows per (layer, place, transformed): units are read through `mode`, directions raw.
         self.weights: dict[tuple[str, str, bool], torch.Tensor] = {}
         self.matches: dict[str, tuple[list[int], list[float], list[torch.Tensor]]] = {}
-        self.customs: list[tuple[int, Term]] = []
+        # Custom terms grouped by (layer, callable): each callable sees all of its rows at once.
+        self.customs: dict[tuple[str, int], tuple[Any, list[int], list[float]]] = {}
         for row, terms in enumerate(objectives):
             for term in terms:
                 if term.layer not in shapes:
@@ -228,10 +229,11 @@ class ObjectiveBatch:
         if term.kind not in KINDS:
             raise ConfigError(f"objective term of kind {term.kind!r}; expected one of {list(KINDS)}")
         if term.kind == "custom":
-            self.customs.append((row, term))
+            fn, rows_, weights = self.customs.setdefault((term.layer, id(term.value)), (term.value, [], []))
+            rows_.append(row), weights.append(term.weight)
             return
         if term.kind == "match":
-            if tuple(term.value.shape) != shape and len(shape) > 1:
+            if tuple(term.value.shape) != shape:
                 raise ConfigError(f"the reference activation of layer {term.layer!r} has shape "
                                   f"{tuple(term.value.shape)}; expected {shape}")
             rows_, weights, refs = self.matches.setdefault(term.layer, ([], [], []))
@@ -242,9 +244,9 @@ class ObjectiveBatch:
         if len(shape) == 1 and term.at not in (None, "center", "mean"):
             raise ConfigError(f"{term.layer}@{term.at}: layer {term.layer!r} is a vector of {channels} units; "
                               "expected no position (positions read conv maps and token layers)")
-        if len(shape) > 1:
-            self.read(torch.zeros(1, *shape, device="cpu"), place)  # a bad position fails here, before any step
         key = (term.layer, place, term.kind == "unit")
+        if len(shape) > 1 and key not in self.weights:
+            self.read(torch.zeros(1, *shape, device="cpu"), place)  # a bad position fails here, before any step
         weights = self.weights.setdefault(key, torch.zeros(rows, channels, device="cpu"))  # moved by .to()
         if term.kind == "direction":
             if term.value.numel() != channels:
@@ -295,12 +297,13 @@ class ObjectiveBatch:
                 made, wanted = activations[layer][index].float().flatten(1), torch.stack(refs).to(first.device).flatten(1)
                 score = 1 - (made - wanted).square().sum(1) / wanted.square().sum(1)
                 extra = extra.index_add(0, index, torch.tensor(weights, device=first.device) * score)
-            for row, term in self.customs:
-                value = term.value(activations[term.layer][row:row + 1]).reshape(-1)
-                if value.numel() != 1:
-                    raise ConfigError(f"custom objective {term.source} returned {value.numel()} values for one image; "
-                                      "expected one per image, shape (B,)")
-                extra = extra.index_add(0, torch.tensor([row], device=first.device), term.weight * value.float())
+            for (layer, _), (fn, rows, weights) in self.customs.items():
+                index = torch.tensor(rows, device=first.device)
+                value = fn(activations[layer][index]).reshape(-1)
+                if value.numel() != len(rows):
+                    raise ConfigError(f"custom objective {getattr(fn, '__name__', fn)} returned {value.numel()} values for "
+                                      f"{len(rows)} images; expected one per image, shape (B,)")
+                extra = extra.index_add(0, index, torch.tensor(weights, device=first.device) * value.float())
             total = total + extra
         if self.diversity and self.group > 1:
             total = total - self.diversity * gram_similarity(activations[self.diversity_layer], self.group)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from featvis.devices import to_host, use_channels_last, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
 from featvis.nets.adapters import fit_images
-from featvis.nets.layers import frozen, redirect_relu_gradients, tap
+from featvis.nets.layers import frozen, redirected_copy, tap
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.priors import PriorTerm, robustness_transform
 from featvis.synthesis.spaces import PixelSpace
@@ -169,7 +169,7 @@ class Sampler:
         self.taps = tap(target, objectives.layers)
         # The same layers with lucid's redirected ReLU gradient, for the first settings.redirect_relu steps:
         # a unit dead on its start image gets a direction; later steps pay nothing for it.
-        self.redirected = redirect_relu_gradients(tap(target, objectives.layers)) if settings.redirect_relu else None
+        self.redirected = redirected_copy(self.taps) if settings.redirect_relu else None
         # Speed switches, for GPUs mostly: bf16 autocast, NHWC convolutions, torch.compile.
         self.autocast = autocast
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
