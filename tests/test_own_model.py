@@ -200,7 +200,7 @@ def test_vit_token_units_read_the_class_token_the_patch_mean_and_one_patch():
             featvis.synthesize(target, [spec], "pixel", steps=1)
 
 
-def test_timm_vit_by_name_from_visualize_with_local_weights(tmp_path):
+def test_timm_vit_by_name_with_local_weights_as_the_target_block_builds_it(tmp_path):
     timm = pytest.importorskip("timm")
     net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=SIZE, patch_size=8)
     torch.save(net.state_dict(), tmp_path / "vit.pt")
