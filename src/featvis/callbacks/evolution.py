@@ -309,7 +309,9 @@ def normalize_of(transform: Any, depth: int = 0) -> tuple[list[float], list[floa
     """The mean and std of the first torchvision `Normalize` in a transform (a Compose of them)."""
     if transform is None or depth > 8:
         return None
-    if type(transform).__name__ == "Normalize" and hasattr(transform, "mean") and hasattr(transform, "std"):
+    from torchvision.transforms import Normalize, v2
+
+    if isinstance(transform, (Normalize, v2.Normalize)):
         return [float(v) for v in torch.as_tensor(transform.mean).flatten()], \
             [float(v) for v in torch.as_tensor(transform.std).flatten()]
     for inner in getattr(transform, "transforms", None) or []:

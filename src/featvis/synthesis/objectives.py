@@ -222,6 +222,13 @@ class ObjectiveBatch:
                 if term.layer not in shapes:
                     raise ConfigError(f"layer {term.layer!r} not available; expected one of {sorted(shapes)}")
                 self._add(row, term, shapes[term.layer], len(objectives))
+        # Matches and custom terms as tensors once (rows, weights, references), moved by .to(): the
+        # step builds nothing on the host.
+        self.matches = {layer: (torch.tensor(rows, device="cpu"), torch.tensor(weights, device="cpu"),
+                                torch.stack(refs).flatten(1))
+                        for layer, (rows, weights, refs) in self.matches.items()}
+        self.customs = {key: (fn, torch.tensor(rows, device="cpu"), torch.tensor(weights, device="cpu"))
+                        for key, (fn, rows, weights) in self.customs.items()}
         # The term each objective is "about" (its first positive term), for metrics.
         self.primary = [next((t for t in terms if t.weight > 0), terms[0]) for terms in objectives]
 
@@ -264,6 +271,8 @@ class ObjectiveBatch:
 
     def to(self, device: torch.device) -> ObjectiveBatch:
         self.weights = {k: w.to(device) for k, w in self.weights.items()}
+        self.matches = {k: tuple(t.to(device) for t in v) for k, v in self.matches.items()}
+        self.customs = {k: (fn, rows.to(device), weights.to(device)) for k, (fn, rows, weights) in self.customs.items()}
         return self
 
     def transform(self, units: torch.Tensor, fully_connected: bool = True) -> torch.Tensor:
@@ -292,18 +301,16 @@ class ObjectiveBatch:
         if self.matches or self.customs:
             first = next(iter(activations.values()))
             extra = torch.zeros(len(first), device=first.device, dtype=torch.float32)
-            for layer, (rows, weights, refs) in self.matches.items():
-                index = torch.tensor(rows, device=first.device)
-                made, wanted = activations[layer][index].float().flatten(1), torch.stack(refs).to(first.device).flatten(1)
+            for layer, (rows, weights, wanted) in self.matches.items():
+                made = activations[layer][rows].float().flatten(1)
                 score = 1 - (made - wanted).square().sum(1) / wanted.square().sum(1)
-                extra = extra.index_add(0, index, torch.tensor(weights, device=first.device) * score)
+                extra = extra.index_add(0, rows, weights * score)
             for (layer, _), (fn, rows, weights) in self.customs.items():
-                index = torch.tensor(rows, device=first.device)
-                value = fn(activations[layer][index]).reshape(-1)
+                value = fn(activations[layer][rows]).reshape(-1)
                 if value.numel() != len(rows):
                     raise ConfigError(f"custom objective {getattr(fn, '__name__', fn)} returned {value.numel()} values for "
                                       f"{len(rows)} images; expected one per image, shape (B,)")
-                extra = extra.index_add(0, index, torch.tensor(weights, device=first.device) * value.float())
+                extra = extra.index_add(0, rows, weights * value.float())
             total = total + extra
         if self.diversity and self.group > 1:
             total = total - self.diversity * gram_similarity(activations[self.diversity_layer], self.group)
