@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 
 from featvis.checkpoints import load_classifier
 from featvis.data import ShapesDataset
-from featvis.run import train
+from featvis.jobs.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import torch
 
-from featvis.callbacks.evolution import scheduled_steps
-from featvis.integrity import frame_check
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared checks live in tests/
+from featvis.evolution.callback import scheduled_steps
+from tests.checks import frame_check  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

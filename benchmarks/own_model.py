@@ -63,7 +63,7 @@ from report import print_figures
 from torch import nn
 from torchvision import transforms
 
-from featvis.callbacks import FeatureEvolution
+from featvis.evolution import FeatureEvolution
 from featvis.data.shapes import ShapesDataset
 from featvis.nets import AlexNet
 from featvis.nets.adapters import fit_images
@@ -254,7 +254,7 @@ def train_tiny_generator(out: Path) -> str:
     """A 32 px classifier, then a G on its code, one short epoch each, with the project's training."""
     from hydra import compose, initialize_config_dir
 
-    from featvis.run import train
+    from featvis.jobs.train import train
 
     def run(folder: str, *overrides: str) -> dict:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

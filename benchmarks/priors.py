@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import os
 import shutil
 import statistics
@@ -32,11 +33,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared checks live in tests/
 from featvis.checkpoints import load_classifier, load_generator
-from featvis.checks import dae_gaussian_score_check
+from tests.checks import dae_gaussian_score_check  # noqa: E402
 from featvis.nets import CodeStatistics, Encoder
 from featvis.nets.adapters import fit_images
-from featvis.run import train
+from featvis.jobs.train import train
 from featvis.training.losses import GanBalance, LossWeights, discriminator_loss, generator_losses
 
 ROOT = Path(__file__).resolve().parents[1]

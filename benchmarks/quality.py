@@ -41,7 +41,7 @@ ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_vs_reconstructio
 ppgn transfer >= 0.90, grid_artifact_ratio <= 1.5, generator_train_minutes <= 15.
 pixel_maco (MACO, Fel et al. 2023) against pixel_fft: pixel_maco_transfer_vs_fft (the difference
 of judge transfers) >= 0 and pixel_maco_kid_vs_fft (the ratio of KIDs) < 1.
---methods also takes the variants dgn_am+diversity, ppgn+diversity (method.diversity=2) and
+--methods also takes the variants dgn_am+diversity, ppgn+diversity (method.objective.diversity=2) and
 dgn_am+multifaceted, ppgn+multifaceted (method=dgn_am_multifaceted, ppgn_multifaceted), reported beside the plain ones
 with <variant>_diversity_gain (its diversity / the plain method's) and <variant>_transfer_change
 (its judge transfer - the plain method's); targets for ppgn+multifaceted: >= 1.2 and >= -0.05.
@@ -54,6 +54,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from featvis.checkpoints import load_classifier, load_generator, load_prior
@@ -68,15 +70,17 @@ from featvis.nets.adapters import fit_images
 from featvis.nets.encoder import Encoder
 from featvis.io import save_png
 from featvis.reports.grids import labelled_grid
-from featvis.run import budget_epochs, train
-from featvis.synthesis.evaluation import (JudgeFeatures, grid_artifact_score, judge_misreadings,
-                                          per_class_diversity, reconstruction_transfer)
-from featvis.visualize import visualize
+from featvis.jobs.train import step_budget, train
+from featvis.synthesis.evaluation import JudgeFeatures, grid_artifact_score
+from featvis.jobs.visualize import visualize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared checks live in tests/
+from tests.checks import judge_misreadings, per_class_diversity, reconstruction_transfer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["pixel_noprior", "pixel", "pixel_fft", "pixel_maco", "dgn_am", "ppgn"]
 # Variants "<method>+<name>" (only when asked for with --methods): the overrides that make them.
-VARIANTS = {"diversity": lambda plain: [f"method={plain}", "method.diversity=2.0"],
+VARIANTS = {"diversity": lambda plain: [f"method={plain}", "method.objective.diversity=2.0"],
             "multifaceted": lambda plain: [f"method={plain}_multifaceted"]}
 CHOICES = [*METHODS, *(f"{m}+{v}" for m in ("dgn_am", "ppgn") for v in VARIANTS)]
 CHECKPOINTS = ("encoder", "generator", "prior", "judge")
@@ -98,18 +102,21 @@ def trained(out: Path, *overrides: str) -> str:
     return train(compose_cfg("config", f"output_dir={out}", "logger=csv", *overrides))["best_checkpoint"]
 
 
-def generators_by_budget(out: Path, budgets: list[int], steps_per_epoch: int, task) -> dict[int, str]:
+def generators_by_budget(out: Path, budgets: list[int], cfg) -> dict[int, str]:
     """The checkpoint a G run of each budget would keep, from one run of the largest budget that
-    kept every validated epoch: the best `task.monitor` among the budget's whole epochs (as
-    task.train_steps rounds them), the first of equals, as ModelCheckpoint keeps it."""
-    rows = list(csv.DictReader(next(out.rglob("metrics.csv")).open()))
+    kept every validation: the best `task.monitor` among the validations up to the budget's end (as
+    step_budget rounds it), the first of equals, as ModelCheckpoint keeps it."""
+    task = cfg.task
+    rows = [r for r in csv.DictReader(next(out.rglob("metrics.csv")).open()) if r.get(task.monitor)]
     sign = 1.0 if task.monitor_mode == "max" else -1.0
-    value = {int(r["epoch"]): sign * float(r[task.monitor]) for r in rows if r.get(task.monitor)}
+    # one checkpoint a validation (save_top_k=-1), its file named by its step: in step order, as the rows
+    kept = sorted((out / "checkpoints").glob("epoch*-step*.ckpt"))
+    value = {int(p.stem.rsplit("step", 1)[1]): (sign * float(r[task.monitor]), p) for r, p in zip(rows, kept)}
     found = {}
     for budget in budgets:
-        epochs, _ = budget_epochs(budget, steps_per_epoch, task.get("val_every_steps"))
-        best = max((e for e in value if e < epochs), key=lambda e: (value[e], -e))
-        found[budget] = str(next((out / "checkpoints").glob(f"epoch{best:03d}-*.ckpt")))
+        end = step_budget(OmegaConf.merge(cfg, {"task": {"train_steps": budget}}))["max_steps"]
+        best = max([s for s in value if s <= end] or [min(value)], key=lambda s: (value[s][0], -s))
+        found[budget] = str(value[best][1])
     return found
 
 
@@ -133,7 +140,7 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
         minutes = (time.perf_counter() - start) / 60
         found["generator"] = result["best_checkpoint"]
         if budgets:
-            by_budget = generators_by_budget(out / "generator", budgets, result["steps_per_epoch"], cfg.task)
+            by_budget = generators_by_budget(out / "generator", budgets, cfg)
     found["prior"] = given["prior"] or trained(out / "prior", "task=prior", f"seed={seed}", *data,
                                                f"encoder.ckpt={found['encoder']}")
     found["judge"] = given["judge"] or trained(out / "judge", "task=classifier", f"seed={seed + 1}",
@@ -286,10 +293,10 @@ def main() -> dict:
                              "generator.net.stages=[[128,128],[64,0],[32,0],[16,0]]")
     parser.add_argument("--code-method-override", action="append", default=[], metavar="KEY=VALUE",
                         help="a visualize.py override for the code methods (dgn_am, ppgn and their "
-                             "variants) only (repeatable), e.g. method.jitter=2")
+                             "variants) only (repeatable), e.g. method.step.jitter=2")
     parser.add_argument("--data-root", help="an ImageFolder tree (train/ and val/) instead of shapes")
     parser.add_argument("--budgets", type=int, nargs="+", default=[], metavar="STEPS",
-                        help="G step budgets to compare (one G run of the largest keeps every epoch; "
+                        help="G step budgets to compare (one G run of the largest keeps every validation; "
                              "each budget's figures come from the checkpoint a run of that length keeps)")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")

@@ -11,8 +11,8 @@
    generator and the prior (32 px shapes), each checked for its checkpoint, metrics.json and a
    single run dir.
 3. A 4-point joblib sweep of PPGN's weights (`visualize.py -m hydra/launcher=joblib
-   method.eps1=1,0.1 method.eps2=1e-3,0.1`) on those networks, judged by an independent classifier,
-   summarized with `python -m featvis.summary` (its table is printed).
+   method.step.eps1=1,0.1 method.step.eps2=1e-3,0.1`) on those networks, judged by an independent classifier,
+   summarized with `python -m featvis.tools.summary` (its table is printed).
 
 Prints a table, then, as its last line, one JSON object:
   caffenet_am_step_seconds  one batched DGN-AM step (CaffeNet + DeePSiM G, 8 units, CPU)
@@ -155,14 +155,14 @@ def main() -> dict:
     sweep = out / "sweep"
     start = time.perf_counter()
     run("visualize.py", out, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=ppgn",
-        "method.eps1=1,0.1", "method.eps2=1e-3,0.1", f"target.ckpt={stages['classifier']}",
+        "method.step.eps1=1,0.1", "method.step.eps2=1e-3,0.1", f"target.ckpt={stages['classifier']}",
         f"generator.ckpt={stages['generator']}", f"prior.ckpt={stages['prior']}",
         f"judge.ckpt={judge_dir / 'run' / 'checkpoints' / 'last.ckpt'}", "units=[0,3,6,9,12]",
         "seeds=4", "steps=100", "gif=false", "evaluation.real_images=300", "logger=wandb",
         f"hydra.sweep.dir={sweep}")
     sweep_minutes = (time.perf_counter() - start) / 60
     completed = sum((job / "metrics.json").is_file() for job in sweep.iterdir() if job.is_dir()) if sweep.is_dir() else 0
-    summary = subprocess.run([sys.executable, "-m", "featvis.summary", str(sweep)], capture_output=True, text=True)
+    summary = subprocess.run([sys.executable, "-m", "featvis.tools.summary", str(sweep)], capture_output=True, text=True)
     print(summary.stdout if summary.returncode == 0 else summary.stderr)
 
     figures = {

@@ -54,7 +54,7 @@ def main(argv=None):
     # The match is to the activation of the image as it is: the methods' transformation robustness
     # (reading the synthesis jittered, rescaled and rotated) would misalign it, most at layer1.
     # Plain pixel AM keeps the colours; pixel_fft's drift towards orange on a random-weight net.
-    method = featvis.method_config("pixel", "jitter=0", "scale=0.0", "rotate=0.0")
+    method = featvis.method_config("pixel", "step.jitter=0", "step.scale=0.0", "step.rotate=0.0")
     found = featvis.synthesize(target, [f"{layer}:invert={image}" for layer in LAYERS], method, seeds=1,
                                steps=steps)
     original = read_image(str(image), size)  # what the inversions matched

@@ -49,7 +49,7 @@ SMALL_CLASSIFIER = ["logger=csv", "image_size=32", "data.train_size=1500", "data
 @pytest.fixture(scope="session")
 def small_classifier(tmp_path_factory):
     """(config, result) of one short classifier run on 1500 shapes at 32 px."""
-    from featvis.run import train
+    from featvis.jobs.train import train
 
     cfg = compose_in(tmp_path_factory.mktemp("classifier"), *SMALL_CLASSIFIER)
     return cfg, train(cfg)
@@ -67,7 +67,7 @@ SAMPLES_EVERY_2_STEPS = ["task.callbacks.samples.every_n_steps=2"]
 @pytest.fixture(scope="session")
 def small_priors(small_classifier, tmp_path_factory):
     """{"generator": (cfg, result), "prior": (cfg, result)} trained on the small classifier."""
-    from featvis.run import train
+    from featvis.jobs.train import train
 
     encoder = small_classifier[1]["best_checkpoint"]
     runs = {}
@@ -83,7 +83,7 @@ def small_priors(small_classifier, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_judge(tmp_path_factory):
     """An independent 32 px classifier (other seed, other fc6 width) to judge syntheses."""
-    from featvis.run import train
+    from featvis.jobs.train import train
 
     cfg = compose_in(tmp_path_factory.mktemp("judge"), *SMALL_CLASSIFIER, "seed=1", "model.fc6_dim=96")
     return cfg, train(cfg)
@@ -91,8 +91,8 @@ def small_judge(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fault_inputs(small_classifier, small_priors, tmp_path_factory):
-    """The small checkpoints and the broken inputs of benchmarks/faults.py (placeholder -> path)."""
-    from benchmarks.faults import broken_inputs
+    """The small checkpoints and the broken inputs of tests/faults.py (placeholder -> path)."""
+    from tests.faults import broken_inputs
 
     checkpoints = {"classifier": small_classifier[1]["best_checkpoint"],
                    "generator": small_priors["generator"][1]["last_checkpoint"],

@@ -1,13 +1,13 @@
 """Every bad input of train.py and visualize.py: one line naming it, a non-zero exit, no outputs.
 
-The table lives in benchmarks/faults.py, which runs the same cases for its figures.
+The table lives in tests/faults.py; benchmarks/faults.py runs the same cases for its figures.
 """
 
 from pathlib import Path
 
 import pytest
 
-from benchmarks.faults import BAD_INPUTS, malicious_checkpoints, malicious_loads, run_bad_inputs
+from tests.faults import BAD_INPUTS, malicious_checkpoints, malicious_loads, run_bad_inputs
 
 
 @pytest.fixture(scope="module")

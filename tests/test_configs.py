@@ -7,7 +7,7 @@ from PIL import Image
 
 from featvis.data import ImageDataModule
 from featvis.errors import ConfigError, DataError
-from featvis.run import build_trainer
+from featvis.jobs.train import build_trainer
 
 from .conftest import CONF
 
@@ -59,11 +59,20 @@ def test_trainer_logger_callbacks_instantiate(compose_cfg, logger, callbacks):
     assert len(writes_last) == (callbacks != "none")  # last.ckpt after every epoch
 
 
+def test_a_step_budget_is_the_trainers_max_steps_validated_across_epochs(compose_cfg):
+    trainer = build_trainer(compose_cfg("task=generator", "logger=none", "task.train_steps=2500", fast=False))
+    # Lightning validates at val_check_interval's multiples, not at max_steps: whole intervals of 200
+    assert (trainer.max_steps, trainer.max_epochs) == (2600, -1)
+    assert (trainer.val_check_interval, trainer.check_val_every_n_epoch) == (200, None)
+    explicit = build_trainer(compose_cfg("task=generator", "logger=none", "trainer.max_epochs=3", fast=False))
+    assert (explicit.max_steps, explicit.max_epochs, explicit.check_val_every_n_epoch) == (-1, 3, 1)
+
+
 def test_visualize_and_the_evolution_callback_spell_the_synthesis_keys_alike(compose_cfg, tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from featvis.callbacks import FeatureEvolution
+    from featvis.evolution import FeatureEvolution
 
     shared = OmegaConf.load(CONF / "synthesis" / "default.yaml")
     callback = compose_cfg("callbacks=evolution", "callbacks.feature_evolution.generator.ckpt=G.ckpt",
@@ -76,9 +85,9 @@ def test_visualize_and_the_evolution_callback_spell_the_synthesis_keys_alike(com
             assert set(value) == set(callback[key]) == set(visualize[key]), key
     assert callback.generator.ckpt == visualize.generator.ckpt == "G.ckpt"
     recorder = instantiate(callback, method={"name": "dgn_am"}).recorder
-    assert (recorder.generator_ckpt, recorder.judge_feature_layer, recorder.seeds) == ("G.ckpt", "fc6", 1)
+    assert (recorder.spec.generator.ckpt, recorder.spec.judge.feature_layer, recorder.spec.seeds) == ("G.ckpt", "fc6", 1)
     # from Python a checkpoint may be given as its path alone
-    assert FeatureEvolution(["fc8:0"], {"name": "dgn_am"}, generator="G.ckpt").recorder.generator_ckpt == "G.ckpt"
+    assert FeatureEvolution(["fc8:0"], {"name": "dgn_am"}, generator="G.ckpt").recorder.spec.generator.ckpt == "G.ckpt"
     with pytest.raises(ConfigError, match=r"generator=3; expected a checkpoint path or a mapping \{ckpt: <checkpoint"):
         FeatureEvolution(["fc8:0"], {"name": "dgn_am"}, generator=3)
 

@@ -145,7 +145,7 @@ def test_load_generator_needs_statistics_and_records_what_it_loaded(fc6_file, tm
 
 
 def test_statistics_from_a_prior_checkpoint_through_the_command_line(fc6_file, tmp_path, capsys):
-    from featvis.deepsim import main
+    from featvis.tools.deepsim import main
 
     stats = CodeStatistics(4096).fit(_codes())
     prior = tmp_path / "prior.ckpt"
@@ -162,7 +162,7 @@ def test_statistics_from_a_prior_checkpoint_through_the_command_line(fc6_file, t
 
 def test_statistics_estimated_from_data_through_an_encoder(tmp_path):
     """The route without a prior: fc6 codes of `data` through encoder=caffenet (random weights here)."""
-    from featvis.deepsim import main
+    from featvis.tools.deepsim import main
 
     weights = tmp_path / "alexnet.pth"
     net = AlexNet(1000, image_size=227, channels=[64, 192, 384, 256, 256], kernels=[11, 5, 3, 3, 3],

@@ -10,12 +10,12 @@ import lightning as L
 import pytest
 import torch
 
-import featvis.run
-from featvis.callbacks.evolution import FeatureEvolution, log_spaced_steps, scheduled_steps
+import featvis.jobs.train
+from featvis.evolution.callback import FeatureEvolution, log_spaced_steps, scheduled_steps
 from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.errors import ConfigError
-from featvis.run import train
-from featvis.visualize import visualize
+from featvis.jobs.train import train
+from featvis.jobs.visualize import visualize
 
 from .conftest import SMALL_CLASSIFIER, compose_in
 
@@ -35,11 +35,13 @@ def evolution_cfg(out, priors, *extra):
 
 @pytest.fixture(scope="module")
 def evolution_run(small_priors, small_judge, tmp_path_factory):
-    """One target training with the callback: frames at step 0, log-spaced steps and each checkpoint."""
+    """One target training with the callback: frames at step 0, log-spaced steps and each checkpoint,
+    for a budget of 12 steps validated (and checkpointed) every 4, across the epochs of 6 steps."""
     out = tmp_path_factory.mktemp("evolution")
     judge = small_judge[1]["best_checkpoint"]
     cfg = evolution_cfg(out, small_priors, f"callbacks.feature_evolution.judge.ckpt={judge}",
-                        "callbacks.feature_evolution.on_checkpoint=true")
+                        "callbacks.feature_evolution.on_checkpoint=true", "trainer.max_epochs=null",
+                        f"+task.train_steps={TOTAL_STEPS}", "+task.val_every_steps=4")
     return out, train(cfg)
 
 
@@ -74,8 +76,8 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
     out, result = evolution_run
     root = out / "evolution"
     doc = check_folder_agrees(root)
-    # step 0, the log-spaced steps and the two epoch-end checkpoints (the last is also log-spaced)
-    assert doc["steps"] == sorted({0, 6, 12} | scheduled_steps(TOTAL_STEPS, 4, 2))
+    # step 0, the log-spaced steps and the three validations' checkpoints (the last is also log-spaced)
+    assert doc["steps"] == sorted({0, 4, 8, 12} | scheduled_steps(TOTAL_STEPS, 4, 2))
     assert [u["label"] for u in doc["units"]] == ["conv1.bn 0", "conv5.bn 1", "fc8 0 red circle", "fc8 4 green square"]
     for frame in doc["frames"]:
         assert ("judge_correct" in frame) == (frame["layer"] == "fc8")
@@ -101,9 +103,16 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
     assert doc["top_k"] == 4
     for frame in doc["frames"]:
         assert len(frame["top"]) == 4 and len(set(frame["top"])) == 4 and (root / frame["top_file"]).is_file()
-    # the state in the last checkpoint is what is on disk
+    # the state in the last checkpoint is what is on disk; every checkpoint (the best and last.ckpt of
+    # each validation) holds the frames up to its step, its own included: taken before ModelCheckpoint saves
     state = read_checkpoint(result["last_checkpoint"])["callbacks"]["FeatureEvolution"]
     assert state["frames"] == doc["frames"]
+    saved = [read_checkpoint(p) for p in (out / "checkpoints").glob("*.ckpt")]
+    assert sorted({c["global_step"] for c in saved}) == [4, 8, 12]
+    for checkpoint in saved:
+        frames = checkpoint["callbacks"]["FeatureEvolution"]["frames"]
+        assert frames == [f for f in doc["frames"] if f["step"] <= checkpoint["global_step"]]
+        assert frames[-1]["step"] == checkpoint["global_step"]
     assert state["z0"].shape[0] == len(doc["units"]) * doc["seeds"]
     # CSV logger received the per-unit scalars at the frame steps
     metrics = (out / "csv" / "version_0" / "metrics.csv").read_text()
@@ -153,21 +162,21 @@ class CrashAt(L.Callback):
 def test_resume_loses_and_repeats_no_frame(small_priors, tmp_path, monkeypatch):
     every_2 = ["+callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.model_checkpoint.monitor=null"]
     cfg = evolution_cfg(tmp_path, small_priors, *every_2, "callbacks.feature_evolution.live_report=true")
-    build = featvis.run.build_trainer
+    build = featvis.jobs.train.build_trainer
 
     def crashing_trainer(cfg):
         trainer = build(cfg)
         trainer.callbacks.insert(-1, CrashAt(5))  # after the frame at step 5, before the checkpoints
         return trainer
 
-    monkeypatch.setattr(featvis.run, "build_trainer", crashing_trainer)
+    monkeypatch.setattr(featvis.jobs.train, "build_trainer", crashing_trainer)
     with pytest.raises(RuntimeError, match="killed at step 5"):
         train(cfg)
     before = json.loads((tmp_path / "evolution" / "evolution.json").read_text())
     assert 5 in before["steps"]  # written after the last checkpoint (step 4): must not count twice
     assert (tmp_path / "evolution" / "index.html").is_file()  # live_report: the page follows the frames
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
-    monkeypatch.setattr(featvis.run, "build_trainer", build)
+    monkeypatch.setattr(featvis.jobs.train, "build_trainer", build)
     train(evolution_cfg(tmp_path, small_priors, *every_2, f"ckpt_path={tmp_path}/checkpoints/last.ckpt"))
     doc = check_folder_agrees(tmp_path / "evolution")
     assert set(doc["steps"]) >= {0, 5} | scheduled_steps(TOTAL_STEPS, 4, 2)
@@ -187,7 +196,7 @@ def test_visualize_evolution_from_saved_checkpoints(evolution_run, small_priors,
     summary = visualize(cfg)
     doc = check_folder_agrees(tmp_path / "evolution")
     steps = sorted({read_checkpoint(p)["global_step"] for p in (out / "checkpoints").glob("*.ckpt")})
-    assert doc["steps"] == steps == summary["steps"] == [6, 12]
+    assert doc["steps"] == steps == summary["steps"] == [4, 8, 12]
     assert [u["label"] for u in doc["units"]] == ["conv5 1", "fc8 0 red circle"]
     assert Path(summary["index"]).is_file()
 
@@ -313,7 +322,7 @@ def test_a_stage_is_reused_only_for_the_same_config_and_inputs(tmp_path, caplog,
     checkpoint is another stage, and the log says what changed."""
     import logging
 
-    from featvis.run import stage_changes, stage_record
+    from featvis.jobs.pipeline import stage_changes, stage_record
 
     encoder = tmp_path / "encoder.ckpt"
     encoder.write_bytes(b"weights")
@@ -331,15 +340,15 @@ def test_a_stage_is_reused_only_for_the_same_config_and_inputs(tmp_path, caplog,
 
     # The pipeline's folders follow: a finished stage of this config is reused, another config trains
     # in a folder of its own and says why (here without training: the stage is faked complete).
-    from featvis import run
+    from featvis.jobs import pipeline, train as training
 
     stages = tmp_path / "stages"
     trained = []
     fake = {"best_checkpoint": str(encoder), "last_checkpoint": None, "metrics": {}}
-    monkeypatch.setattr(run, "train", lambda cfg: trained.append(cfg.model.fc6_dim) or fake)
-    with caplog.at_level(logging.INFO, logger="featvis.run"):
+    monkeypatch.setattr(training, "train", lambda cfg: trained.append(cfg.model.fc6_dim) or fake)
+    with caplog.at_level(logging.INFO, logger="featvis.jobs.pipeline"):
         for overrides in (base, base, [*base, "model.fc6_dim=256"]):
-            assert run.run_stage(stages, "generator", overrides, "[2/4]") == str(encoder)
+            assert pipeline.run_stage(stages, "generator", overrides, "[2/4]") == str(encoder)
     assert trained == [1024, 256] and len(list(stages.glob("generator-*"))) == 2
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[2/4] generator: ")]
     assert "(no earlier stage)" in lines[0] and "reusing" in lines[1]
@@ -394,7 +403,7 @@ def synthetic_doc(tmp_path, settles: dict[str, int], steps=(0, 1, 2, 4, 8, 16)) 
                                             ({"conv1": 16, "conv5": 2}, False),  # conv1 never settles
                                             ({"conv1": 16, "conv5": 16}, None)])  # neither does: cannot tell
 def test_settle_steps_their_intervals_and_the_order_verdict(tmp_path, settles, first):
-    from featvis.reports.evolution import frames_by_unit, settling
+    from featvis.evolution.report import frames_by_unit, settling
 
     doc = synthetic_doc(tmp_path, settles)
     found = settling(doc, frames_by_unit(doc, tmp_path))
@@ -411,27 +420,30 @@ def test_settle_steps_their_intervals_and_the_order_verdict(tmp_path, settles, f
 
 def test_top_real_images_are_the_pools_most_activating():
     from featvis.nets import AlexNet, activations
-    from featvis.synthesis.evolution import EvolutionRecorder, real_pool
+    from featvis.evolution.recorder import EvolutionRecorder
     from featvis.synthesis.methods import units_of
+    from featvis.synthesis.real import RealImages
+    from featvis.synthesis.settings import SynthesisSpec
 
     net = AlexNet(num_classes=15, image_size=32, fc6_dim=64, fc7_dim=64).eval()
     batches = [(torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(i)), None) for i in range(3)]
-    recorder = EvolutionRecorder(["conv3:2", "fc8:5"], {}, spatial="mean", pre_relu=True, top_k=3, real_images=25)
-    recorder.real = real_pool(batches, 25, 32)
-    assert recorder.real.dtype == torch.uint8 and len(recorder.real) == 25
-    units, _ = units_of(net, recorder.unit_spec, None, [], "mean", pre_relu=True)
-    pool = recorder.real.float() / 255
+    spec = SynthesisSpec(units=["conv3:2", "fc8:5"], spatial="mean", pre_relu=True, top_k=3)
+    recorder = EvolutionRecorder(spec, {}, real_images=25)
+    recorder.real = RealImages(batches, 32, 25, uint8=True, batch_size=64)
+    assert recorder.real.images.dtype == torch.uint8 and len(recorder.real) == 25
+    units, _ = units_of(net, recorder.spec.units, None, [], "mean", pre_relu=True)
+    pool = recorder.real.images.float() / 255
     acts = activations(net, pool, ["conv3.bn", "fc8"])
     expected = [acts["conv3.bn"].mean((2, 3))[:, 2].topk(3).indices.tolist(),
                 acts["fc8"][:, 5].topk(3).indices.tolist()]
     assert recorder.top_real(net, units) == expected
     with pytest.raises(ConfigError, match="top_k=-1; expected a non-negative integer"):
-        EvolutionRecorder(["fc8:0"], {}, top_k=-1)
+        SynthesisSpec(units=["fc8:0"], top_k=-1)
 
 
 def test_frames_that_never_change_have_no_settle_step(tmp_path):
     """Identical frames (e.g. a network that did not train between them): no settle step, no verdict."""
-    from featvis.reports.evolution import frames_by_unit, settling
+    from featvis.evolution.report import frames_by_unit, settling
 
     doc = synthetic_doc(tmp_path, {"conv1": 0, "conv5": 0})
     found = settling(doc, frames_by_unit(doc, tmp_path), embed=lambda x: x.flatten(1) + 1)

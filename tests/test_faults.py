@@ -5,7 +5,7 @@ One trial per stage here; `python benchmarks/faults.py` runs ten.
 
 import pytest
 
-from benchmarks.faults import STAGES, kill_trials
+from tests.faults import STAGES, kill_trials
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])

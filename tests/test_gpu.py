@@ -18,9 +18,9 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
 from featvis.checkpoints import load_prior, read_checkpoint
-from featvis.run import train
+from featvis.jobs.train import train
 from featvis.synthesis import Sampler
-from featvis.visualize import visualize
+from featvis.jobs.visualize import visualize
 
 from .conftest import CONF, ROOT, SMALL_PRIOR, compose_in
 
@@ -210,8 +210,8 @@ def assert_complete_metrics(out: Path, summary: dict, units: int, seeds: int) ->
 
 # pixel: jitter, scaling and rotation, whose random draws once crashed beside a CUDA generator;
 # dgn_am: the blur on what the target reads, through G.
-METHODS = {"pixel_noprior": [], "pixel": ["method.jitter=2", "method.scale=0.05", "method.rotate=5.0"],
-           "pixel_fft": [], "pixel_maco": [], "dgn_am": ["method.target_blur=1.0"], "ppgn": []}
+METHODS = {"pixel_noprior": [], "pixel": ["method.step.jitter=2", "method.step.scale=0.05", "method.step.rotate=5.0"],
+           "pixel_fft": [], "pixel_maco": [], "dgn_am": ["method.step.target_blur=1.0"], "ppgn": []}
 
 
 @pytest.mark.parametrize("method", list(METHODS))

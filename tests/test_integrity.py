@@ -1,11 +1,12 @@
-"""`featvis.integrity`: outputs under final names read back whole; temporary files are listed apart."""
+"""`featvis.tools.integrity`: outputs under final names read back whole; temporary files are listed apart."""
 
 import json
 
 import torch
 from PIL import Image
 
-from featvis.integrity import frame_check, main, scan
+from featvis.tools.integrity import main, scan
+from tests.checks import frame_check
 from featvis.io import remove_partials, save_gif, save_png, save_text
 
 

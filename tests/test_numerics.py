@@ -6,11 +6,11 @@ import lightning as L
 import pytest
 import torch
 
-import featvis.run
+import featvis.jobs.train
 from featvis.callbacks import NumericsGuard
 from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.errors import ConfigError, NumericsError
-from featvis.run import train
+from featvis.jobs.train import train
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
 
 EVERY_STEP = ["+callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.monitor=null",
@@ -33,14 +33,14 @@ class PoisonAt(L.Callback):
 
 def test_nan_loss_stops_training_naming_step_and_term_and_no_nan_checkpoint(compose_cfg, tmp_path, monkeypatch):
     poison = PoisonAt(3)
-    build = featvis.run.build_trainer
+    build = featvis.jobs.train.build_trainer
 
     def poisoned_trainer(cfg):
         trainer = build(cfg)
         trainer.callbacks.insert(0, poison)
         return trainer
 
-    monkeypatch.setattr(featvis.run, "build_trainer", poisoned_trainer)
+    monkeypatch.setattr(featvis.jobs.train, "build_trainer", poisoned_trainer)
     with pytest.raises(NumericsError, match=r"training: train/loss=nan at step 4 \(epoch 0, batch 3\); "
                                             r"expected finite losses"):
         train(compose_cfg(*EVERY_STEP))

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import transforms
 
 import featvis
-from featvis.callbacks import FeatureEvolution
+from featvis.evolution import FeatureEvolution
 from featvis.data.shapes import ShapesDataset
 from featvis.errors import ConfigError
 from featvis.nets.layers import pre_activation
@@ -282,7 +282,7 @@ def make_tiny_convnet(width: int = 8, num_classes: int = 3) -> nn.Module:
 
 def test_visualize_takes_directions_inversions_and_any_factory(tmp_path):
     from tests.test_synthesis import _compose
-    from featvis.visualize import visualize
+    from featvis.jobs.visualize import visualize
 
     np.save(tmp_path / "cav.npy", np.random.default_rng(0).normal(size=128).astype(np.float32))
     Image.fromarray((np.random.default_rng(1).random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
@@ -325,7 +325,7 @@ def test_the_readmes_own_model_example_runs(monkeypatch, tmp_path, capsys):
 
 def test_visualize_evolution_over_a_plain_modules_checkpoints(tmp_path):
     from tests.test_synthesis import _compose
-    from featvis.visualize import visualize
+    from featvis.jobs.visualize import visualize
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.rand(16, 3, SIZE, SIZE), torch.randint(0, 4, (16,)))
@@ -354,7 +354,7 @@ def test_a_unit_dead_on_its_start_image_moves_only_with_the_redirected_gradient(
         net.conv3.bn.bias[0] = -3.0  # channel 0 of conv3 is 0 everywhere on grey after its ReLU
     moved = {}
     for window in (0, 16):
-        method = featvis.method_config("pixel_noprior", f"redirect_relu={window}")  # no operator moves it either
+        method = featvis.method_config("pixel_noprior", f"step.redirect_relu={window}")  # no operator moves it either
         found = featvis.synthesize(net, ["conv3:0"], method, seeds=1, steps=20, spatial="mean", keep="last")
         moved[window] = not found.rows[0]["blank"]
     assert moved == {0: False, 16: True}

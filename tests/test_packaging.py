@@ -80,8 +80,8 @@ def test_the_wheel_declares_the_console_scripts(wheel):
         (entry_points,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
         parser = configparser.ConfigParser()
         parser.read_string(z.read(entry_points).decode())
-    assert dict(parser["console_scripts"]) == {"featvis-train": "featvis.cli:train_main",
-                                               "featvis-visualize": "featvis.cli:visualize_main"}
+    assert dict(parser["console_scripts"]) == {"featvis-train": "featvis.jobs.cli:train_main",
+                                               "featvis-visualize": "featvis.jobs.cli:visualize_main"}
 
 
 def test_the_installed_wheel_finds_its_configs_outside_the_checkout(wheel, tmp_path):
@@ -97,7 +97,7 @@ def test_the_installed_wheel_finds_its_configs_outside_the_checkout(wheel, tmp_p
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "test_venv_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     code = ("import featvis, featvis.configs as c; print(featvis.__file__); print(c.CONFIG_DIR); "
-            "print(featvis.method_config('pixel_fft', 'steps=3')['steps'])")
+            "print(featvis.method_config('pixel_fft', 'step.steps=3')['step']['steps'])")
     work = tmp_path / "elsewhere"
     work.mkdir()
     proc = subprocess.run([str(python), "-I", "-c", code], cwd=work, capture_output=True, text=True, timeout=120,

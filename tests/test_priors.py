@@ -5,14 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from featvis.checkpoints import (check_same_code, load_classifier, load_generator, load_prior,
                                  read_checkpoint)
-from featvis.checks import dae_gaussian_score_check
+from tests.checks import dae_gaussian_score_check
 from featvis.errors import CheckpointError, ConfigError
 from featvis.nets import CodeStatistics, Discriminator, Encoder, Generator
 from featvis.nets.adapters import fit_images
-from featvis.run import train
+from featvis.jobs.train import train
 from featvis.training import linear_decay
 from featvis.training.losses import Comparator, GanBalance, feature_loss, spectral_loss
 
@@ -232,8 +233,12 @@ def test_generator_job_writes_a_self_describing_checkpoint(priors, small_classif
     assert 0 <= result["metrics"]["val/agreement"] <= 1
     assert cfg.task.module.loss_weights.spectral > 0 and result["metrics"]["train/loss_spectral"] > 0
     assert result["metrics"]["val/loss_spectral"] > 0
+    # one epoch of 4 batches: global_step counts batches (one counted optimizer step each), not G and D steps
+    assert checkpoint["global_step"] == 256 // 64
     samples = sorted((Path(cfg.output_dir) / "samples").glob("step*.png"))
-    assert len(samples) >= 2, "the samples callback writes a grid every 2 steps and at the end"
+    assert [p.name for p in samples] == ["step0000002.png", "step0000004.png"], "every 2 steps and at the end"
+    # GeneratorModule.sample_grid: rows of 8 real images, their G(E(x)) and G(random codes), 32 px + padding
+    assert Image.open(samples[-1]).size == (8 * 34 + 2, 3 * 34 + 2)
 
 
 def test_generator_resumes_with_its_optimizers_and_balance(priors, tmp_path):
@@ -248,6 +253,16 @@ def test_generator_resumes_with_its_optimizers_and_balance(priors, tmp_path):
     assert after["global_step"] == 2 * before["global_step"]
     g_steps = [s["state"][0]["step"].item() for s in (before["optimizer_states"][0], after["optimizer_states"][0])]
     assert g_steps[1] == 2 * g_steps[0] > 0, g_steps  # Adam state carried on, not restarted
+
+
+def test_generator_counts_one_step_a_batch_whichever_net_the_balance_pauses(small_classifier, tmp_path):
+    # G pauses after the first batch (r > pause_g always): D alone steps 3 batches, still counted
+    pause_g = [f"task.module.balance.{k}=-1.0" for k in ("pause_d", "resume_d", "pause_g")]
+    result = train(compose_in(tmp_path, "task=generator", f"encoder.ckpt={small_classifier[1]['best_checkpoint']}",
+                              *SMALL_PRIOR, *pause_g))
+    checkpoint = read_checkpoint(result["last_checkpoint"])
+    adam_steps = [s["state"][0]["step"].item() for s in checkpoint["optimizer_states"]]
+    assert checkpoint["global_step"] == 256 // 64 and adam_steps == [1, 4], adam_steps
 
 
 def test_generator_job_with_another_comparator_network(small_classifier, small_judge, tmp_path):
@@ -309,7 +324,7 @@ def test_wrong_kinds_and_missing_encoder_are_clear(priors, small_classifier, tmp
 def test_deepsim_generator_and_caffenet_encoder_from_torchvision_weights(tmp_path):
     import torchvision
 
-    from featvis.run import load_encoder
+    from featvis.jobs.train import load_encoder
 
     weights = tmp_path / "alexnet.pth"
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
@@ -334,37 +349,36 @@ def _validated_epochs(folder: Path) -> list[int]:
     rows = next(folder.rglob("metrics.csv")).read_text().splitlines()
     header = rows[0].split(",")
     epoch, val = header.index("epoch"), header.index("val/loss")
-    return sorted({int(r.split(",")[epoch]) for r in rows[1:] if r.split(",")[val]})
+    return [int(r.split(",")[epoch]) for r in rows[1:] if r.split(",")[val]]
 
 
-def _epochs_run(folder: Path) -> int:
-    return len(_validated_epochs(folder))
+def _steps_run(result: dict) -> int:
+    return torch.load(result["last_checkpoint"], weights_only=True)["global_step"]
 
 
 def test_priors_train_for_a_budget_of_steps_whatever_the_data_size(small_classifier, tmp_path):
     encoder = small_classifier[1]["best_checkpoint"]
     by_steps = [o for o in SMALL_PRIOR if not o.startswith("trainer.max_epochs")] + ["task.batch_size=64"]
-    # 256 codes in batches of 64: 4 steps per epoch, so 12 steps are 3 epochs, and on a set
-    # twice the size the same 12 steps are 2 epochs (rounded to whole epochs)
-    for train_size, budget, epochs in ((256, 12, 3), (512, 12, 2)):
+    # 256 codes in batches of 64 are 4 steps an epoch, 512 are 8: the same 12 steps either way (3
+    # epochs, or one and a half), validated once, at the end (task.val_every_steps=100 > 12)
+    for train_size, epochs in ((256, [2]), (512, [1])):
         out = tmp_path / f"n{train_size}"
         result = train(compose_in(out, "task=prior", f"encoder.ckpt={encoder}", *by_steps,
-                                  f"data.train_size={train_size}", f"task.train_steps={budget}"))
-        assert _epochs_run(out) == epochs, (train_size, budget)
-        assert result["steps_per_epoch"] == train_size // 64
+                                  f"data.train_size={train_size}", "task.train_steps=12"))
+        assert _steps_run(result) == 12 and _validated_epochs(out) == epochs, train_size
     explicit = tmp_path / "explicit"  # an epoch count on the command line wins over the budget
     result = train(compose_in(explicit, "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=12",
                               "trainer.max_epochs=1"))
-    assert _epochs_run(explicit) == 1 and "steps_per_epoch" not in result
+    assert _steps_run(result) == 4 and _validated_epochs(explicit) == [0]
     with pytest.raises(ConfigError, match=r"task.train_steps=0; expected a positive number of training steps"):
         train(compose_in(tmp_path / "bad", "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=0"))
-    # Validation about every 8 steps is every 2nd epoch of 4 steps; the 24 steps are 6 epochs, so
-    # the last epoch validates and the kept checkpoint saw the whole budget.
+    # Validation every 8 steps, across epochs of 4; 20 steps round up to 3 whole intervals, so the
+    # last step validates and the kept checkpoints saw the whole budget.
     spaced = tmp_path / "spaced"
-    result = train(compose_in(spaced, "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=24",
-                              "+task.val_every_steps=8"))
-    assert _validated_epochs(spaced) == [1, 3, 5]
-    assert torch.load(result["last_checkpoint"], weights_only=True)["epoch"] == 5
+    result = train(compose_in(spaced, "task=prior", f"encoder.ckpt={encoder}", *by_steps, "task.train_steps=20",
+                              "task.val_every_steps=8"))
+    assert _validated_epochs(spaced) == [1, 3, 5] and _steps_run(result) == 24
+    assert torch.load(result["best_checkpoint"], weights_only=True)["global_step"] in (8, 16, 24)
     with pytest.raises(ConfigError, match=r"task.val_every_steps=0; expected a positive number of steps or null"):
         train(compose_in(tmp_path / "bad_every", "task=prior", f"encoder.ckpt={encoder}", *by_steps,
-                         "+task.val_every_steps=0"))
+                         "task.val_every_steps=0"))

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from featvis.checkpoints import read_checkpoint
-from featvis.summary import summarize
+from featvis.tools.summary import summarize
 
 from .conftest import CONF, ROOT, SMALL_PRIOR
 
@@ -109,7 +109,7 @@ def test_joblib_sweep_of_the_sampler_and_its_summary(tmp_path, small_classifier,
     sweep = tmp_path / "sweep"
     proc = run_script("visualize.py", tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                       *_visualize_args(small_classifier, small_priors, small_judge), "logger=wandb",
-                      "method.eps1=1,0.1", "method.eps2=1e-5,0.1", f"hydra.sweep.dir={sweep}", wandb_mode="offline")
+                      "method.step.eps1=1,0.1", "method.step.eps2=1e-5,0.1", f"hydra.sweep.dir={sweep}", wandb_mode="offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "JoblibLauncher" in (sweep / "multirun.yaml").read_text()
     assert only_dirs(sweep) == ["0", "1", "2", "3"]
@@ -124,11 +124,11 @@ def test_joblib_sweep_of_the_sampler_and_its_summary(tmp_path, small_classifier,
         assert len(list((sweep / job / "wandb").glob("offline-run-*"))) == 1
     assert points == {(1.0, 1e-5), (1.0, 0.1), (0.1, 1e-5), (0.1, 0.1)}
 
-    proc = subprocess.run([sys.executable, "-m", "featvis.summary", str(sweep)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "featvis.tools.summary", str(sweep)], capture_output=True, text=True,
                           timeout=120, env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = (sweep / "summary.md").read_text().splitlines()
-    assert lines[0].startswith("| rank | job | method.eps1 | method.eps2 | judge_transfer x diversity |")
+    assert lines[0].startswith("| rank | job | method.step.eps1 | method.step.eps2 | judge_transfer x diversity |")
     assert lines[0] in proc.stdout
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -152,7 +152,7 @@ def test_optuna_search_of_ppgn_weights(tmp_path, small_classifier, small_priors,
     assert len(returned) == 2
     best = OmegaConf.load(sweep / "optimization_results.yaml")
     assert best.best_value == pytest.approx(max(returned.values()))
-    assert set(best.best_params) == {"method.eps1", "method.eps2", "method.eps3"}
+    assert set(best.best_params) == {"method.step.eps1", "method.step.eps2", "method.step.eps3"}
 
 
 def test_optuna_search_without_its_figures_is_a_one_line_error(tmp_path, small_classifier, small_priors,
@@ -167,7 +167,7 @@ def test_optuna_search_without_its_figures_is_a_one_line_error(tmp_path, small_c
 
 
 def test_summary_of_a_missing_dir_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "featvis.summary", str(tmp_path / "nothing")],
+    proc = subprocess.run([sys.executable, "-m", "featvis.tools.summary", str(tmp_path / "nothing")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("featvis: error:") and len(proc.stderr.strip().splitlines()) == 1
@@ -302,7 +302,7 @@ def test_caffenet_one_training_step_and_one_dgn_am_step(tmp_path):
     from hydra.utils import instantiate
 
     from featvis.nets import CodeStatistics
-    from featvis.run import train
+    from featvis.jobs.train import train
     from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
     from featvis.synthesis.priors import ClipCodes, Decay
     from featvis.synthesis.spaces import CodeSpace

@@ -16,7 +16,7 @@ from featvis.errors import CheckpointError, ConfigError
 from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
 from featvis.synthesis.priors import ClipCodes, Decay, GaussianPrior
 from featvis.synthesis.spaces import CodeSpace
-from featvis.visualize import parse_units, visualize
+from featvis.jobs.visualize import parse_units, visualize
 
 from .conftest import CONF, ROOT
 
@@ -62,8 +62,8 @@ def test_selectivity_adds_the_log_softmax_so_another_class_cannot_raise_a_raw_un
     ([[Term("fc9", 0)]], {"fc8": 3}, {}, "layer 'fc9' not available"),
     ([[Term("fc8", 0)]], {"fc8": 3}, {"mode": "prob"}, "objective mode 'prob'"),
     ([[]], {"fc8": 3}, {}, "empty objective"),
-    ([[Term("fc8", 0)]], {"fc8": 3}, {"selectivity": -1.0}, r"method.selectivity=-1.0; expected a non-negative"),
-    ([[Term("fc8", 0)]], {"fc8": 3}, {"selectivity": "high"}, r"method.selectivity=high; expected a non-negative"),
+    ([[Term("fc8", 0)]], {"fc8": 3}, {"selectivity": -1.0}, r"method.objective.selectivity=-1.0; expected a non-negative"),
+    ([[Term("fc8", 0)]], {"fc8": 3}, {"selectivity": "high"}, r"method.objective.selectivity=high; expected a non-negative"),
 ])
 def test_bad_objectives(objectives, sizes, kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -75,7 +75,7 @@ def test_bad_objectives(objectives, sizes, kwargs, message):
                                           ("scale", 1.5),
                                           ("rotate", -1.0), ("target_blur", -0.5)])
 def test_bad_sampler_settings_name_the_value(field, value):
-    with pytest.raises(ConfigError, match=f"method.{field}="):
+    with pytest.raises(ConfigError, match=f"method.step.{field}="):
         SamplerSettings(**{field: value})
 
 
@@ -159,7 +159,7 @@ def test_the_prior_weight_follows_its_schedule(target):
     # step of the L2 prior (-z) from 0.9 lands on 0.
     ramp = _pixel_sampler(net, [0], steps=2, prior=GaussianPrior(), eps1=0.0, eps2=0.0, eps2_end=1.0, lr=1.0)
     assert torch.allclose(ramp.run(z0).last_z, torch.zeros_like(z0))
-    with pytest.raises(ConfigError, match=r"method.eps2=0.0 \(eps2_end=1.0\) but no prior"):
+    with pytest.raises(ConfigError, match=r"method.step.eps2=0.0 \(eps2_end=1.0\) but no prior"):
         _pixel_sampler(net, [0], steps=2, eps2=0.0, eps2_end=1.0)
 
 
@@ -225,12 +225,12 @@ def test_visualize_writes_grid_images_gifs_and_metrics(method, small_classifier,
 @pytest.mark.parametrize("overrides, message", [
     (["layer=fc10"], "layer 'fc10' not found"),
     (["units=[15]"], "unit 15 out of range"),
-    (["method.lr=-1"], "method.lr=-1"),
+    (["method.step.lr=-1"], "method.step.lr=-1"),
     (["method=dgn_am", "generator.ckpt=null"], "expected generator.ckpt"),
     (["method=ppgn", "prior.ckpt=null"], "needs prior.ckpt"),
     (["target.ckpt=GENERATOR"], "is a generator checkpoint; expected a classifier"),
-    (["steps=0"], "method.steps=0"),
-    (["method=pixel_maco", "method.magnitude=GENERATOR"], "holds a magnitude of NoneType; expected a spectrum"),
+    (["steps=0"], "steps=0; expected a positive integer"),
+    (["method=pixel_maco", "method.space.magnitude=GENERATOR"], "holds a magnitude of NoneType; expected a spectrum"),
 ])
 def test_visualize_bad_input_writes_nothing(overrides, message, small_classifier, small_priors, tmp_path):
     generator = small_priors["generator"][1]["last_checkpoint"]
@@ -255,8 +255,9 @@ def test_visualize_cli_one_line_error(tmp_path, small_classifier):
     assert not Path(tmp_path / "run" / "metrics.json").exists()
 
 
-def test_diversity_and_real_top_activations():
-    from featvis.synthesis.evaluation import pairwise_diversity, per_class_diversity, real_top_activations
+def test_diversity_and_real_activations():
+    from featvis.synthesis.evaluation import pairwise_diversity, real_activations
+    from tests.checks import per_class_diversity
 
     features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0]])
     assert pairwise_diversity(features, groups=2).tolist() == [5.0, 0.0]
@@ -275,10 +276,11 @@ def test_diversity_and_real_top_activations():
             return x.flatten(1)
 
     images = torch.arange(20 * 12, dtype=torch.float).view(20, 3, 2, 2)
-    top1, top9, seen = real_top_activations(Identity(), [Term("flatten", 0)], [(images[:10],), (images[10:],)])
-    column = images.flatten(1)[:, 0]
-    assert top1.item() == column.max().item()
-    assert top9.item() == column.topk(9).values.mean().item() and len(seen) == 20
+    batches = [(images[:10],), (images[10:],)]
+    values, _, seen = real_activations(Identity(), [Term("flatten", 0)], batches)
+    assert torch.equal(values[:, 0], images.flatten(1)[:, 0]) and len(seen) == 20 and seen.labels is None
+    values, _, seen = real_activations(Identity(), [Term("flatten", 0)], batches, max_images=15)
+    assert len(values) == len(seen) == 15 and torch.equal(seen.images, images[:15])
 
 
 def test_grid_artifact_score_flags_a_checkerboard_and_not_real_images():
@@ -300,7 +302,7 @@ def test_grid_artifact_score_flags_a_checkerboard_and_not_real_images():
 
 
 def test_reconstruction_transfer_reads_the_judge_on_real_images_and_on_their_reconstructions():
-    from featvis.synthesis.evaluation import reconstruction_transfer
+    from tests.checks import reconstruction_transfer
 
     class BrightestChannel(torch.nn.Module):  # a judge: the class is the channel with the largest mean
         image_size = 8
@@ -335,7 +337,7 @@ def test_reconstruction_transfer_reads_the_judge_on_real_images_and_on_their_rec
 
 
 def test_judge_misreadings_name_each_units_most_common_wrong_class():
-    from featvis.synthesis.evaluation import judge_misreadings
+    from tests.checks import judge_misreadings
 
     names = ["red circle", "blue circle", "blue square"]
     per_unit = [{"unit_index": 0, "judge_classes": [0, 0, 0, 0]},
@@ -461,17 +463,18 @@ def test_a_method_is_a_space_a_prior_term_and_operators(small_priors):
     assert torch.equal(starts[:3], starts[3:]) and not torch.equal(starts[0], starts[1])
     assert dgn.space(starts).shape == (6, 3, 32, 32)
     assert torch.equal(pixel.start(1, 2)[1:], PixelSpace(32).start(torch.Generator().manual_seed(1)))
-    for change, message in (("decay=0.0", r"method.decay=0.0; expected a value in \(0, 1\]"),
-                            ("clip_quantile=1.5", r"method.clip_quantile=1.5; expected a value in \(0, 1\]"),
-                            ("init=ones", r"method.init='ones'; expected stats, zeros or multifaceted"),
-                            ("space=wavelet", r"method.space='wavelet'; expected pixel, fft, maco or code")):
+    for change, message in (("operators.decay.factor=0.0", r"method.operators.decay.factor=0.0; expected a value in \(0, 1\]"),
+                            ("operators.clip.quantile=1.5", r"method.operators.clip.quantile=1.5; expected a value in \(0, 1\]"),
+                            ("space.init=ones", r"method.space.init='ones'; expected stats, zeros or multifaceted"),
+                            ("space._target_=wavelet", r"method.space._target_='wavelet' cannot be built"),
+                            ("decay=0.5", r"method.decay is now method.operators.decay.factor")):
         with pytest.raises(ConfigError, match=message):
             method("dgn_am", change)
 
 
 def test_the_activation_path_check_scores_real_images_as_its_ceiling(target):
     from featvis.data import ShapesDataModule
-    from featvis.synthesis.evaluation import path_similarity, spearman
+    from featvis.synthesis.evaluation import path_similarity, real_activations, spearman
 
     assert spearman(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]), torch.tensor([10.0, 20.0, 30.0])).tolist() \
         == pytest.approx([1.0, -1.0])
@@ -483,10 +486,12 @@ def test_the_activation_path_check_scores_real_images_as_its_ceiling(target):
     # the ceiling scores.  Unit 5 is read by its top-k real images instead of its class.
     held = images[(torch.arange(len(labels)) % 2 == 1) & (labels == 3)]
     terms, layers = [Term("fc8", 3)], ["conv2", "fc7"]
-    found = path_similarity(net.eval(), terms, held, len(held), data.val_dataloader(), layers, [True])
+    values, channels, pool = real_activations(net.eval(), terms, data.val_dataloader(), layers=layers)
+    found = path_similarity(net, terms, held, len(held), values, channels, pool.labels, [True])
     assert found["by_layer"] == pytest.approx(found["real_by_layer"]) and found["by_layer"]["fc7"] > 0.5
     grey = torch.full((2, 3, 32, 32), 0.5)
-    other = path_similarity(net, [Term("conv2", 5)], grey, 2, data.val_dataloader(), layers, [False])
+    values, channels, _ = real_activations(net, [Term("conv2", 5)], pool, layers=layers)  # the same pool
+    other = path_similarity(net, [Term("conv2", 5)], grey, 2, values, channels, None, [False])
     assert set(other["per_unit"][0]) == set(layers) and other["real_by_layer"]["fc7"] > other["by_layer"]["fc7"]
 
 
@@ -501,15 +506,15 @@ def test_the_diversity_term_pushes_a_units_seeds_apart(target):
     assert (gram_similarity(acts, 2) < 1).all() and gram_similarity(acts, 2).shape == (4,)
 
     def similarity(diversity: float) -> float:
-        found = featvis.synthesize(net, [2, 9], featvis.method_config("pixel_noprior", f"diversity={diversity}"),
+        found = featvis.synthesize(net, [2, 9], featvis.method_config("pixel_noprior", f"objective.diversity={diversity}"),
                                    seeds=3, steps=25, spatial="mean")
         return float(gram_similarity(activations(net, found.images, ["conv3"])["conv3"], 3).mean())
 
     assert similarity(20.0) < similarity(0.0) - 0.01
-    with pytest.raises(ConfigError, match=r"method.diversity_layer='conv9' is not available"):
-        featvis.synthesize(net, [2], featvis.method_config("pixel", "diversity=1.0", "diversity_layer=conv9"), seeds=2)
-    with pytest.raises(ConfigError, match=r"method.diversity=-1.0; expected a non-negative number"):
-        featvis.synthesize(net, [2], featvis.method_config("pixel", "diversity=-1.0"), seeds=2)
+    with pytest.raises(ConfigError, match=r"method.objective.diversity_layer='conv9' is not available"):
+        featvis.synthesize(net, [2], featvis.method_config("pixel", "objective.diversity=1.0", "objective.diversity_layer=conv9"), seeds=2)
+    with pytest.raises(ConfigError, match=r"method.objective.diversity=-1.0; expected a non-negative number"):
+        featvis.synthesize(net, [2], featvis.method_config("pixel", "objective.diversity=-1.0"), seeds=2)
 
 
 def test_multifaceted_starts_are_the_cluster_medoids_of_each_units_top_real_codes(target, small_priors):
@@ -525,7 +530,7 @@ def test_multifaceted_starts_are_the_cluster_medoids_of_each_units_top_real_code
     data = ShapesDataModule(image_size=32, val_size=150, batch_size=50)
     data.setup("validate")
     generator = small_priors["generator"][1]["last_checkpoint"]
-    method = featvis.load_method(featvis.method_config("dgn_am", "init=multifaceted", "multifaceted_top_k=20"),
+    method = featvis.load_method(featvis.method_config("dgn_am", "space.init=multifaceted", "space.top_k=20"),
                                  generator, None, 32)
     found = featvis.synthesize(net, [0, 4], method, class_names=record["class_names"], seeds=3, steps=3,
                                real=data.val_dataloader(), evaluation=False, record_every=1)
@@ -544,7 +549,7 @@ def test_multifaceted_starts_are_the_cluster_medoids_of_each_units_top_real_code
     with torch.no_grad():
         first = method.space(starts).clamp(0, 1)
     assert torch.allclose(found.result.frames[0], first, atol=1e-5)
-    with pytest.raises(ConfigError, match="method.init=multifaceted needs real images"):
+    with pytest.raises(ConfigError, match="method.space.init=multifaceted needs real images"):
         featvis.synthesize(net, [0], method, seeds=2, steps=1)
 
 
@@ -586,9 +591,9 @@ def test_maco_moves_only_the_phase_of_the_real_images_spectrum(tmp_path):
     # ... and never the magnitude (columns 0 and S/2 of a real FFT keep only part of their phase)
     spectra = torch.fft.rfft2(space.decorrelated(starts), norm="ortho").abs()[..., 1:16]
     assert torch.allclose(spectra, magnitude[..., 1:16].expand_as(spectra), rtol=1e-3, atol=1e-4)
-    # The spectrum a run saves is what method.magnitude reads back, at the size it was made for.
+    # The spectrum a run saves is what method.space.magnitude reads back, at the size it was made for.
     from featvis.io import save_tensors
-    from featvis.synthesis.methods import maco_magnitude
+    from featvis.synthesis.spaces import maco_magnitude
 
     saved = save_tensors({"magnitude": magnitude}, tmp_path / "maco_magnitude.pt")
     assert torch.equal(maco_magnitude(str(saved), None, 32), magnitude)
@@ -605,7 +610,7 @@ def test_transparency_marks_where_the_unit_looks(small_classifier):
     from featvis.synthesis.methods import method_config
 
     target, _ = load_classifier(small_classifier[1]["best_checkpoint"])
-    method = method_config("pixel_noprior", "transparency=true", "jitter=0")
+    method = method_config("pixel_noprior", "step.transparency=true", "step.jitter=0")
     found = featvis.synthesize(target, [3], method, layer="conv2", seeds=2, steps=5)
     alpha = found.result.alpha
     assert alpha.shape == (2, 1, 32, 32) and alpha.min() >= 0 and alpha.max() == 1

@@ -7,7 +7,7 @@ from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.data import ShapesDataset
 from featvis.errors import CheckpointError
 from featvis.nets import activations
-from featvis.run import train
+from featvis.jobs.train import train
 
 from .conftest import SMALL_CLASSIFIER, compose_in
 

@@ -16,7 +16,7 @@ _HOMES = {"Synthesis": "featvis.synthesis.synthesize", "synthesize": "featvis.sy
           "method_config": "featvis.synthesis.methods", "as_target": "featvis.nets.targets",
           "Target": "featvis.nets.targets", "direction": "featvis.synthesis.objectives",
           "match": "featvis.synthesis.objectives", "custom": "featvis.synthesis.objectives",
-          "FeatureEvolution": "featvis.callbacks"}
+          "FeatureEvolution": "featvis.evolution"}
 __all__ = sorted(_HOMES)
 
 

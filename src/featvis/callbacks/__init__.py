@@ -1,7 +1,7 @@
-"""Lightning callbacks: the side jobs of training (pictures, evolution records, numerics checks)."""
+"""Lightning callbacks for the side jobs of training: generator sample grids and numerics checks.
+Feature evolution's callback is `featvis.evolution.FeatureEvolution`."""
 
-from featvis.callbacks.evolution import FeatureEvolution
 from featvis.callbacks.numerics import NumericsGuard
 from featvis.callbacks.samples import GeneratorSamples
 
-__all__ = ["FeatureEvolution", "GeneratorSamples", "NumericsGuard"]
+__all__ = ["GeneratorSamples", "NumericsGuard"]

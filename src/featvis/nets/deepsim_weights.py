@@ -17,7 +17,7 @@ does not fit the Generator (a code vector -> a 4x4 map) and is refused.
 
 A published generator comes without the statistics of the codes it inverts, which code
 methods need (starting codes, clipping); `read_statistics` reads them from a file (see
-featvis.deepsim, which writes one beside the weights).
+featvis.tools.deepsim, which writes one beside the weights).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def read_statistics(path: str | Path, code_dim: int) -> tuple[CodeStatistics, di
         return stats.fit(codes), {}
     else:
         raise CheckpointError(f"code statistics {path} hold none of the known entries; expected a file from "
-                              "python -m featvis.deepsim, a prior or generator checkpoint, or {'codes': N x D tensor}")
+                              "python -m featvis.tools.deepsim, a prior or generator checkpoint, or {'codes': N x D tensor}")
     found = state.get("mean")
     if not isinstance(found, torch.Tensor) or found.shape != (code_dim,):
         size = tuple(found.shape) if isinstance(found, torch.Tensor) else None
@@ -200,7 +200,7 @@ def load_upconv(path: str | Path, state: dict[str, Any],
     stats_file = Path(stats).expanduser() if stats else statistics_path(path)
     if not stats and not stats_file.is_file():
         raise CheckpointError(f"generator {path} is a published DeePSiM generator without code statistics; "
-                              f"expected {stats_file} (written by python -m featvis.deepsim {path} ...)")
+                              f"expected {stats_file} (written by python -m featvis.tools.deepsim {path} ...)")
     code_stats, encoder = read_statistics(stats_file, generator.code_dim)
     layer = named or encoder.get("code_layer") or ("fc8" if generator.code_dim == 1000 else None)
     if layer not in CODE_LAYERS:

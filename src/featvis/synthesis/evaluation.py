@@ -14,26 +14,24 @@ periods relative to the neighbouring frequencies (about 1 for natural images).
 `path_similarity` is the activation-path check of Geirhos et al. ("Don't trust your eyes", 2024):
 a synthesis that drives the unit through other channels than natural images do is suspect.
 
-`reconstruction_transfer` bounds (b) for the code methods from above: how often the judge
-recognises G's reconstructions G(E(x)) of real images; `per_class_diversity` puts (c) on a
-scale: the diversity of as many real images (or their reconstructions) per class as seeds.
+The real images are a `featvis.synthesis.real.RealImages` pool (or batches, read into one); the
+target's activations on it are read once for (a) and the path check.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import tap
 from featvis.synthesis.objectives import Term, reduce_units, term_values
+from featvis.synthesis.real import RealImages
 
 
 class JudgeFeatures(nn.Module):
@@ -53,26 +51,24 @@ class JudgeFeatures(nn.Module):
 
 
 @torch.no_grad()
-def real_top_activations(target: nn.Module, terms: list[Term], batches: Iterable, spatial: str = "center",
-                         max_images: int = 2000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per term: top-1 and mean top-9 activation over real images, and the images seen."""
-    layers = sorted({t.layer for t in terms})
-    taps = tap(target, layers).eval()
-    columns: list[torch.Tensor] = []
-    seen: list[torch.Tensor] = []
-    count = 0
-    for batch in batches:
-        images = fit_images(batch[0], target.image_size)
-        acts = taps(images)
-        prefix = getattr(target, "prefix_tokens", 0)
-        columns.append(torch.stack([term_values(t, acts[t.layer], spatial, prefix) for t in terms], dim=1))
-        seen.append(images)
-        count += len(images)
-        if count >= max_images:
-            break
-    values = torch.cat(columns)[:max_images]
+def real_activations(target: nn.Module, terms: list[Term], real: Any, spatial: str = "center",
+                     layers: Sequence[str] = (), max_images: int = 2000
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], RealImages]:
+    """On the first `max_images` real images (a RealImages pool, or batches (images, labels)): each
+    term's value (N, terms), each of `layers`' channels averaged over space (N, C), and the pool."""
+    pool = RealImages.of(real, target.image_size, max_images).first(max_images)
+    prefix = getattr(target, "prefix_tokens", 0)
+    parts = pool.read(target, {t.layer for t in terms} | set(layers), lambda acts: (
+        torch.stack([term_values(t, acts[t.layer], spatial, prefix) for t in terms], 1),
+        {name: reduce_units(acts[name], "mean") for name in layers}))
+    channels = {name: torch.cat([part[1][name] for part in parts]) for name in layers}
+    return torch.cat([part[0] for part in parts]), channels, pool
+
+
+def _top(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per term: the top-1 and the mean top-9 value over the real images."""
     top = values.topk(min(9, len(values)), dim=0).values
-    return top[0], top.mean(0), torch.cat(seen)[:max_images]
+    return top[0], top.mean(0)
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:
@@ -87,33 +83,22 @@ def spearman(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def path_similarity(target: nn.Module, terms: list[Term], images: torch.Tensor, seeds: int, real_batches: Iterable,
-                    layers: Sequence[str], class_units: Sequence[bool], spatial: str = "center",
-                    max_images: int = 2000, top_k: int = 9) -> dict[str, Any]:
+def path_similarity(target: nn.Module, terms: list[Term], images: torch.Tensor, seeds: int, values: torch.Tensor,
+                    real: dict[str, torch.Tensor], labels: torch.Tensor | None, class_units: Sequence[bool],
+                    top_k: int = 9) -> dict[str, Any]:
     """Per unit and layer: the Spearman correlation over the layer's channels (each averaged over
     space) between a synthesis's activations and the mean activation of the unit's real reference
-    images, averaged over the unit's seeds.  The reference is the unit's class's images where
-    `class_units[u]` (a logits unit of the real data's classes), else its `top_k` real images by
-    activation.  The real images are split in two: the reference comes from one half, and the
-    other half's class (or top-k) images, scored the same way, give the ceiling (`real`)."""
-    wanted = sorted(set(layers) | {t.layer for t in terms})
-    taps = tap(target, wanted).eval()
-    channels: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    unit_values, labels, count = [], [], 0
-    for batch in real_batches:
-        acts = taps(fit_images(batch[0], target.image_size))
-        for name in layers:
-            channels[name].append(reduce_units(acts[name], "mean"))
-        prefix = getattr(target, "prefix_tokens", 0)
-        unit_values.append(torch.stack([term_values(t, acts[t.layer], spatial, prefix) for t in terms], 1))
-        labels.append(batch[1])
-        count += len(batch[0])
-        if count >= max_images:
-            break
-    real = {name: torch.cat(v)[:max_images] for name, v in channels.items()}
-    values, labels = torch.cat(unit_values)[:max_images], torch.cat(labels)[:max_images]
-    halves = torch.arange(len(labels), device=labels.device) % 2 == 0  # reference half, and the hold-out
-    made = taps(fit_images(images, target.image_size))
+    images, averaged over the unit's seeds; `values`, `real` and `labels` are the real images'
+    (real_activations: each term's value, each layer's channels, the pool's labels).  The
+    reference is the unit's class's images where `class_units[u]` (a logits unit of the real
+    data's classes), else its `top_k` real images by value.  The real images are split in two: the
+    reference comes from one half, and the other half's class (or top-k) images, scored the same
+    way, give the ceiling (`real_by_layer`)."""
+    layers = list(real)
+    if labels is None and any(class_units):
+        raise ValueError("the path check of a class unit needs the real images' labels: batches of (images, labels)")
+    halves = torch.arange(len(values), device=values.device) % 2 == 0  # reference half, and the hold-out
+    made = tap(target, layers).eval()(fit_images(images, target.image_size))
     made = {name: reduce_units(made[name], "mean").view(len(terms), seeds, -1) for name in layers}
     per_unit, ceiling = [], []
     for u, term in enumerate(terms):
@@ -121,7 +106,7 @@ def path_similarity(target: nn.Module, terms: list[Term], images: torch.Tensor, 
         for half, chosen in ((True, rows), (False, held)):
             mask = halves == half
             if class_units[u]:
-                members = mask & (labels == term.unit)
+                members = mask & (labels.to(mask.device) == term.unit)
             else:
                 order = values[:, u].masked_fill(~mask, -torch.inf).topk(min(top_k, int(mask.sum()))).indices
                 members = torch.zeros_like(mask).index_fill_(0, order, True)
@@ -178,42 +163,14 @@ def pairwise_diversity(features: torch.Tensor, groups: int) -> torch.Tensor:
     return distances.sum((1, 2)) / (n * (n - 1))
 
 
-def per_class_diversity(features: torch.Tensor, labels: torch.Tensor, per_class: int) -> torch.Tensor:
-    """(c) for data instead of syntheses: the diversity among the first `per_class` items of each class.
-
-    The scale that a unit's `per_class` seeds are read against: real images, or G's
-    reconstructions of them, score what a sampler drawing like the data would.  One value per
-    class that has `per_class` items.
-    """
-    groups = [features[labels == c][:per_class] for c in labels.unique().tolist()]
-    groups = [g for g in groups if len(g) == per_class]
-    if not groups:
-        raise ValueError(f"per_class={per_class}: no class has that many items; expected at most "
-                         f"{int(labels.bincount().max()) if len(labels) else 0}")
-    return pairwise_diversity(torch.cat(groups), len(groups))
-
-
-def judge_misreadings(per_unit: Sequence[dict[str, Any]], class_names: Sequence[str]) -> list[str]:
-    """For each unit whose seeds the judge did not all read as the unit's class, its most common
-    wrong reading: "blue square as blue circle 6/8".  Colour right and shape wrong, say, points at
-    what G or the target gets wrong, which a transfer figure alone hides."""
-    found = []
-    for row in per_unit:
-        read = row.get("judge_classes", [])
-        wrong = Counter(c for c in read if c != row["unit_index"])
-        if wrong:
-            label, count = wrong.most_common(1)[0]
-            found.append(f"{class_names[row['unit_index']]} as {class_names[label]} {count}/{len(read)}")
-    return found
-
-
 @torch.no_grad()
 def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], images: torch.Tensor,
-             activations: torch.Tensor, seeds: int, real_batches: Iterable | None, spatial: str = "center",
+             activations: torch.Tensor, seeds: int, real_batches: Any, spatial: str = "center",
              judge_layer: str = "fc7", judge_classes_match: bool = False, max_real: int = 2000,
              path_layers: Sequence[str] = (), class_units: Sequence[bool] | None = None) -> dict[str, Any]:
     """The figures (a)-(d) for syntheses `images` (units x seeds, unit-major) of `terms` (one per unit),
-    and with `path_layers` and real images the activation-path check (`path_similarity`)."""
+    and with `path_layers` and real images (`real_batches`: a RealImages pool, or batches (images,
+    labels)) the activation-path check (`path_similarity`)."""
     units = len(terms)
     report: dict[str, Any] = {"per_unit": [{"unit_index": t.unit, "layer": t.layer} for t in terms],
                               "grid_artifact": grid_artifact_score(images)}
@@ -221,7 +178,8 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
     medians = per_sample.median(1).values
     real_images = None
     if real_batches is not None:
-        top1, top9, real_images = real_top_activations(target, terms, real_batches, spatial, max_real)
+        values, channels, pool = real_activations(target, terms, real_batches, spatial, path_layers, max_real)
+        (top1, top9), real_images = _top(values), pool.floats()
         beats = medians > top1
         for u, row in enumerate(report["per_unit"]):
             row.update(real_top1=float(top1[u]), real_top9_mean=float(top9[u]),
@@ -229,8 +187,8 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
         report["beats_real_top1"] = float(beats.float().mean())
         report["real_grid_artifact"] = grid_artifact_score(fit_images(real_images, images.shape[-1]))
         if path_layers:
-            path = path_similarity(target, terms, images, seeds, real_batches, path_layers,
-                                   class_units or [False] * units, spatial, max_real)
+            path = path_similarity(target, terms, images, seeds, values, channels, pool.labels,
+                                   class_units or [False] * units)
             for row, by_layer in zip(report["per_unit"], path["per_unit"]):
                 row["path_similarity"] = by_layer
             report["path_similarity"], report["real_path_similarity"] = path["by_layer"], path["real_by_layer"]
@@ -270,32 +228,3 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
         else:
             report["fid"] = None  # fewer samples than feature dimensions: the covariance is singular
     return report
-
-
-@torch.no_grad()
-def reconstruction_transfer(generator: nn.Module, encoder: nn.Module, judge: nn.Module, batches: Iterable,
-                            num_classes: int, max_images: int = 1000) -> dict[str, Any]:
-    """The judge's accuracy on real images and on their reconstructions G(E(x)): overall and per class.
-
-    The code methods can only show what G draws; a class whose reconstructions the judge misreads
-    is one whose syntheses it will misread too, however well the sampler maximizes the unit.
-    `encoder` is the `Encoder` whose codes G inverts.
-    """
-    judge = judge.eval()
-    metrics = {name: {"overall": MulticlassAccuracy(num_classes, average="micro"),
-                      "per_class": MulticlassAccuracy(num_classes, average="none")}
-               for name in ("real", "reconstruction")}
-    count = 0
-    for images, labels in batches:
-        images, labels = images[: max_images - count], labels[: max_images - count]
-        codes = encoder.code(fit_images(images, encoder.image_size or images.shape[-1]))
-        reconstructions = generator(codes).clamp(0, 1)
-        for name, shown in (("real", images), ("reconstruction", reconstructions)):
-            predicted = judge(fit_images(shown, judge.image_size)).argmax(1)
-            for metric in metrics[name].values():
-                metric.update(predicted, labels)
-        count += len(images)
-        if count >= max_images:
-            break
-    return {name: {"overall": float(m["overall"].compute()), "per_class": m["per_class"].compute().tolist()}
-            for name, m in metrics.items()} | {"images": count}

@@ -1,34 +1,30 @@
 """From a method config (conf/method/*.yaml) and checkpoints to the parts the Sampler runs,
 and from a units spec to the objectives' units.
 
-A method config is read here only: its space (pixel, fft, maco, or the code of a generator
-loaded with its code statistics), the prior term named by `method.prior`, and the
-post-step operators (code clipping, decay, image operators).  Units are indices, class
-names or sums, of one layer or of a mapping of layers.
+A method config's blocks (featvis.synthesis.settings.MethodConfig) are built here: the space,
+the prior term and the post-step operators from their `_target_`s, given the run-time values
+they take (the image size, generator.ckpt, prior.ckpt, real images, the space).  Units are
+indices, class names or sums, of one layer or of a mapping of layers.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from featvis.checkpoints import check_same_code, load_classifier, load_generator, load_prior
-from featvis.errors import CheckpointError, ConfigError
-from featvis.io import read_checkpoint
-from featvis.nets.encoder import Encoder
+from featvis.errors import ConfigError
 from featvis.nets.layers import activations, frozen, layer_names, pre_activation, tap
 from featvis.synthesis.objectives import Term, direction, match
-from featvis.synthesis.priors import (CenteredGaussianPrior, ClipCodes, DAEPrior, Decay, EncoderLoopPrior,
-                                      GaussianPrior, ImageOperators, PriorTerm, TotalVariationPrior)
-from featvis.synthesis.sampler import SamplerSettings
-from featvis.synthesis.parametrizations import magnitude_spectrum
-from featvis.synthesis.spaces import CodeSpace, FourierSpace, MacoSpace, PixelSpace, starting_points
+from featvis.synthesis.priors import PriorTerm
+from featvis.synthesis.settings import PIXEL_SPACE, ObjectiveSettings, SamplerSettings, moved_key_message
+from featvis.synthesis.spaces import starting_points
 
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")
 
@@ -228,22 +224,48 @@ def special_unit_kind(item: Any) -> str | None:
 
 
 def method_config(name: str, *overrides: str) -> dict[str, Any]:
-    """conf/method/<name>.yaml on its base, with overrides of its keys such as "eps3=0.1"."""
+    """conf/method/<name>.yaml on the schema, with overrides of its keys such as "step.eps3=0.1"."""
     from omegaconf import OmegaConf
 
     from featvis.configs import compose_config
 
+    for override in overrides:
+        moved = moved_key_message(override.partition("=")[0].strip())
+        if moved:
+            raise ConfigError(moved)
     composed = compose_config("visualize", [f"method={name}", *(f"method.{o}" for o in overrides)])
     return OmegaConf.to_container(composed.method, resolve=True)
 
 
+def build(block: Mapping[str, Any], where: str, **available: Any) -> Any:
+    """The object of a config block with a `_target_`, given those of `available` (the image size,
+    the checkpoints, the real images, the space) that its target takes by name."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if not isinstance(block, Mapping) or "_target_" not in block:
+        raise ConfigError(f"{where}={block!r}; expected a block with a _target_")
+    try:
+        factory = instantiate(dict(block), _partial_=True)
+    except InstantiationException as err:
+        raise ConfigError(f"{where}._target_={block['_target_']!r} cannot be built "
+                          f"({str(err).splitlines()[0]}); expected an importable class or function") from None
+    wanted = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in available.items() if k in wanted and k not in factory.keywords})
+
+
 def sampler_settings(method: Mapping[str, Any], steps: int | None = None, record_every: int = 0) -> SamplerSettings:
-    """The update's settings from a method config: every SamplerSettings field it names."""
-    names = {f.name for f in fields(SamplerSettings)} - {"record_every"}
-    values = {k: method[k] for k in names if k in method}
+    """A method config's step block, with its own step count unless `steps` is given."""
+    values = {**(method.get("step") or {}), "record_every": record_every}
     if steps is not None:
         values["steps"] = int(steps)
-    return SamplerSettings(**values, record_every=record_every)
+    return SamplerSettings(**values)
+
+
+def needs_real_spectrum(method: Mapping[str, Any]) -> bool:
+    """Whether the method's space takes its magnitude spectrum from real images (MACO without a file)."""
+    space = method.get("space") or {}
+    return str(space.get("_target_", "")).endswith("MacoSpace.from_real") and not space.get("magnitude")
 
 
 @dataclass
@@ -255,11 +277,19 @@ class Method:
     space: nn.Module
     prior: PriorTerm | None = None
     operators: list[Any] = field(default_factory=list)
-    generator_record: dict[str, Any] | None = None  # code methods: what G was trained on
 
     @property
     def name(self) -> str:
         return str(self.config.get("name"))
+
+    @property
+    def generator_record(self) -> dict[str, Any] | None:
+        """Code methods: what G was trained on."""
+        return getattr(self.space, "record", None)
+
+    @property
+    def objective(self) -> ObjectiveSettings:
+        return ObjectiveSettings(**self.config.get("objective", {}))
 
     def modules(self) -> list[nn.Module]:
         """Every module the method runs (to move them to a device)."""
@@ -279,88 +309,17 @@ class Method:
 
 def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckpt: str | None,
                 image_size: int, real: Any = None) -> Method:
-    """Build a method's parts from its config: the space named by method.space (loading G for
-    code methods; for maco, the magnitude spectrum from method.magnitude or from `real`, batches of
-    real images), the prior term named by method.prior, and the operators."""
+    """Build a method's parts from its config blocks: the space (G loaded from `generator_ckpt`
+    for code methods; MACO's magnitude spectrum from `real`, batches of real images, when its file
+    is not given), the prior term (a DAE from `prior_ckpt`) and the operators, in order."""
     config = dict(method)
-    generator_record = None
-    if config["space"] == "pixel":
-        space: nn.Module = PixelSpace(image_size)
-    elif config["space"] == "fft":
-        space = FourierSpace(image_size)
-    elif config["space"] == "maco":
-        space = MacoSpace(maco_magnitude(config.get("magnitude"), real, image_size))
-    elif config["space"] == "code":
-        if not generator_ckpt:
-            raise ConfigError(f"method={config['name']} optimizes a generator's code; expected generator.ckpt")
-        generator, stats, generator_record = load_generator(generator_ckpt)
-        init = config.get("init", "stats")
-        encoder = record_encoder(generator_record, "method.init=multifaceted") if init == "multifaceted" else None
-        space = CodeSpace(generator, stats, init, encoder)
-    else:
-        raise ConfigError(f"method.space={config['space']!r}; expected pixel, fft, maco or code")
-    prior = prior_term(config.get("prior"), space, prior_ckpt, generator_record)
-    operators: list[Any] = []
-    quantile = config.get("clip_quantile")
-    if quantile is not None:
-        if not 0 < quantile <= 1:  # NaN too
-            raise ConfigError(f"method.clip_quantile={quantile}; expected a value in (0, 1]")
-        if isinstance(space, CodeSpace):
-            operators.append(ClipCodes(space.stats.quantile(quantile)))
-    if config.get("decay", 1.0) != 1.0:
-        operators.append(Decay(config["decay"]))
-    if config.get("image_operators"):
-        operators.append(ImageOperators(**config["image_operators"]))
-    return Method(config, space, prior, operators, generator_record)
-
-
-def maco_magnitude(path: str | None, real: Any, image_size: int) -> torch.Tensor:
-    """MACO's magnitude spectrum at `image_size`: read from `path` (a file that visualize.py wrote
-    as maco_magnitude.pt), or the mean over the images of `real` (batches of (images, ...))."""
-    expected = (3, image_size, image_size // 2 + 1)
-    if path:
-        try:
-            magnitude = read_checkpoint(path).get("magnitude")
-        except CheckpointError as err:
-            raise ConfigError(f"method.magnitude: {err}") from None
-        if not isinstance(magnitude, torch.Tensor) or tuple(magnitude.shape) != expected:
-            found = tuple(magnitude.shape) if isinstance(magnitude, torch.Tensor) else type(magnitude).__name__
-            raise ConfigError(f"method.magnitude={path} holds a magnitude of {found}; expected a spectrum of "
-                              f"shape {expected} (maco_magnitude.pt of a run at {image_size} px)")
-        return magnitude
-    if real is None:
-        raise ConfigError("method.space=maco needs the magnitude spectrum of real images; expected "
-                          "method.magnitude=<maco_magnitude.pt> or real images (evaluation.real_images > 0; "
-                          "for FeatureEvolution, validation data)")
-    return magnitude_spectrum(real, image_size)
-
-
-def record_encoder(g_record: dict[str, Any], needed_by: str) -> Encoder:
-    """The encoder a generator was trained on, as its record names it."""
-    if not (g_record.get("encoder") or {}).get("checkpoint"):
-        raise ConfigError(f"{needed_by} needs the encoder G was trained on, and this generator records "
-                          "none; expected a generator checkpoint of task=generator")
-    net, _ = load_classifier(g_record["encoder"]["checkpoint"])
-    return Encoder(net, g_record["encoder"]["code_layer"])
-
-
-def prior_term(name: str | None, space: nn.Module, prior_ckpt: str | None,
-               g_record: dict[str, Any] | None) -> PriorTerm | None:
-    """The eps2 term named by method.prior."""
-    if name in (None, "none"):
-        return None
-    if name == "l2":
-        return GaussianPrior() if isinstance(space, CodeSpace) else CenteredGaussianPrior(0.5)
-    if name == "tv":
-        return TotalVariationPrior()
-    if name == "dae":
-        if not prior_ckpt:
-            raise ConfigError("method.prior=dae needs prior.ckpt; expected a checkpoint from task=prior")
-        dae, _, record = load_prior(prior_ckpt)
-        check_same_code(g_record, record)
-        return DAEPrior(dae)
-    if name == "encoder_loop":
-        if not isinstance(space, CodeSpace):
-            raise ConfigError("method.prior=encoder_loop needs a code method; expected method.space=code")
-        return EncoderLoopPrior(space.generator, record_encoder(g_record, "method.prior=encoder_loop"))
-    raise ConfigError(f"method.prior={name!r}; expected none, l2, tv, dae or encoder_loop")
+    for key, value in config.items():  # a method config of the flat earlier form
+        moved = None if key == "objective" and isinstance(value, Mapping) else moved_key_message(key)
+        if moved:
+            raise ConfigError(moved)
+    available = {"image_size": image_size, "generator_ckpt": generator_ckpt, "prior_ckpt": prior_ckpt, "real": real}
+    space = build(config.get("space") or PIXEL_SPACE, "method.space", **available)
+    prior = build(config["prior"], "method.prior", space=space, **available) if config.get("prior") else None
+    operators = [build(block, f"method.operators.{name}", space=space, **available)
+                 for name, block in (config.get("operators") or {}).items() if block]
+    return Method(config, space, prior, operators)

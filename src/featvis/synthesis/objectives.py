@@ -192,7 +192,7 @@ class ObjectiveBatch:
         except (TypeError, ValueError):
             self.selectivity = float("nan")
         if not self.selectivity >= 0:  # NaN too
-            raise ConfigError(f"method.selectivity={selectivity}; expected a non-negative number")
+            raise ConfigError(f"method.objective.selectivity={selectivity}; expected a non-negative number")
         if spatial not in SPATIAL:
             raise ConfigError(f"objective spatial {spatial!r}; expected one of {list(SPATIAL)}")
         if not objectives or any(not terms for terms in objectives):
@@ -202,11 +202,11 @@ class ObjectiveBatch:
         # lucid's diversity term: each of a unit's `group` chains (consecutive rows) is pushed away
         # from the others' Gram matrices at `diversity_layer`, so the seeds show different facets.
         if not (isinstance(diversity, (int, float)) and diversity >= 0):  # NaN too
-            raise ConfigError(f"method.diversity={diversity}; expected a non-negative number")
+            raise ConfigError(f"method.objective.diversity={diversity}; expected a non-negative number")
         self.diversity, self.diversity_layer, self.group = float(diversity), diversity_layer, int(group)
         if self.diversity and self.group > 1:
             if diversity_layer not in layer_sizes:
-                raise ConfigError(f"method.diversity_layer={diversity_layer!r} is not available; expected one of "
+                raise ConfigError(f"method.objective.diversity_layer={diversity_layer!r} is not available; expected one of "
                                   f"{sorted(layer_sizes)}")
             if len(objectives) % self.group:
                 raise ConfigError(f"objectives: {len(objectives)} rows in groups of {self.group}; expected whole groups")

@@ -12,13 +12,13 @@ the real images' distribution of energy over frequencies and only where things a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from featvis.errors import ConfigError
-from featvis.nets.adapters import fit_images
+from featvis.synthesis.real import RealImages
 
 # Square root of the RGB colour correlation of ImageNet (lucid's constant), columns normalized
 # by their largest norm: maps decorrelated channels back to RGB.
@@ -56,24 +56,26 @@ class FourierImage(nn.Module):
         return torch.sigmoid(recorrelate(decorrelated) * 4.0)
 
 
+# The real images whose mean magnitude spectrum MACO fixes (MacoSpace without method.space.magnitude).
+MACO_SPECTRUM_IMAGES = 1000
+
+
 @torch.no_grad()
-def magnitude_spectrum(batches: Iterable, size: int, max_images: int = 1000) -> torch.Tensor:
-    """The mean Fourier magnitude (3, size, size // 2 + 1) of real images, in the decorrelated
-    colour space MacoImage renders from; `batches` yields (images, ...) in [0, 1]."""
+def magnitude_spectrum(real: Any, size: int, max_images: int = MACO_SPECTRUM_IMAGES) -> torch.Tensor:
+    """The mean Fourier magnitude (3, size, size // 2 + 1) of the first `max_images` real images
+    (a RealImages pool, or batches (images, ...) in [0, 1]), in the decorrelated colour space
+    MacoImage renders from."""
+    pool = RealImages.of(real, size, max_images).first(max_images)
+    if not len(pool):
+        raise ConfigError("MACO's magnitude spectrum needs real images, and the data gave none; expected "
+                          "a data set with validation images or method.space.magnitude=<maco_magnitude.pt>")
     decorrelate = torch.linalg.inv(COLOUR_SQRT)
-    total, count = torch.zeros(3, size, size // 2 + 1, device="cpu"), 0
-    for batch in batches:
-        images = fit_images(batch[0].float().cpu(), size)[: max_images - count]
+    total = torch.zeros(3, size, size // 2 + 1, device="cpu")
+    for images in pool.batches():
         centred = images - images.mean((1, 2, 3), keepdim=True)
         decorrelated = torch.einsum("ij,bjhw->bihw", decorrelate, centred)
         total += torch.fft.rfft2(decorrelated, norm="ortho").abs().sum(0)
-        count += len(images)
-        if count >= max_images:
-            break
-    if count == 0:
-        raise ConfigError("MACO's magnitude spectrum needs real images, and the data gave none; expected "
-                          "a data set with validation images or method.magnitude=<maco_magnitude.pt>")
-    return total / count
+    return total / len(pool)
 
 
 class MacoImage(nn.Module):

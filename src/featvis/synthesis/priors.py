@@ -61,6 +61,20 @@ class DAEPrior(PriorTerm):
         super().__init__()
         self.dae = dae
 
+    @classmethod
+    def from_checkpoint(cls, prior_ckpt: str | None, space: nn.Module) -> DAEPrior:
+        """The DAE of `prior_ckpt` (task=prior), checked to model the codes of the space's G."""
+        from featvis.checkpoints import check_same_code, load_prior
+
+        if not prior_ckpt:
+            raise ConfigError("method.prior=DAEPrior needs prior.ckpt; expected a checkpoint from task=prior")
+        if getattr(space, "record", None) is None:
+            raise ConfigError("method.prior=DAEPrior models a generator's codes; expected a code method "
+                              "(method.space=CodeSpace.from_checkpoint)")
+        dae, _, record = load_prior(prior_ckpt)
+        check_same_code(space.record, record)
+        return cls(dae)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.dae.score(z)
 
@@ -71,6 +85,16 @@ class EncoderLoopPrior(PriorTerm):
     def __init__(self, generator: nn.Module, encoder: nn.Module):
         super().__init__()
         self.generator, self.encoder = generator, encoder
+
+    @classmethod
+    def for_space(cls, space: nn.Module) -> EncoderLoopPrior:
+        """The loop through the code space's G and the encoder G was trained on."""
+        from featvis.synthesis.spaces import CodeSpace, record_encoder
+
+        if not isinstance(space, CodeSpace):
+            raise ConfigError("method.prior=EncoderLoopPrior needs a code method; expected "
+                              "method.space=CodeSpace.from_checkpoint")
+        return cls(space.generator, record_encoder(space.record or {}, "method.prior=EncoderLoopPrior"))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         size = self.encoder.image_size
@@ -85,6 +109,16 @@ class ClipCodes(nn.Module):
         super().__init__()
         self.register_buffer("upper", upper.detach().clone())
 
+    @classmethod
+    def at_quantile(cls, space: nn.Module, quantile: float = 0.99) -> ClipCodes:
+        """Clip at this quantile of the real codes of the space's G."""
+        if not 0 < quantile <= 1:  # NaN too
+            raise ConfigError(f"method.operators.clip.quantile={quantile}; expected a value in (0, 1]")
+        if not hasattr(space, "stats"):
+            raise ConfigError("method.operators.clip clips a generator's codes; expected a code method "
+                              "(method.space=CodeSpace.from_checkpoint)")
+        return cls(space.stats.quantile(quantile))
+
     def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
         return torch.minimum(z.clamp(min=0), self.upper)
 
@@ -95,7 +129,7 @@ class Decay(nn.Module):
     def __init__(self, factor: float):
         super().__init__()
         if not 0 < factor <= 1:  # NaN too
-            raise ConfigError(f"method.decay={factor}; expected a value in (0, 1]")
+            raise ConfigError(f"method.operators.decay.factor={factor}; expected a value in (0, 1]")
         self.factor = float(factor)
 
     def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
@@ -109,7 +143,7 @@ class ImageOperators:
     the pixels whose norm is in the lowest percentile; all images stay in [0, 1].
     """
 
-    def __init__(self, blur_every: int = 0, blur_sigma: float = 0.5, clip_percentile: float = 0.0):
+    def __init__(self, blur_every: int = 4, blur_sigma: float = 0.5, clip_percentile: float = 0.1):
         self.blur_every, self.blur_sigma, self.clip_percentile = blur_every, blur_sigma, clip_percentile
 
     def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:

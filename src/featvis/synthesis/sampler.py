@@ -33,6 +33,7 @@ from featvis.nets.adapters import fit_images
 from featvis.nets.layers import frozen, redirected_copy, tap
 from featvis.synthesis.objectives import ObjectiveBatch
 from featvis.synthesis.priors import PriorTerm, robustness_transform
+from featvis.synthesis.settings import SamplerSettings
 from featvis.synthesis.spaces import PixelSpace
 
 # A post-step operator: (z, step) -> z.
@@ -73,62 +74,6 @@ def alpha_mask(attribution: torch.Tensor) -> torch.Tensor:
     a few extreme pixels do not leave the rest transparent."""
     top = attribution.flatten(1).float().quantile(0.99, dim=1).clamp_min(1e-12)
     return (attribution / top.view(-1, 1, 1, 1)).clamp(0, 1)
-
-
-@dataclass
-class SamplerSettings:
-    steps: int = 200
-    lr: float = 1.0                  # step size at the first step
-    lr_end: float | None = None      # linear schedule to this value at the last step; None = constant
-    eps1: float = 1.0                # condition
-    eps2: float = 0.0                # prior weight at the first step
-    eps2_end: float | None = None    # linear schedule to this weight at the last step; None = constant
-    eps3: float = 0.0                # noise std at the first step
-    eps3_end: float | None = None    # linear schedule to this std at the last step; None = constant
-    normalize_gradient: bool = False  # divide the condition gradient by its mean |.| per sample
-    jitter: int = 0                  # random roll of up to this many pixels per step
-    scale: float = 0.0               # random rescaling by up to this fraction per step
-    rotate: float = 0.0              # random rotation by up to this many degrees per step
-    image_noise: float = 0.0         # std of Gaussian noise added to what the target reads per step
-    target_blur: float = 0.0         # std (pixels) of a Gaussian blur on what the target reads
-    transparency: bool = False       # accumulate |d objective / d image| into an alpha mask (MACO)
-    redirect_relu: int = 16          # first steps in which a ReLU that passes no gradient for an image lets it through
-    record_every: int = 0            # keep a frame every n steps (0: none)
-
-    def __post_init__(self) -> None:
-        checks = {
-            "steps": self.steps >= 1,
-            "lr": self.lr >= 0,
-            "lr_end": self.lr_end is None or self.lr_end >= 0,
-            "eps1": self.eps1 >= 0, "eps2": self.eps2 >= 0, "eps3": self.eps3 >= 0,
-            "eps2_end": self.eps2_end is None or self.eps2_end >= 0,
-            "eps3_end": self.eps3_end is None or self.eps3_end >= 0,
-            "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
-            "image_noise": self.image_noise >= 0, "target_blur": self.target_blur >= 0,
-            "redirect_relu": isinstance(self.redirect_relu, int) and self.redirect_relu >= 0,
-            "record_every": self.record_every >= 0,
-        }
-        for name, ok in checks.items():
-            value = getattr(self, name)
-            # NaN fails every comparison, so it lands here too
-            if not ok or (isinstance(value, float) and value != value):
-                raise ConfigError(f"method.{name}={value}; expected "
-                                  + ("a positive integer" if name == "steps" else
-                                     "a non-negative integer" if name == "redirect_relu" else "a non-negative number"))
-
-    def _linear(self, start: float, end: float | None, step: int) -> float:
-        if end is None or self.steps == 1:
-            return start
-        return start + (end - start) * step / (self.steps - 1)
-
-    def lr_at(self, step: int) -> float:
-        return self._linear(self.lr, self.lr_end, step)
-
-    def eps2_at(self, step: int) -> float:
-        return self._linear(self.eps2, self.eps2_end, step)
-
-    def eps3_at(self, step: int) -> float:
-        return self._linear(self.eps3, self.eps3_end, step)
 
 
 @dataclass
@@ -192,7 +137,7 @@ class Sampler:
         self.operators = list(operators)
         if max(settings.eps2, settings.eps2_end or 0.0) > 0 and prior is None:
             end = "" if settings.eps2_end is None else f" (eps2_end={settings.eps2_end})"
-            raise ConfigError(f"method.eps2={settings.eps2}{end} but no prior is configured; "
+            raise ConfigError(f"method.step.eps2={settings.eps2}{end} but no prior is configured; "
                               "expected method.prior or eps2=0")
 
     def render(self, z: torch.Tensor) -> torch.Tensor:

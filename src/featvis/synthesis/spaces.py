@@ -10,22 +10,26 @@ render, so the sampler moves, freezes and traces it like any network.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from featvis.errors import ConfigError
+from featvis.checkpoints import load_classifier, load_generator
+from featvis.errors import CheckpointError, ConfigError
+from featvis.io import read_checkpoint
 from featvis.nets.adapters import fit_images
 from featvis.nets.codes import CodeStatistics
-from featvis.synthesis.parametrizations import FourierImage, MacoImage
+from featvis.nets.encoder import Encoder
+from featvis.synthesis.parametrizations import FourierImage, MacoImage, magnitude_spectrum
 
 
 class PixelSpace(nn.Module):
     """z is the image in [0, 1]; a chain starts at mid-grey plus a little noise of its seed."""
 
-    def __init__(self, size: int, noise: float = 0.05):
+    def __init__(self, image_size: int, noise: float = 0.05):
         super().__init__()
-        self.size, self.noise = int(size), float(noise)
+        self.size, self.noise = int(image_size), float(noise)
 
     def start(self, generator: torch.Generator) -> torch.Tensor:
         noise = torch.randn(1, 3, self.size, self.size, generator=generator, device=generator.device)
@@ -38,6 +42,9 @@ class PixelSpace(nn.Module):
 class FourierSpace(FourierImage):
     """z is a spectrum (see FourierImage); a chain starts from a small random spectrum."""
 
+    def __init__(self, image_size: int, decay: float = 1.0):
+        super().__init__(image_size, decay)
+
     def start(self, generator: torch.Generator) -> torch.Tensor:
         return self.initial(1, generator)
 
@@ -45,6 +52,11 @@ class FourierSpace(FourierImage):
 class MacoSpace(MacoImage):
     """z is the phase of the spectrum (see MacoImage); a chain starts from a uniformly random phase:
     a random image with the real images' spectrum."""
+
+    @classmethod
+    def from_real(cls, image_size: int, real: Any = None, magnitude: str | None = None) -> MacoSpace:
+        """The spectrum of `magnitude` (a maco_magnitude.pt a run wrote), else of the real images."""
+        return cls(maco_magnitude(magnitude, real, image_size))
 
     def start(self, generator: torch.Generator) -> torch.Tensor:
         shape = (1, *self.magnitude.shape)
@@ -58,11 +70,23 @@ class CodeSpace(nn.Module):
     clusters, one cluster per seed (see multifaceted_starts)."""
 
     def __init__(self, generator: nn.Module, stats: CodeStatistics, init: str = "stats",
-                 encoder: nn.Module | None = None):
+                 encoder: nn.Module | None = None, top_k: int = 50, record: dict[str, Any] | None = None):
         super().__init__()
         if init not in ("stats", "zeros", "multifaceted"):
-            raise ConfigError(f"method.init={init!r}; expected stats, zeros or multifaceted for code methods")
+            raise ConfigError(f"method.space.init={init!r}; expected stats, zeros or multifaceted for code methods")
         self.generator, self.stats, self.init, self.encoder = generator, stats, init, encoder
+        self.top_k = int(top_k)
+        self.record = record  # what G was trained on (its checkpoint's record)
+
+    @classmethod
+    def from_checkpoint(cls, generator_ckpt: str | None, init: str = "stats", top_k: int = 50) -> CodeSpace:
+        """G and its code statistics from `generator_ckpt` (task=generator, or published DeePSiM
+        weights); multifaceted starts also load the encoder whose codes G inverts."""
+        if not generator_ckpt:
+            raise ConfigError("this method optimizes a generator's code; expected generator.ckpt")
+        generator, stats, record = load_generator(generator_ckpt)
+        encoder = record_encoder(record, "method.space.init=multifaceted") if init == "multifaceted" else None
+        return cls(generator, stats, init, encoder, top_k, record)
 
     def start(self, generator: torch.Generator) -> torch.Tensor:
         if self.init == "zeros":
@@ -123,3 +147,33 @@ def multifaceted_starts(space: CodeSpace, unit_values: torch.Tensor, images: tor
         centres = kmeans(codes, seeds, seed=0)
         starts.append(codes[torch.cdist(centres, codes).argmin(1)])
     return torch.cat(starts)
+
+
+def maco_magnitude(path: str | None, real: Any, image_size: int) -> torch.Tensor:
+    """MACO's magnitude spectrum at `image_size`: read from `path` (a file that visualize.py wrote
+    as maco_magnitude.pt), or the mean over the images of `real` (batches of (images, ...))."""
+    expected = (3, image_size, image_size // 2 + 1)
+    if path:
+        try:
+            magnitude = read_checkpoint(path).get("magnitude")
+        except CheckpointError as err:
+            raise ConfigError(f"method.space.magnitude: {err}") from None
+        if not isinstance(magnitude, torch.Tensor) or tuple(magnitude.shape) != expected:
+            found = tuple(magnitude.shape) if isinstance(magnitude, torch.Tensor) else type(magnitude).__name__
+            raise ConfigError(f"method.space.magnitude={path} holds a magnitude of {found}; expected a spectrum of "
+                              f"shape {expected} (maco_magnitude.pt of a run at {image_size} px)")
+        return magnitude
+    if real is None:
+        raise ConfigError("method.space=MacoSpace needs the magnitude spectrum of real images; expected "
+                          "method.space.magnitude=<maco_magnitude.pt> or real images (evaluation.real_images > 0; "
+                          "for FeatureEvolution, validation data)")
+    return magnitude_spectrum(real, image_size)
+
+
+def record_encoder(g_record: dict[str, Any], needed_by: str) -> Encoder:
+    """The encoder a generator was trained on, as its record names it."""
+    if not (g_record.get("encoder") or {}).get("checkpoint"):
+        raise ConfigError(f"{needed_by} needs the encoder G was trained on, and this generator records "
+                          "none; expected a generator checkpoint of task=generator")
+    net, _ = load_classifier(g_record["encoder"]["checkpoint"])
+    return Encoder(net, g_record["encoder"]["code_layer"])

@@ -26,12 +26,16 @@ from torch import nn
 from featvis.checkpoints import load_classifier
 from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
-from featvis.nets.layers import frozen, layer_names, tap
+from featvis.nets.layers import frozen, layer_names
 from featvis.synthesis.evaluation import evaluate
 from featvis.nets.targets import as_target
-from featvis.synthesis.methods import Method, Unit, layer_shapes, load_method, method_config, units_of
+from featvis.synthesis.methods import (Method, Unit, layer_shapes, load_method, method_config, needs_real_spectrum,
+                                      units_of)
 from featvis.synthesis.objectives import ObjectiveBatch, term_values
+from featvis.synthesis.parametrizations import MACO_SPECTRUM_IMAGES
+from featvis.synthesis.real import RealImages
 from featvis.synthesis.sampler import Sampler, SamplerResult, SamplerSettings
+from featvis.synthesis.settings import SynthesisSpec
 from featvis.synthesis.spaces import multifaceted_starts
 
 # A tile differs from its start image by less than this in mean |pixel| (or its pixels spread less):
@@ -87,75 +91,51 @@ class Synthesis:
         return self.result.best if self.keep == "best" else self.result.last
 
 
-def synthesize(
-    target: nn.Module,
-    units: Any,
-    method: str | Mapping[str, Any] | Method,
-    *,
-    generator: str | None = None,
-    prior: str | None = None,
-    layer: str | None = None,
-    class_names: Sequence[str] | None = None,
-    seeds: int = 4,
-    steps: int | None = None,
-    spatial: str = "center",
-    keep: str = "best",
-    start: torch.Tensor | None = None,
-    noise_seed: int = 0,
-    record_every: int = 0,
-    judge: Judge | None = None,
-    real: Iterable | None = None,
-    real_classes: Sequence[str] | None = None,
-    pre_relu: bool = False,
-    path_layers: Sequence[str] = (),
-    max_real: int = 1000,
-    evaluation: bool | None = None,
-    logits_layer: str | None = None,
-    performance: Mapping[str, Any] | None = None,
-    progress: bool = False,
-) -> Synthesis:
-    """Synthesize `units` x `seeds` preferred images of `target`'s units with `method`.
+def synthesize(target: nn.Module, units: Any, method: str | Mapping[str, Any] | Method,
+               spec: SynthesisSpec | None = None, *, judge: Judge | None = None, real: Iterable | None = None,
+               start: torch.Tensor | None = None, progress: bool = False, **changes: Any) -> Synthesis:
+    """Synthesize `units` x `seeds` preferred images of `target`'s units with `method`, as `spec`
+    (a SynthesisSpec: conf/synthesis/default.yaml's keys) says, with `changes` to it as keywords
+    (`seeds=2, steps=50, generator="G.ckpt"`).
 
     target: a featvis network, or any nn.Module wrapped with its input contract
         (featvis.as_target(module, image_size=..., mean=..., std=...)).
     units: a spec (indices, class names, sums like "3+7"; "layer:unit" strings or {layer: [...]})
-        read against `layer` (default: the target's output, `logits_layer`) and `class_names`
-        (default: the target's), objective terms (featvis.direction, featvis.match, featvis.custom),
-        or parsed `Unit`s.
+        read against the spec's `layer` (default: the target's output, `logits_layer`) and
+        `class_names` (default: the target's), objective terms (featvis.direction, featvis.match,
+        featvis.custom), or parsed `Unit`s; None: the spec's units.
     method: a method's name ("dgn_am": conf/method/dgn_am.yaml), its config (a mapping, e.g.
-        `method_config("ppgn", "eps3=0.1")`), with `generator`/`prior` naming the checkpoints it
-        needs (and, for method.space=maco without method.magnitude, `real` for the spectrum); or a
-        loaded `Method` (load_method: load once to synthesize many times).
-    start: the starting points, one row per image (default: the method's, per seed).
+        `method_config("ppgn", "step.eps3=0.1")`), with the spec's `generator`/`prior` naming the
+        checkpoints it needs (and, for MACO without a saved spectrum, `real`); or a loaded `Method`
+        (load_method: load once to synthesize many times).
     judge: asked about every single-class unit of `logits_layer` when its classes are the
         target's (each row's `judge_correct`).
-    real: batches of real validation images (images, labels) for the top-k comparison and KID;
-        `evaluation` (default: when a judge or real images are given) adds
-        featvis.synthesis.evaluation's report.  With `path_layers`, the report has the
-        activation-path check at those layers; `real_classes` (the real data's class names) lets
-        it compare a class unit with its class's real images rather than with its top-k.
-    pre_relu: read a units spec's layers before their final ReLU (featvis.nets.layers.pre_activation).
-    performance: the Sampler's speed switches (autocast, channels_last, compile, check_every).
+    real: real validation images, a featvis.synthesis.real.RealImages pool or batches (images,
+        labels), for the top-k comparison and KID; the spec's `evaluation` (default: when a judge or
+        real images are given) adds featvis.synthesis.evaluation's report, with the activation-path
+        check at `path_layers`; `real_classes` (the real data's class names) lets it compare a
+        class unit with its class's real images rather than with its top-k.
+    start: the starting points, one row per image (default: the method's, per seed).
     """
-    if int(seeds) < 1:
-        raise ConfigError(f"seeds={seeds}; expected a positive number of seeds per unit")
-    if keep not in ("best", "last"):
-        raise ConfigError(f"keep={keep!r}; expected best or last")
+    spec = (spec or SynthesisSpec()).but(**changes)
+    seeds, steps, spatial, keep, max_real = spec.seeds, spec.steps, spec.spatial, spec.keep, spec.max_real
+    units = spec.units if units is None else units
     target = as_target(target)
-    logits_layer = logits_layer or logits_layer_of(target)
-    layer = layer or logits_layer
-    class_names = list(getattr(target, "class_names", []) if class_names is None else class_names)
-    seeds = int(seeds)
+    logits_layer = spec.logits_layer or logits_layer_of(target)
+    class_names = list(getattr(target, "class_names", []) if spec.class_names is None else spec.class_names)
     if isinstance(method, str):
         method = method_config(method)
+    # The real images, read once for MACO's spectrum, the multifaceted starts and the evaluation.
+    spectrum = not isinstance(method, Method) and needs_real_spectrum(method)
+    real = RealImages.of(real, target.image_size, max(max_real, MACO_SPECTRUM_IMAGES if spectrum else 0))
     if not isinstance(method, Method):
-        method = load_method(method, generator, prior, target.image_size, real=real)
+        method = load_method(method, spec.generator.ckpt, spec.prior.ckpt, target.image_size, real=real)
     if not (isinstance(units, list) and units and all(isinstance(u, Unit) for u in units)):
-        units, _ = units_of(target, units, layer, class_names, spatial, pre_relu)
+        units, _ = units_of(target, units, spec.layer or logits_layer, class_names, spatial, spec.pre_relu)
     device = next(target.parameters()).device
     multifaceted = start is None and getattr(method.space, "init", None) == "multifaceted"
     if multifaceted and real is None:
-        raise ConfigError("method.init=multifaceted needs real images; expected evaluation.real_images > 0 "
+        raise ConfigError("method.space.init=multifaceted needs real images; expected evaluation.real_images > 0 "
                           "(or real= in Python)")
     # The judge can only be asked for a unit's class when its classes are the target's.
     asked = judge is not None and judge.class_names == class_names
@@ -170,17 +150,17 @@ def synthesize(
             module.to(device)
         if multifaceted:
             values, images = unit_values(target, units, real, spatial, max_real)
-            start = multifaceted_starts(method.space, values, images, seeds, method.config.get("multifaceted_top_k", 50))
+            start = multifaceted_starts(method.space, values, images, seeds, method.space.top_k)
         if start is None:
             start = method.start(len(units), seeds)
         if len(start) != len(units) * seeds:
             raise ConfigError(f"start has {len(start)} rows; expected one per image ({len(units)} units x "
                               f"{seeds} seeds)")
-        sampler = sampler_for(target, units, method, seeds=seeds, steps=steps, record_every=record_every,
-                              spatial=spatial, performance=performance)
+        sampler = sampler_for(target, units, method, seeds=seeds, steps=steps, record_every=spec.record_every,
+                              spatial=spatial, performance=spec.performance)
         objectives = sampler.objectives
         z0 = start.to(device)
-        result = sampler.run(z0, seed=int(noise_seed), progress=progress)
+        result = sampler.run(z0, seed=spec.noise_seed, progress=progress)
         with torch.no_grad(), frozen(sampler.taps):
             metrics = {kind: objectives.to(device).unit_metrics(sampler.taps(images.to(device)))
                        for kind, images in (("last", result.last), ("best", result.best))}
@@ -202,15 +182,15 @@ def synthesize(
                 row["judge_correct"] = bool(judged[b] == unit.terms[0].unit)
             rows.append(row)
         found = Synthesis(units, seeds, keep, sampler.settings, result, rows, None)
-        evaluated = evaluation if evaluation is not None else (judge is not None or real is not None)
+        evaluated = spec.evaluation if spec.evaluation is not None else (judge is not None or real is not None)
         if evaluated and any(t.kind != "unit" for u in units for t in u.terms):
             found.evaluation = {"skipped": "the faithfulness figures compare units with real images; this "
                                            "synthesis has directions, matches or callables"}
         elif evaluated:
             class_units = [is_class_unit(u, logits_layer) for u in units]
-            same_data = real_classes is not None and list(real_classes) == class_names
+            same_data = spec.real_classes is not None and list(spec.real_classes) == class_names
             found.evaluation = _evaluate(target, found, metrics[keep], judge, asked and all(class_units), real,
-                                         spatial, max_real, path_layers, [same_data and c for c in class_units])
+                                         spatial, max_real, spec.path_layers, [same_data and c for c in class_units])
     return found
 
 
@@ -221,36 +201,27 @@ def sampler_for(target: nn.Module, units: list[Unit], method: Method, *, seeds: 
     would refuse, so a caller can check a synthesis before it writes anything."""
     target = as_target(target)
     layers = {t.layer for u in units for t in u.terms}
-    if method.config.get("diversity") and method.config.get("diversity_layer") in layer_names(target):
-        layers.add(method.config["diversity_layer"])
+    objective = method.objective
+    if objective.diversity and objective.diversity_layer in layer_names(target):
+        layers.add(objective.diversity_layer)
     shapes = layer_shapes(target, sorted(layers))
     objectives = ObjectiveBatch([u.terms for u in units for _ in range(seeds)], shapes,
-                                mode=method.config["objective"], spatial=spatial,
-                                selectivity=method.config.get("selectivity", 0.0),
-                                diversity=method.config.get("diversity", 0.0),
-                                diversity_layer=method.config.get("diversity_layer"), group=seeds,
+                                mode=objective.kind, spatial=spatial, selectivity=objective.selectivity,
+                                diversity=objective.diversity, diversity_layer=objective.diversity_layer, group=seeds,
                                 prefix_tokens=getattr(target, "prefix_tokens", 0))
     return Sampler(target, objectives, method.settings(steps, record_every), **method.sampler_kwargs(),
                    **(performance or {}))
 
 
-@torch.no_grad()
-def unit_values(target: nn.Module, units: list[Unit], real: Iterable, spatial: str,
-                      max_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each unit's objective (its terms' weighted sum, raw) on real images: (N, units), and the images."""
-    taps = tap(target, sorted({t.layer for u in units for t in u.terms})).eval()
-    values, images, count = [], [], 0
-    for batch in real:
-        batch_images = fit_images(batch[0], target.image_size)
-        acts = taps(batch_images.to(next(target.parameters()).device))
-        prefix = getattr(target, "prefix_tokens", 0)
-        values.append(torch.stack([sum(t.weight * term_values(t, acts[t.layer], spatial, prefix) for t in u.terms)
-                                   for u in units], 1).cpu())
-        images.append(batch_images.cpu())
-        count += len(batch_images)
-        if count >= max_images:
-            break
-    return torch.cat(values)[:max_images], torch.cat(images)[:max_images]
+def unit_values(target: nn.Module, units: list[Unit], real: Any, spatial: str,
+                max_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's objective (its terms' weighted sum, raw) on the first `max_images` real images (a
+    RealImages pool, or batches (images, labels)): (N, units), and the images."""
+    pool = RealImages.of(real, target.image_size, max_images).first(max_images)
+    prefix = getattr(target, "prefix_tokens", 0)
+    values = pool.read(target, {t.layer for u in units for t in u.terms}, lambda acts: torch.stack(
+        [sum(t.weight * term_values(t, acts[t.layer], spatial, prefix) for t in u.terms) for u in units], 1).cpu())
+    return torch.cat(values), pool.floats()
 
 
 def is_class_unit(unit: Unit, logits_layer: str) -> bool:

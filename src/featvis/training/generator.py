@@ -9,8 +9,10 @@ import lightning as L
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.utils import make_grid
 
 from featvis.checkpoints import generator_record
+from featvis.nets.adapters import fit_images
 from featvis.nets.codes import CodeStatistics
 from featvis.nets.encoder import Encoder
 from featvis.training.classifier import OptimizerFactory, SchedulerFactory
@@ -73,7 +75,8 @@ class GeneratorModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images = batch[0]
         opt_g, opt_d = self.optimizers()
-
+        # Lightning counts each LightningOptimizer.step() in global_step (lightning#17958): one a batch is
+        # counted, G's (or D's while G pauses), so global_step, max_steps and every callback count batches.
         self.toggle_optimizer(opt_g)
         losses = generator_losses(self.generator, self.discriminator, self.compared, images, self.weights)
         if self.balance.train_g:
@@ -90,7 +93,10 @@ class GeneratorModule(L.LightningModule):
         if self.balance.train_d:
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
-            opt_d.step()
+            if self.balance.train_g:  # G's step was counted: D's goes to the strategy (precision, DDP) uncounted
+                self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=lambda: None)
+            else:
+                opt_d.step()
         self.untoggle_optimizer(opt_d)
 
         self.balance.update(d_loss.item(), losses["adversarial"].item())
@@ -119,6 +125,24 @@ class GeneratorModule(L.LightningModule):
     @property
     def sampling_generator(self) -> nn.Module:
         return self.generator_ema.module if self.generator_ema is not None else self.generator
+
+    def on_fit_start(self) -> None:
+        # The fixed real images of sample_grid: the first validation batch, the same at every call.
+        datamodule = self.trainer.datamodule
+        self.sample_images = next(iter(datamodule.val_dataloader()))[0] if datamodule is not None else None
+
+    @torch.no_grad()
+    def sample_grid(self, count: int = 8) -> torch.Tensor:
+        """Rows: `count` fixed validation images, G(E(x)) of them, and G on `count` fixed random
+        codes from the code statistics, so successive grids show how G changes, not the inputs."""
+        real = self.sample_images[:count].to(self.device)
+        codes = self.code_stats.sample(len(real), torch.Generator(device="cpu").manual_seed(0))
+        generator = self.sampling_generator
+        was_training = generator.training
+        generator.eval()
+        rows = [real, *(fit_images(generator(c), real.shape[-1]) for c in (self.encoder.code(real), codes))]
+        generator.train(was_training)
+        return make_grid(torch.cat(rows).clamp(0, 1).cpu(), nrow=len(real), padding=2, pad_value=1.0)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["featvis"] = generator_record(self.generator, self.discriminator, self.encoder_record,

@@ -1,4 +1,4 @@
-"""python -m featvis.data OUT.png [IMAGE_SIZE]: a sample grid of `shapes` (columns = classes)."""
+"""python -m featvis.tools.shapes OUT.png [IMAGE_SIZE]: a sample grid of `shapes` (columns = classes)."""
 
 import sys
 

@@ -74,6 +74,8 @@ def hydra_error(err: BaseException) -> str | None:
                               OverrideParseException)
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    from featvis.synthesis.settings import moved_key_message
+
     if _job_started:  # the job's own errors are the job's: Hydra has composed the config by then
         return None
     if isinstance(err, MissingConfigException):  # before OSError: it is one too
@@ -87,6 +89,9 @@ def hydra_error(err: BaseException) -> str | None:
     cause = err.__cause__
     if isinstance(err, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException) and cause.full_key:
         key = cause.full_key
+        moved = moved_key_message(key.removeprefix("method.")) if key.startswith("method.") else None
+        if moved:
+            return moved
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
             return (f"{key} is not a key of the config; expected one it has (`--cfg job` lists them), "
                     f"or +{key}=... to add a new one")
@@ -130,7 +135,7 @@ def hydra_app(name: str, config_name: str, job: Callable[[Any], Any]) -> Callabl
 
 
 def _train(cfg: Any) -> float | None:
-    from featvis.run import train  # torch and Lightning load once Hydra has composed the config
+    from featvis.jobs.train import train  # torch and Lightning load once Hydra has composed the config
 
     result = train(cfg)
     # Returned for Hydra sweepers that optimize a metric.
@@ -138,7 +143,7 @@ def _train(cfg: Any) -> float | None:
 
 
 def _visualize(cfg: Any) -> float | None:
-    from featvis.visualize import visualize  # torch loads once Hydra has composed the config
+    from featvis.jobs.visualize import visualize  # torch loads once Hydra has composed the config
 
     summary = visualize(cfg)
     # Returned for Hydra sweepers that optimize a figure (hparams_search=...): see `sweep.objective`.

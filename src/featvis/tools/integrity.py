@@ -1,13 +1,12 @@
 """Check a run dir: every output under its final name must read back whole.
 
-    python -m featvis.integrity <run dir> [<run dir> ...]
+    python -m featvis.tools.integrity <run dir> [<run dir> ...]
 
 Images (PNG, GIF: every frame), JSON, HTML/SVG and checkpoints are opened the way
 their readers open them; a truncated or garbled one is reported.  Temporary files
 of a killed writer (`.name.partial<pid>.ext`) are listed apart: they never pass
 for outputs, and the next run in the same dir removes them.  Exit status 1 when
-anything is wrong.  `frame_check` compares a FeatureEvolution folder with its
-schedule.  wandb's own folder and logs are not featvis outputs and are skipped.
+anything is wrong.  wandb's own folder and logs are not featvis outputs and are skipped.
 """
 
 from __future__ import annotations
@@ -74,20 +73,8 @@ def scan(root: str | Path) -> dict[str, list[str]]:
     return report
 
 
-def frame_check(folder: Path, expected_steps: set[int]) -> tuple[int, int]:
-    """(frames lost, frames duplicated) of a FeatureEvolution folder: lost are the (step, unit, seed)
-    frames of `expected_steps` that evolution.json lacks; duplicated are frames it records twice
-    plus frame images (syntheses, top-k real images) on disk that it does not name."""
-    doc = json.loads((folder / "evolution.json").read_text())
-    keys = [(f["step"], f["unit"], f["seed"]) for f in doc["frames"]]
-    expected = {(s, u["label"], k) for s in expected_steps for u in doc["units"] for k in range(doc["seeds"])}
-    named = {f["file"] for f in doc["frames"]} | {f["top_file"] for f in doc["frames"] if "top_file" in f}
-    stray = [p for p in (folder / "frames").rglob("*.png") if str(p.relative_to(folder)) not in named]
-    return len(expected - set(keys)), (len(keys) - len(set(keys))) + len(stray)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m featvis.integrity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m featvis.tools.integrity", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
     args = parser.parse_args(argv)
     bad = 0

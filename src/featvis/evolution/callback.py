@@ -4,7 +4,7 @@ At every trigger the callback synthesizes the configured units with initial code
 noise seeds drawn once (kept in the callback's checkpoint state), so what changes from
 frame to frame is the network; beside each synthesis go the validation images that
 activate the unit most at that step.  Frames, grids, videos, a strip, a settling plot,
-`evolution.json` and `index.html` go to `dirpath` (see featvis.reports.evolution); grids,
+`evolution.json` and `index.html` go to `dirpath` (see featvis.evolution.report); grids,
 per-unit scalars and images (in one panel section per layer), videos and a summary table
 go to wandb when a WandbLogger is attached.
 
@@ -38,8 +38,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from featvis.errors import ConfigError
 from featvis.nets.targets import as_target, declares_contract
-from featvis.reports.evolution import grid_file
-from featvis.synthesis.evolution import EvolutionRecorder, batch_images
+from featvis.evolution.report import grid_file
+from featvis.evolution.recorder import EvolutionRecorder
+from featvis.synthesis.settings import SynthesisSpec
+from featvis.synthesis.real import batch_images
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,11 @@ class FeatureEvolution(L.Callback):
     Cadence (the union of those set): `log_frames` log-spaced steps up to the last one,
     `linear_frames` evenly spaced ones (late training, where log-spaced frames are sparse),
     `every_n_steps`, `every_n_epochs` (at the epoch's last batch), `on_checkpoint` (each
-    checkpoint save), plus step 0 (`at_start`).
+    validation and ModelCheckpoint `every_n_train_steps` step, before its checkpoints), plus step 0 (`at_start`).
 
     What each frame synthesizes (`units`, `method` (a name such as "dgn_am" or a method config),
     `generator` (a checkpoint path or {"ckpt": G}), `prior`, `judge`, `seeds`, `steps`, ...:
-    conf/synthesis/'s keys) goes to featvis.synthesis.evolution.EvolutionRecorder.  Conv units are
+    conf/synthesis/'s keys) goes to featvis.evolution.recorder.EvolutionRecorder.  Conv units are
     read as their channel's mean before its ReLU by default (`spatial`, `pre_relu`): a rectified
     unit that is zero everywhere on the start image passes no gradient, and its tile stays blank.
 
@@ -102,6 +104,7 @@ class FeatureEvolution(L.Callback):
         steps: int | None = 48,
         spatial: str = "mean",
         pre_relu: bool = True,
+        real_images: int = 256,
         **synthesis: Any,
     ):
         if "target_attribute" in synthesis:
@@ -111,8 +114,9 @@ class FeatureEvolution(L.Callback):
                             ("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:
                 raise ConfigError(f"callbacks.feature_evolution.{name}={value}; expected a non-negative integer")
-        self.recorder = EvolutionRecorder(units, method, output_dir=dirpath or "evolution", seeds=seeds, steps=steps,
-                                          spatial=spatial, pre_relu=pre_relu, **synthesis)
+        spec = SynthesisSpec.of(None, units=units, seeds=seeds, steps=steps, spatial=spatial, pre_relu=pre_relu,
+                                **synthesis)
+        self.recorder = EvolutionRecorder(spec, method, output_dir=dirpath or "evolution", real_images=real_images)
         self.dirpath = dirpath
         self.log_frames, self.linear_frames = log_frames, linear_frames
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
@@ -147,15 +151,18 @@ class FeatureEvolution(L.Callback):
                            batch_idx: int) -> None:
         epoch_end = batch_idx + 1 == trainer.num_training_batches
         due_epoch = bool(self.every_n_epochs) and epoch_end and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        if trainer.global_step in self.scheduled or due_epoch:
+        # ModelCheckpoints saving every n train steps do so in this hook, after this callback (as below)
+        saves = self.on_checkpoint and any(getattr(c, "_every_n_train_steps", 0) and
+                                           trainer.global_step % c._every_n_train_steps == 0
+                                           for c in trainer.checkpoint_callbacks)
+        if trainer.global_step in self.scheduled or due_epoch or saves:
             self.capture(trainer, pl_module)
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        if self.on_checkpoint and not self.recorder.has_frame(trainer.global_step):
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning runs ModelCheckpoint hooks after every other callback's (_reorder_callbacks): the best
+        # and last.ckpt that this validation saves hold its frame.
+        if self.on_checkpoint and trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.capture(trainer, pl_module)
-            # The state was taken before this hook: store it again with the new frame.
-            checkpoint.setdefault("callbacks", {})[self.state_key] = self.state_dict()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.recorder.frames:

@@ -1,4 +1,4 @@
-"""A multirun dir as a table and a contact sheet: `python -m featvis.summary <multirun dir>`.
+"""A multirun dir as a table and a contact sheet: `python -m featvis.tools.summary <multirun dir>`.
 
 Every job of a Hydra sweep (`visualize.py -m ...`, `train.py -m ...`, an Optuna search) has its
 own dir with `.hydra/overrides.yaml` and, once complete, `metrics.json`.  This writes, in the
@@ -187,7 +187,7 @@ def summarize(sweep: str | Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m featvis.summary", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m featvis.tools.summary", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a multirun dir (hydra.sweep.dir), e.g. multirun/visualize/<time>")
     args = parser.parse_args(argv)
     try:

@@ -1,7 +1,7 @@
 """Code statistics for a published DeePSiM generator, written beside its weights.
 
-    python -m featvis.deepsim upconvGAN_fc6.pt --from outputs/prior/<run>/checkpoints/last.ckpt
-    python -m featvis.deepsim upconvGAN_fc6.pt encoder=caffenet encoder.weights=alexnet-owt-7be5be79.pth \\
+    python -m featvis.tools.deepsim upconvGAN_fc6.pt --from outputs/prior/<run>/checkpoints/last.ckpt
+    python -m featvis.tools.deepsim upconvGAN_fc6.pt encoder=caffenet encoder.weights=alexnet-owt-7be5be79.pth \\
         data=imagefolder data.root=/data/imagenet image_size=227
 
 checks and converts the weights (featvis.nets.deepsim_weights), then writes
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from featvis.cli import fail
+from featvis.jobs.cli import fail
 from featvis.errors import ConfigError, FeatvisError
 from featvis.io import read_checkpoint
 from featvis.nets.codes import CodeStatistics
@@ -33,7 +33,7 @@ def estimate(layer: str, code_dim: int, overrides: list[str]) -> tuple[CodeStati
 
     from featvis.configs import compose_config
     from featvis.nets.codes import encode_all
-    from featvis.run import load_encoder
+    from featvis.jobs.train import load_encoder
 
     cfg = compose_config("config", ["task=prior", f"encoder.code_layer={layer}", *overrides])
     encoder, record = load_encoder(cfg)
@@ -48,7 +48,7 @@ def estimate(layer: str, code_dim: int, overrides: list[str]) -> tuple[CodeStati
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m featvis.deepsim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m featvis.tools.deepsim", description=__doc__.splitlines()[0])
     parser.add_argument("weights", help="a published generator: upconvGAN_fc6.pt, _fc7 or _fc8")
     parser.add_argument("--from", dest="source", help="a featvis prior or generator checkpoint on the same code")
     parser.add_argument("overrides", nargs="*", help="train.py overrides naming the encoder and data")

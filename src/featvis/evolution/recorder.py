@@ -5,7 +5,7 @@ method, the initial codes, the noise seed and a pool of real validation images) 
 that what changes between frames is the network.  It synthesizes a frame for any
 network state, finds the pool's `top_k` most activating images of each unit at that
 state, writes them under `<output_dir>/` (frames, a grid per step, `evolution.json`)
-and rebuilds the reports (featvis.reports.evolution), measuring how far each frame is
+and rebuilds the reports (featvis.evolution.report), measuring how far each frame is
 from its unit's final one in the judge's feature space.  It knows nothing of Lightning: the
 `FeatureEvolution` callback drives it during training, `visualize.py
 mode=evolution` drives it over saved checkpoints.
@@ -31,65 +31,31 @@ from featvis.errors import ConfigError
 from featvis.io import remove_partials, save_png, save_text
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import activations, frozen
-from featvis.reports.evolution import build_reports, grid_file, step_name
+from featvis.evolution.report import build_reports, grid_file, step_name
 from featvis.reports.grids import labelled_grid
-from featvis.synthesis.methods import Method, Unit, load_method, method_config, sampler_settings, units_of
+from featvis.synthesis.methods import (Method, Unit, load_method, method_config, needs_real_spectrum, sampler_settings,
+                                      units_of)
+from featvis.synthesis.real import RealImages
+from featvis.synthesis.settings import SynthesisSpec
 from featvis.synthesis.synthesize import Judge, load_judge, logits_layer_of, synthesize, unit_values
 
 FORMAT_VERSION = 1
 
 
-def checkpoint_of(name: str, value: Mapping[str, Any] | str | None) -> str | None:
-    """The path in a `{ckpt: path}` entry (generator, prior, judge) or the path itself, or None."""
-    if value is None or isinstance(value, (str, Path)):
-        return str(value) if value else None
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{name}={value!r}; expected a checkpoint path or a mapping {{ckpt: <checkpoint path>}}")
-    return value.get("ckpt")
-
-
 class EvolutionRecorder:
     """Synthesize `units` x `seeds` for a network state and record the frame on disk."""
 
-    def __init__(
-        self,
-        units: Any,
-        method: Mapping[str, Any] | str,
-        generator: Mapping[str, Any] | str | None = None,
-        prior: Mapping[str, Any] | str | None = None,
-        judge: Mapping[str, Any] | str | None = None,
-        output_dir: str | Path = "evolution",
-        layer: str | None = None,
-        seeds: int = 2,
-        steps: int | None = None,
-        spatial: str = "center",
-        keep: str = "best",
-        noise_seed: int = 0,
-        logits_layer: str | None = None,
-        pre_relu: bool = False,
-        top_k: int = 4,
-        real_images: int = 256,
-    ):
-        if int(seeds) < 1:
-            raise ConfigError(f"seeds={seeds}; expected a positive number of seeds per unit")
-        if keep not in ("best", "last"):
-            raise ConfigError(f"keep={keep!r}; expected best or last")
-        for name, value in (("top_k", top_k), ("real_images", real_images)):
-            if int(value) < 0:
-                raise ConfigError(f"{name}={value}; expected a non-negative integer")
-        self.unit_spec, self.layer = units, layer
+    def __init__(self, spec: SynthesisSpec, method: Mapping[str, Any] | str, output_dir: str | Path = "evolution",
+                 real_images: int = 256):
+        """`spec`: what each frame synthesizes (units, generator, prior, judge, seeds, steps, ...);
+        `real_images`: the size of the pool of validation images the top-k come from."""
+        if int(real_images) < 0:
+            raise ConfigError(f"real_images={real_images}; expected a non-negative integer")
+        self.spec = spec
         self.method = method_config(method) if isinstance(method, str) else dict(method)
-        # {ckpt: path} each, as conf/synthesis/ spells them (the judge also takes feature_layer)
-        self.generator_ckpt, self.prior_ckpt, self.judge_ckpt = (
-            checkpoint_of(name, value) for name, value in (("generator", generator), ("prior", prior), ("judge", judge)))
-        self.judge_feature_layer = (judge.get("feature_layer") if isinstance(judge, Mapping) else None) or "fc7"
         self.output_dir = Path(output_dir)
-        self.seeds, self.steps, self.spatial, self.keep = int(seeds), steps, spatial, keep
-        self.noise_seed = int(noise_seed)
-        self.pre_relu = bool(pre_relu)  # conv units read before their ReLU: a gradient from the first frame
-        self.top_k, self.real_images = int(top_k), int(real_images)
-        self.logits_layer = logits_layer  # units of this layer are classes (None: the target's output)
-        self.settings = sampler_settings(self.method, steps)
+        self.real_images = int(real_images)
+        self.settings = sampler_settings(self.method, spec.steps)
         # Filled by prepare(); z0 and frames are the state that resumes with a checkpoint.
         self.units: list[Unit] = []
         self.sizes: dict[str, int] = {}
@@ -97,7 +63,7 @@ class EvolutionRecorder:
         self.parts: Method | None = None
         self.judge: Judge | None = None
         self.z0: torch.Tensor | None = None
-        self.real: torch.Tensor | None = None  # the pool the top-k real images come from (uint8)
+        self.real: RealImages | None = None  # the pool the top-k real images come from
         self.frames: list[dict[str, Any]] = []
 
     # -- set-up -------------------------------------------------------------------------------
@@ -111,27 +77,32 @@ class EvolutionRecorder:
         if self.parts is not None:
             return
         self.class_names = list(class_names)
-        self.logits_layer = self.logits_layer or logits_layer_of(net)
+        self.spec = self.spec.but(logits_layer=self.spec.logits_layer or logits_layer_of(net), class_names=self.class_names)
         # Building networks to load checkpoints into draws initial weights, and a DataLoader draws a
         # seed when iterated: neither from the caller's RNG.
         with torch.random.fork_rng(devices=[]):
-            self.units, self.sizes = units_of(net, self.unit_spec, self.layer or self.logits_layer, self.class_names,
-                                              self.spatial, self.pre_relu)
+            self.units, self.sizes = units_of(net, self.spec.units, self.spec.layer or self.spec.logits_layer,
+                                              self.class_names, self.spec.spatial, self.spec.pre_relu)
             # MACO's magnitude spectrum comes from the same pool when the method names no saved one.
-            spectrum = self.method.get("space") == "maco" and not self.method.get("magnitude")
-            if real is not None and self.real_images and (self.top_k or spectrum):
-                self.real = real_pool(real, self.real_images, net.image_size, getattr(net, "to_display", None))
-            pool = [(batch.float() / 255,) for batch in self.real.split(64)] if spectrum and self.real is not None else None
-            self.parts = load_method(self.method, self.generator_ckpt, self.prior_ckpt, net.image_size, real=pool)
-            if not self.top_k:
+            spectrum = needs_real_spectrum(self.method)
+            if real is not None and self.real_images and (self.spec.top_k or spectrum):
+                # turned back into [0, 1] RGB by a Target's to_display, as uint8 (a 227 px pool stays small)
+                self.real = RealImages(real, net.image_size, self.real_images, uint8=True, batch_size=64,
+                                       to_display=getattr(net, "to_display", None))
+                if not len(self.real):
+                    raise ConfigError("the validation data has no images; expected some for the top-k real images "
+                                      "(or top_k=0)")
+            self.parts = load_method(self.method, self.spec.generator.ckpt, self.spec.prior.ckpt, net.image_size,
+                                     real=self.real if spectrum else None)
+            if not self.spec.top_k:
                 self.real = None  # frames have no top-k
-            if self.judge_ckpt:
-                self.judge = load_judge(self.judge_ckpt, self.judge_feature_layer, target=net)
+            if self.spec.judge.ckpt:
+                self.judge = load_judge(self.spec.judge.ckpt, self.spec.judge.feature_layer, target=net)
                 if self.judge.class_names != self.class_names:
-                    raise ConfigError(f"judge.ckpt={self.judge_ckpt} has other classes than the target; "
+                    raise ConfigError(f"judge.ckpt={self.spec.judge.ckpt} has other classes than the target; "
                                       "expected a classifier of the same classes")
         if self.z0 is None:
-            self.z0 = self.parts.start(len(self.units), self.seeds)
+            self.z0 = self.parts.start(len(self.units), self.spec.seeds)
 
     # -- synthesis ----------------------------------------------------------------------------
     def synthesize(self, net: nn.Module, unit_indices: list[int] | None = None) -> tuple[torch.Tensor, list[dict]]:
@@ -143,29 +114,26 @@ class EvolutionRecorder:
         indices = list(range(len(self.units))) if unit_indices is None else list(unit_indices)
         if not indices:
             return torch.empty(0, device="cpu"), []
-        rows = torch.tensor([u * self.seeds + k for u in indices for k in range(self.seeds)], device="cpu")
+        rows = torch.tensor([u * self.spec.seeds + k for u in indices for k in range(self.spec.seeds)], device="cpu")
         with torch.inference_mode(False):
             target = copy.deepcopy(net).eval()  # the training network's BN statistics and hooks stay its own
-        found = synthesize(target, [self.units[u] for u in indices], self.parts, class_names=self.class_names,
-                           seeds=self.seeds, steps=self.steps, spatial=self.spatial, keep=self.keep,
-                           start=self.z0[rows], noise_seed=self.noise_seed, judge=self.judge, evaluation=False,
-                           logits_layer=self.logits_layer)
+        found = synthesize(target, [self.units[u] for u in indices], self.parts, self.spec, start=self.z0[rows],
+                           judge=self.judge, evaluation=False)
         keys = ("unit", "layer", "seed", "blank", "judge_correct")
         metric_rows = [{**{k: row[k] for k in keys if k in row},
-                        **{k: row[self.keep][k] for k in ("activation", "probability", "rank")}}
+                        **{k: row[self.spec.keep][k] for k in ("activation", "probability", "rank")}}
                        for row in found.rows]
         if self.real is not None:
             top = self.top_real(target, [self.units[u] for u in indices])
             for b, row in enumerate(metric_rows):
-                row["top"] = top[b // self.seeds]
+                row["top"] = top[b // self.spec.seeds]
         return found.images.cpu(), metric_rows
 
     def top_real(self, net: nn.Module, units: list[Unit]) -> list[list[int]]:
         """Per unit, the indices of the pool's `top_k` images that activate it most, best first."""
         with frozen(net):
-            values, _ = unit_values(net, units, [(batch.float() / 255,) for batch in self.real.split(64)],
-                                    self.spatial, len(self.real))
-        return values.topk(min(self.top_k, len(values)), dim=0).indices.T.tolist()
+            values, _ = unit_values(net, units, self.real, self.spec.spatial, len(self.real))
+        return values.topk(min(self.spec.top_k, len(values)), dim=0).indices.T.tolist()
 
     # -- records on disk ----------------------------------------------------------------------
     def has_frame(self, step: int) -> bool:
@@ -188,19 +156,19 @@ class EvolutionRecorder:
             for image, entry in zip(images, entries):
                 save_png(image, self.output_dir / entry["file"])
                 if "top_file" in entry and entry["seed"] == 0:
-                    top = self.real[entry["top"]].float() / 255
+                    top = self.real.floats(entry["top"])
                     save_png(make_grid(top, nrow=2, padding=1, pad_value=1.0), self.output_dir / entry["top_file"])
-            grid = labelled_grid(images, len(images) // self.seeds, [r["unit"] for r in rows[::self.seeds]],
-                                 [f"seed {k}" for k in range(self.seeds)])
+            grid = labelled_grid(images, len(images) // self.spec.seeds, [r["unit"] for r in rows[::self.spec.seeds]],
+                                 [f"seed {k}" for k in range(self.spec.seeds)])
             save_png(grid, self.output_dir / grid_file(step))
         self.frames = [f for f in self.frames if f["step"] != step] + entries
         if write:
             self.write_json()
 
     def document(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "method": self.method.get("name"), "keep": self.keep,
-                "top_k": self.top_k if self.real is not None else 0,
-                "settings": self.settings.__dict__, "seeds": self.seeds,
+        return {"format": FORMAT_VERSION, "method": self.method.get("name"), "keep": self.spec.keep,
+                "top_k": self.spec.top_k if self.real is not None else 0,
+                "settings": self.settings.__dict__, "seeds": self.spec.seeds,
                 "units": [{"label": u.label, "layer": u.layer, "slug": u.slug,
                            "terms": [t.record() for t in u.terms]} for u in self.units],
                 "steps": self.recorded_steps(), "frames": self.frames}
@@ -242,46 +210,10 @@ class EvolutionRecorder:
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "z0": self.z0, "noise_seed": self.noise_seed,
+        return {"format": FORMAT_VERSION, "z0": self.z0, "noise_seed": self.spec.noise_seed,
                 "frames": copy.deepcopy(self.frames)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.z0 = state.get("z0")
-        self.noise_seed = int(state.get("noise_seed", self.noise_seed))
+        self.spec = self.spec.but(noise_seed=int(state.get("noise_seed", self.spec.noise_seed)))
         self.frames = copy.deepcopy(list(state.get("frames", [])))
-
-
-def batch_images(batch: Any) -> torch.Tensor:
-    """The images of a data loader's batch: an (images, labels, ...) sequence, a mapping with one
-    4-d tensor (e.g. {"image": ..., "label": ...}), or the images alone."""
-    if isinstance(batch, torch.Tensor):
-        found = batch
-    elif isinstance(batch, Mapping):
-        found = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim == 4), None)
-    elif isinstance(batch, (list, tuple)) and batch:
-        found = batch[0]
-    else:
-        found = None
-    if not isinstance(found, torch.Tensor) or found.ndim != 4:
-        raise ConfigError(f"a validation batch of {type(batch).__name__} holds no images; expected (images, labels) "
-                          "or a mapping with one (B, C, H, W) tensor")
-    return found
-
-
-def real_pool(batches: Any, count: int, image_size: int, to_display: Any = None) -> torch.Tensor:
-    """The first `count` images of `batches`, turned back into [0, 1] RGB by `to_display` (a
-    Target's: the data's normalization undone), fitted to the target's size, as uint8 (a 227 px
-    pool stays small)."""
-    pool, have = [], 0
-    for batch in batches:
-        images = batch_images(batch).float()
-        images = to_display(images) if to_display is not None else images
-        images = fit_images(images, image_size)[: count - have]
-        pool.append((images.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-        have += len(pool[-1])
-        if have >= count:
-            break
-    if not have:
-        raise ConfigError("the validation data has no images; expected some for the top-k real images "
-                          "(or top_k=0)")
-    return torch.cat(pool)

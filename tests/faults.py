@@ -1,0 +1,376 @@
+"""Fault injection shared by the tests and `benchmarks/faults.py`: the bad inputs, crafted
+checkpoints and kill trials (tiny preset, CPU). The figures are described in benchmarks/faults.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from featvis.evolution.callback import scheduled_steps
+from featvis.checkpoints import prior_record, read_checkpoint
+from featvis.tools.integrity import scan
+from tests.checks import frame_check
+from featvis.nets.codes import CodeDAE, CodeStatistics
+
+ROOT = Path(__file__).resolve().parents[1]
+ERROR_PREFIX = "featvis: error:"
+
+# -- fixtures: small checkpoints and broken inputs -----------------------------------------------
+
+SMALL_CLASSIFIER = ["task=classifier", "logger=none", "image_size=32", "data.train_size=640", "data.val_size=128",
+                    "data.batch_size=64", "trainer.max_epochs=2", "model.fc6_dim=128",
+                    "model.channels=[16,32,48,48,32]", "model.fc7_dim=128"]
+SMALL_PRIOR = ["logger=none", "image_size=32", "data.train_size=256", "data.val_size=64", "data.batch_size=64",
+               "trainer.max_epochs=1", "generator.net.stages=[[32,0],[16,0],[8,0]]", "generator.net.fc_dims=[128]",
+               "generator.net.start_channels=32", "generator.discriminator.channels=[8,16,32]",
+               "dae.hidden=[64,32,64]"]
+
+
+def command(script: str, run_dir: Path, args: list[str]) -> list[str]:
+    return [sys.executable, str(ROOT / script), f"hydra.run.dir={run_dir}", *args]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", **extra}
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def train_checkpoints(folder: Path) -> dict[str, str]:
+    """A 32 px classifier, and a generator and a DAE prior on it, trained by train.py."""
+    paths = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, args in (("classifier", SMALL_CLASSIFIER),
+                       ("generator", ["task=generator", *SMALL_PRIOR]), ("prior", ["task=prior", *SMALL_PRIOR])):
+        extra = [] if name == "classifier" else [f"encoder.ckpt={paths['classifier']}"]
+        run = folder / name
+        proc = subprocess.run(command("train.py", run, [*args, *extra, "trainer.enable_progress_bar=false"]),
+                              env=environment(), capture_output=True, text=True, cwd=folder)
+        if proc.returncode != 0:
+            raise SystemExit(f"training the {name} fixture failed:\n{proc.stderr[-3000:]}")
+        paths[name] = str(run / "checkpoints" / "last.ckpt")
+    return paths
+
+
+class Exploit:
+    """Unpickling this object would create `marker`: a stand-in for arbitrary code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def malicious_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
+    """Checkpoints whose pickle runs code: as a whole, inside the featvis record, inside the state dict."""
+    folder.mkdir(parents=True, exist_ok=True)
+    crafted = {
+        "whole": Exploit(marker),
+        "record": {"featvis": {"kind": "classifier", "net": Exploit(marker)}, "state_dict": {}},
+        "weights": {"featvis": {"kind": "generator"}, "state_dict": {"generator.w": Exploit(marker)}},
+    }
+    paths = {}
+    for name, payload in crafted.items():
+        paths[name] = folder / f"evil_{name}.ckpt"
+        torch.save(payload, paths[name])
+    return paths
+
+
+def broken_inputs(folder: Path, ckpts: dict[str, str]) -> dict[str, str]:
+    """The placeholders of the bad-input table: real checkpoints and crafted broken things."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corrupt = folder / "truncated.ckpt"
+    data = Path(ckpts["classifier"]).read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    # A DAE prior over another code (fc6 of 64 units) than the generator's.
+    dae, stats = CodeDAE(code_dim=64, hidden=[32]), CodeStatistics(64)
+    encoder = {**read_checkpoint(ckpts["prior"])["featvis"]["encoder"], "code_dim": 64}
+    other_code = folder / "other_code_prior.ckpt"
+    torch.save({"featvis": prior_record(dae, encoder),
+                "state_dict": {**{f"dae.{k}": v for k, v in dae.state_dict().items()},
+                               **{f"code_stats.{k}": v for k, v in stats.state_dict().items()}}}, other_code)
+    blocker = folder / "a_file"
+    blocker.write_text("not a folder")
+    trees = {"empty": {}, "imageless": {"notes.txt": b"no images here"},
+             "corrupt_image": {**{f"ok{i}.png": None for i in range(4)}, "broken.png": b"\x89PNG\r\n\x1a\n garbage"}}
+    for name, files in trees.items():
+        for split in ("train", "val"):
+            cls = folder / name / split / "circle"
+            cls.mkdir(parents=True, exist_ok=True)
+            for file_name, content in files.items():
+                if content is None:
+                    Image.new("RGB", (40, 40), (200, 30, 30)).save(cls / file_name)
+                else:
+                    (cls / file_name).write_bytes(content)
+        if not files:
+            shutil.rmtree(folder / name / "train" / "circle")
+            shutil.rmtree(folder / name / "val" / "circle")
+    evil = malicious_checkpoints(folder / "evil", folder / "evil" / "PWNED")
+    return {**ckpts, "truncated": str(corrupt), "other_code_prior": str(other_code), "blocker": str(blocker),
+            **{f"{name}_data": str(folder / name) for name in trees}, "evil": str(evil["whole"]),
+            "evil_record": str(evil["record"]), "evil_weights": str(evil["weights"])}
+
+
+# -- bad inputs --------------------------------------------------------------------------------
+
+VISUALIZE = {"method": "dgn_am", "target.ckpt": "{classifier}", "generator.ckpt": "{generator}", "layer": "fc8",
+             "units": "[0]", "seeds": "1", "steps": "2", "evaluation.real_images": "0", "gif": "false",
+             "device": "cpu"}
+TRAIN = {"task": "classifier", "logger": "none", "image_size": "32", "data.train_size": "64", "data.val_size": "32",
+         "data.batch_size": "32", "trainer.max_epochs": "1", "trainer.enable_progress_bar": "false",
+         "model.channels": "[16,32,48,48,32]", "model.fc6_dim": "128", "model.fc7_dim": "128"}
+FOLDER_DATA = {"data": "imagefolder", "data.train_size": None, "data.val_size": None}  # no sizes: a folder
+OFFLINE_FALLBACK = {"WANDB_MODE": None, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40}
+
+
+@dataclass(frozen=True)
+class BadInput:
+    name: str
+    script: str                     # train.py or visualize.py
+    changes: dict[str, str | None]  # over the script's good command line; None drops the key
+    names: str                      # what the error line must contain (the bad value)
+    env: dict[str, str | None] = field(default_factory=dict)
+    falls_back: bool = False        # not an error: the job goes on (offline wandb) and says so
+
+
+BAD_INPUTS = [
+    BadInput("missing checkpoint", "visualize.py", {"target.ckpt": "/no/such/target.ckpt"}, "/no/such/target.ckpt"),
+    BadInput("truncated checkpoint", "visualize.py", {"target.ckpt": "{truncated}"}, "{truncated}"),
+    BadInput("generator given as target", "visualize.py", {"target.ckpt": "{generator}"},
+             "is a generator checkpoint; expected a classifier"),
+    BadInput("classifier given as generator", "visualize.py", {"generator.ckpt": "{classifier}"},
+             "is a classifier checkpoint; expected a generator"),
+    BadInput("prior of another code", "visualize.py", {"method": "ppgn", "prior.ckpt": "{other_code_prior}"},
+             "size 64"),
+    BadInput("unknown layer", "visualize.py", {"layer": "conv9"}, "conv9"),
+    BadInput("unit out of range", "visualize.py", {"units": "[99]"}, "99"),
+    BadInput("negative step size", "visualize.py", {"method.step.lr": "-1"}, "method.step.lr=-1"),
+    BadInput("NaN step size", "visualize.py", {"method.step.eps1": "nan"}, "method.step.eps1=nan"),
+    BadInput("zero steps", "visualize.py", {"steps": "0"}, "steps=0"),
+    BadInput("unknown method", "visualize.py", {"method": "nosuch"}, "method=nosuch"),
+    BadInput("unwritable output dir", "visualize.py", {"output_dir": "{blocker}/out"}, "{blocker}/out"),
+    BadInput("checkpoint that runs code", "visualize.py", {"target.ckpt": "{evil}"}, "{evil}"),
+    BadInput("empty data folder", "train.py", {**FOLDER_DATA, "data.root": "{empty_data}"},
+             "{empty_data}/train"),
+    BadInput("image-less data folder", "train.py", {**FOLDER_DATA, "data.root": "{imageless_data}"},
+             "{imageless_data}/train"),
+    BadInput("non-image file among images", "train.py", {**FOLDER_DATA, "data.root": "{corrupt_image_data}"},
+             "broken.png"),
+    BadInput("encoder size mismatch", "train.py", {"task": "generator", "encoder.ckpt": "{classifier}",
+                                                   "image_size": "64"}, "image_size=64"),
+    BadInput("encoder of the wrong kind", "train.py", {"task": "prior", "encoder.ckpt": "{generator}"},
+             "expected a classifier"),
+    BadInput("resume from a truncated checkpoint", "train.py", {"ckpt_path": "{truncated}"}, "{truncated}"),
+    BadInput("unknown config key", "train.py", {"nosuch_key": "1"}, "nosuch_key"),
+    BadInput("unwritable run dir", "train.py", {"hydra.run.dir": "{blocker}/run"}, "{blocker}/run"),
+    BadInput("wandb online without network", "train.py", {"logger": "wandb", "logger.offline": "false"},
+             "wandb server http://127.0.0.1:9 is unreachable", env=OFFLINE_FALLBACK, falls_back=True),
+]
+
+
+def run_bad_input(case: BadInput, inputs: dict[str, str], workdir: Path) -> dict:
+    """Run one case; {"clean": bool, "why": str, "seconds": float}."""
+    run_dir = workdir / case.name.replace(" ", "_")
+    base = dict(VISUALIZE if case.script == "visualize.py" else TRAIN)
+    merged = {**base, **case.changes}
+    run_dir_arg = (merged.pop("hydra.run.dir", None) or str(run_dir)).format(**inputs)
+    args = [f"{k}={v.format(**inputs)}" for k, v in merged.items() if v is not None]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / case.script), f"hydra.run.dir={run_dir_arg}", *args],
+                              env=environment(**case.env), capture_output=True, text=True, cwd=workdir, timeout=120)
+    except subprocess.TimeoutExpired:
+        return {"clean": False, "why": "no answer within 120 s", "seconds": 120.0}
+    seconds = time.perf_counter() - start
+    named = case.names.format(**inputs)
+    lines = proc.stderr.splitlines()
+    errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
+    written = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+                     if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log") if run_dir.is_dir() else []
+    if case.falls_back:
+        warned = [line for line in lines if line.startswith("featvis: warning:") and named in line]
+        problems = [proc.returncode != 0 and f"exit {proc.returncode}", not warned and "no fallback warning",
+                    seconds > 60 and f"took {seconds:.0f} s"]
+    else:
+        problems = [proc.returncode == 0 and "exit 0",
+                    len(errors) != 1 and f"{len(errors)} error lines",
+                    errors and named not in errors[0] and f"error does not name {named!r}",
+                    errors and "expected" not in errors[0] and "error does not say what was expected",
+                    "Traceback" in proc.stderr and "a traceback",
+                    written and f"wrote {written[:3]}"]
+    problems = [p for p in problems if p]
+    why = "; ".join(problems) if problems else (errors[0] if errors else "fell back")
+    return {"clean": not problems, "why": why, "seconds": seconds, "stderr": proc.stderr[-1500:]}
+
+
+def run_bad_inputs(inputs: dict[str, str], workdir: Path, cases: list[BadInput] = BAD_INPUTS) -> list[dict]:
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one subprocess per core
+        return list(pool.map(lambda case: {"case": case.name, **run_bad_input(case, inputs, workdir)}, cases))
+
+
+def malicious_loads(evil: dict[str, str]) -> dict[str, bool]:
+    """Every featvis loader on every crafted checkpoint: {loader/checkpoint: refused}."""
+    from featvis.checkpoints import load_classifier, load_generator, load_prior
+    from featvis.errors import CheckpointError
+
+    refused = {}
+    for loader in (read_checkpoint, load_classifier, load_generator, load_prior):
+        for name, path in evil.items():
+            try:
+                loader(path)
+                refused[f"{loader.__name__}/{name}"] = False
+            except CheckpointError:
+                refused[f"{loader.__name__}/{name}"] = True
+    return refused
+
+
+# -- SIGKILL and re-run -------------------------------------------------------------------------
+
+@dataclass
+class Stage:
+    """A command that is killed and run again; `check` says whether its run dir is complete."""
+    name: str
+    script: str
+    args: Callable[[dict[str, str]], list[str]]
+    rerun: list[str]
+    check: Callable[[Path], dict]
+
+
+EVOLUTION_STEPS = 2 * (640 // 64)  # epochs x batches of the classifier stage
+EVOLUTION_FRAMES = 5
+
+
+def _classifier_args(inputs: dict[str, str]) -> list[str]:
+    evolution = "callbacks.feature_evolution"
+    return [*SMALL_CLASSIFIER, "callbacks=evolution", f"{evolution}.generator.ckpt={inputs['generator']}",
+            f"{evolution}.units=[conv5:0,fc8:0,fc8:1]", f"{evolution}.steps=4", f"{evolution}.log_frames={EVOLUTION_FRAMES}",
+            f"{evolution}.linear_frames=2", f"{evolution}.every_n_steps=3", f"{evolution}.live_report=true",
+            "callbacks.model_checkpoint.monitor=null",
+            "+callbacks.model_checkpoint.every_n_train_steps=4", "trainer.enable_progress_bar=false"]
+
+
+def _check_classifier(run_dir: Path) -> dict:
+    last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    expected = {0} | scheduled_steps(EVOLUTION_STEPS, EVOLUTION_FRAMES, 2, 3)
+    lost, duplicated = frame_check(run_dir / "evolution", expected)
+    return {"complete": last["global_step"] == EVOLUTION_STEPS and (run_dir / "evolution" / "index.html").is_file(),
+            "frames_lost": lost, "frames_duplicated": duplicated}
+
+
+GENERATOR_EPOCHS = 3
+
+
+def _generator_args(inputs: dict[str, str]) -> list[str]:
+    return ["task=generator", f"encoder.ckpt={inputs['classifier']}", *SMALL_PRIOR,
+            f"trainer.max_epochs={GENERATOR_EPOCHS}", "task.callbacks.samples.every_n_steps=2",
+            "callbacks.model_checkpoint.monitor=null", "+callbacks.model_checkpoint.every_n_train_steps=4",
+            "trainer.enable_progress_bar=false"]
+
+
+def _check_generator(run_dir: Path) -> dict:
+    last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    # "processed": Lightning counts a batch completed only after the checkpoint hooks of its end
+    batches = last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"]
+    return {"complete": batches == GENERATOR_EPOCHS * (256 // 64) and any((run_dir / "samples").glob("*.png")),
+            "frames_lost": 0, "frames_duplicated": 0}
+
+
+VISUALIZE_UNITS, VISUALIZE_SEEDS = 6, 3
+
+
+def _visualize_args(inputs: dict[str, str]) -> list[str]:
+    return ["method=dgn_am", f"target.ckpt={inputs['classifier']}", f"generator.ckpt={inputs['generator']}",
+            f"units=[{','.join(map(str, range(VISUALIZE_UNITS)))}]", f"seeds={VISUALIZE_SEEDS}", "steps=20",
+            "record_every=2", "evaluation.real_images=0", "device=cpu"]
+
+
+def _check_visualize(run_dir: Path) -> dict:
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return {"complete": False, "frames_lost": 0, "frames_duplicated": 0}
+    results = json.loads(metrics.read_text())["results"]
+    files = [run_dir / f for r in results for f in r["files"].values()]
+    complete = (len(results) == VISUALIZE_UNITS * VISUALIZE_SEEDS and all(f.is_file() for f in files)
+                and len(list((run_dir / "gifs").glob("*.gif"))) == VISUALIZE_UNITS and (run_dir / "grid.png").is_file())
+    return {"complete": complete, "frames_lost": 0, "frames_duplicated": 0}
+
+
+STAGES = [Stage("classifier+evolution", "train.py", _classifier_args, ["ckpt_path=last"], _check_classifier),
+          Stage("generator", "train.py", _generator_args, ["ckpt_path=last"], _check_generator),
+          Stage("visualize", "visualize.py", _visualize_args, [], _check_visualize)]
+
+
+def timed_run(stage: Stage, inputs: dict[str, str], run_dir: Path) -> float:
+    """An uninterrupted run: its wall time sets the range of kill moments."""
+    start = time.perf_counter()
+    proc = subprocess.run(command(stage.script, run_dir, stage.args(inputs)), env=environment(),
+                          capture_output=True, text=True, cwd=run_dir.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{stage.name} failed without a fault:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def kill_trial(stage: Stage, inputs: dict[str, str], run_dir: Path, delay: float, attempts: int = 3) -> dict:
+    """SIGKILL the stage `delay` s after its start, then run it again (resuming) until it exits 0.
+
+    A run that ends before its kill (a machine faster than the reference run) is started again
+    from nothing with a kill 40% earlier, so every trial is a kill in mid-run.
+    """
+    args = stage.args(inputs)
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_path, "a") as log:
+        for _ in range(4):
+            proc = subprocess.Popen(command(stage.script, run_dir, args), env=environment(), stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=run_dir.parent)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed = True
+                break
+            killed = False
+            shutil.rmtree(run_dir, ignore_errors=True)
+            delay *= 0.6
+        returncode = None
+        for _ in range(attempts):
+            returncode = subprocess.run(command(stage.script, run_dir, [*args, *stage.rerun]), env=environment(),
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=run_dir.parent).returncode
+            if returncode == 0:
+                break
+    check = stage.check(run_dir) if returncode == 0 else {"complete": False, "frames_lost": 0, "frames_duplicated": 0}
+    integrity = scan(run_dir)
+    return {"stage": stage.name, "delay": round(delay, 2), "killed": killed,
+            "recovered": returncode == 0 and check["complete"], "frames_lost": check["frames_lost"],
+            "frames_duplicated": check["frames_duplicated"],
+            "truncated": len(integrity["broken"]) + len(integrity["partial"]),
+            "problems": integrity["broken"] + integrity["partial"]}
+
+
+def kill_trials(inputs: dict[str, str], workdir: Path, trials: int, seed: int = 0, stages: list[Stage] = STAGES,
+                moments: tuple[float, float] = (0.10, 0.95)) -> list[dict]:
+    """`trials` kills per stage at moments drawn uniformly from `moments` (fractions) of the wall
+    time of an uninterrupted run: start-up, training or synthesis, and writing the outputs."""
+    rng = random.Random(seed)
+    rows = []
+    for stage in stages:
+        slug = stage.name.replace("+", "_")
+        reference = timed_run(stage, inputs, workdir / f"{slug}_reference")
+        for trial in range(trials):
+            delay = rng.uniform(*moments) * reference
+            rows.append({**kill_trial(stage, inputs, workdir / f"{slug}_{trial}", delay), "reference_s": reference})
+    return rows
