@@ -53,7 +53,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from featvis.devices import use_channels_last
 from featvis.nets import CodeStatistics, Encoder
-from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.objectives import ObjectiveBatch, Term
+from featvis.synthesis.sampler import Sampler, SamplerSettings
 from featvis.nets.layers import frozen
 from featvis.synthesis.priors import ClipCodes, Decay
 from featvis.synthesis.spaces import CodeSpace

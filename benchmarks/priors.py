@@ -110,7 +110,7 @@ def lightning_vs_plain(cfg, steps: int = 12, warmup: int = 3, rounds: int = 3) -
         module = fresh_module()
         g, d = module.generator, module.discriminator
         opt_g, opt_d = module.configure_optimizers()
-        weights, balance = LossWeights(**cfg.task.module.loss_weights), GanBalance(**cfg.task.module.balance)
+        weights, balance = LossWeights(**cfg.task.module.loss_weights), GanBalance(**(cfg.task.module.balance or {}))
         loader = DataLoader(datamodule.train_set, batch_size=batch, shuffle=True, drop_last=True)
         start = None
         for i, (images, _) in enumerate(loader):

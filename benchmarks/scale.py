@@ -52,7 +52,8 @@ def am_step_child(units: int, steps: int) -> None:
     from hydra.utils import instantiate
 
     from featvis.nets import CodeStatistics
-    from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+    from featvis.synthesis.objectives import ObjectiveBatch, Term
+    from featvis.synthesis.sampler import Sampler, SamplerSettings
     from featvis.synthesis.priors import ClipCodes, Decay
     from featvis.synthesis.spaces import CodeSpace
 

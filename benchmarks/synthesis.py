@@ -22,7 +22,8 @@ from report import print_figures
 from torch.utils.flop_counter import FlopCounterMode
 
 from featvis.nets import AlexNet, CodeStatistics, Generator
-from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.objectives import ObjectiveBatch, Term
+from featvis.synthesis.sampler import Sampler, SamplerSettings
 from featvis.nets.layers import frozen
 from featvis.synthesis.priors import ClipCodes, Decay
 from featvis.synthesis.spaces import CodeSpace

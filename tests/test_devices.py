@@ -11,7 +11,8 @@ from featvis.checkpoints import load_classifier
 from featvis.devices import to_host, use_channels_last, wait_for_copies
 from featvis.errors import ConfigError, NumericsError
 from featvis.nets import Discriminator, Generator
-from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.objectives import ObjectiveBatch, Term
+from featvis.synthesis.sampler import Sampler, SamplerSettings
 
 from .conftest import ROOT
 

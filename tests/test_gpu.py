@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from featvis.checkpoints import load_prior, read_checkpoint
 from featvis.jobs.train import train
-from featvis.synthesis import Sampler
+from featvis.synthesis.sampler import Sampler
 from featvis.jobs.visualize import visualize
 
 from .conftest import CONF, ROOT, SMALL_PRIOR, compose_in

@@ -11,7 +11,8 @@ from featvis.callbacks import NumericsGuard
 from featvis.checkpoints import load_classifier, read_checkpoint
 from featvis.errors import ConfigError, NumericsError
 from featvis.jobs.train import train
-from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.objectives import ObjectiveBatch, Term
+from featvis.synthesis.sampler import Sampler, SamplerSettings
 
 EVERY_STEP = ["+callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.monitor=null",
               "callbacks.model_checkpoint.save_top_k=-1"]

@@ -257,7 +257,7 @@ def test_generator_resumes_with_its_optimizers_and_balance(priors, tmp_path):
 
 def test_generator_counts_one_step_a_batch_whichever_net_the_balance_pauses(small_classifier, tmp_path):
     # G pauses after the first batch (r > pause_g always): D alone steps 3 batches, still counted
-    pause_g = [f"task.module.balance.{k}=-1.0" for k in ("pause_d", "resume_d", "pause_g")]
+    pause_g = ["task.module.balance={pause_d:-1.0,resume_d:-1.0,pause_g:-1.0}"]
     result = train(compose_in(tmp_path, "task=generator", f"encoder.ckpt={small_classifier[1]['best_checkpoint']}",
                               *SMALL_PRIOR, *pause_g))
     checkpoint = read_checkpoint(result["last_checkpoint"])

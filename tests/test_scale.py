@@ -303,7 +303,8 @@ def test_caffenet_one_training_step_and_one_dgn_am_step(tmp_path):
 
     from featvis.nets import CodeStatistics
     from featvis.jobs.train import train
-    from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+    from featvis.synthesis.objectives import ObjectiveBatch, Term
+    from featvis.synthesis.sampler import Sampler, SamplerSettings
     from featvis.synthesis.priors import ClipCodes, Decay
     from featvis.synthesis.spaces import CodeSpace
 

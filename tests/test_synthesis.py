@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 import featvis
 from featvis.checkpoints import load_classifier, load_generator
 from featvis.errors import CheckpointError, ConfigError
-from featvis.synthesis import ObjectiveBatch, Sampler, SamplerSettings, Term
+from featvis.synthesis.objectives import ObjectiveBatch, Term
+from featvis.synthesis.sampler import Sampler, SamplerSettings
 from featvis.synthesis.priors import ClipCodes, Decay, GaussianPrior
 from featvis.synthesis.spaces import CodeSpace
 from featvis.jobs.visualize import parse_units, visualize

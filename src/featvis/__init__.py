@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from featvis.synthesis.settings import register
+
+register()  # the structured schemas (method/_base) every composition of featvis's configs starts from
+
 # Where each public name lives; imported on first use: the command-line tools load the package
 # before they parse their arguments, and a bad argument should not wait for torch to import.
 _HOMES = {"Synthesis": "featvis.synthesis.synthesize", "synthesize": "featvis.synthesis.synthesize",

@@ -11,14 +11,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from featvis.synthesis.settings import register
-
 CONFIG_MODULE = "featvis.conf"
 # Hydra's search-path form of the package (`@hydra.main(config_path=CONFIG_PATH)`).
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 # Where the installed configs are on disk (conf/ itself under an editable install).
 CONFIG_DIR = Path(str(resources.files(CONFIG_MODULE)))
-register()  # the structured schemas the YAML files start from
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:

@@ -50,7 +50,7 @@ class RealImages:
             if count >= limit:
                 break
         self.batch_size = self.batch_size or 64
-        empty = torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8 if uint8 else torch.float)
+        empty = torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8 if uint8 else torch.float, device="cpu")
         return (torch.cat(images) if images else empty,
                 torch.cat(labels) if labels and all(x is not None for x in labels) else None)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import lightning as L
@@ -20,6 +21,10 @@ from featvis.training.losses import (Comparator, GanBalance, LossWeights, discri
                                      generator_losses)
 
 
+# The comparator layers and weights of the feature loss: pool5 fixes the class, conv2 the edges.
+FEATURE_LAYERS = MappingProxyType({"conv2": 2.0, "pool5": 1.0})
+
+
 class GeneratorModule(L.LightningModule):
     """Manual optimization: one D step (unless paused by the balance), then one G step."""
 
@@ -34,8 +39,8 @@ class GeneratorModule(L.LightningModule):
         loss_weights: dict[str, float],
         discriminator_optimizer: OptimizerFactory | None = None,
         balance: dict[str, float] | None = None,
-        ema_decay: float | None = None,
-        feature_layers: dict[str, float] | None = None,
+        ema_decay: float | None = 0.95,
+        feature_layers: Mapping[str, float] | None = FEATURE_LAYERS,
         comparators: Sequence[nn.Module] = (),
         scheduler: SchedulerFactory | None = None,
     ):
@@ -50,7 +55,7 @@ class GeneratorModule(L.LightningModule):
         # more networks (frozen classifiers) whose features the reconstruction must match too.
         if comparators and not feature_layers:
             feature_layers = {encoder.roles["features"]: 1.0}
-        self.comparator = Comparator(encoder, feature_layers, comparators) if feature_layers else None
+        self.comparator = Comparator(encoder, dict(feature_layers), comparators) if feature_layers else None
         self.optimizer_factory = optimizer
         self.discriminator_optimizer_factory = discriminator_optimizer or optimizer
         self.scheduler_factory = scheduler
@@ -127,9 +132,11 @@ class GeneratorModule(L.LightningModule):
         return self.generator_ema.module if self.generator_ema is not None else self.generator
 
     def on_fit_start(self) -> None:
-        # The fixed real images of sample_grid: the first validation batch, the same at every call.
+        # The fixed real images of sample_grid: the first validation batch, read aside from the global RNG
+        # (a loader draws its seed from it) so that training goes on as without the grids.
         datamodule = self.trainer.datamodule
-        self.sample_images = next(iter(datamodule.val_dataloader()))[0] if datamodule is not None else None
+        with torch.random.fork_rng(devices=[]):
+            self.sample_images = next(iter(datamodule.val_dataloader()))[0] if datamodule is not None else None
 
     @torch.no_grad()
     def sample_grid(self, count: int = 8) -> torch.Tensor:
