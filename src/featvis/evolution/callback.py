@@ -328,15 +328,21 @@ def normalize_of(transform: Any, depth: int = 0) -> tuple[list[float], list[floa
     return None
 
 
-def dataset_normalization(dataset: Any) -> tuple[list[float], list[float]] | None:
-    """The Normalize of a dataset's transform, looking through Subsets and wrappers."""
+def unwrapped(dataset: Any) -> Iterator[Any]:
+    """A dataset, then the datasets it wraps (Subsets and other wrappers with a `dataset`)."""
     for _ in range(8):
         if dataset is None:
-            return None
-        found = normalize_of(getattr(dataset, "transform", None)) or normalize_of(getattr(dataset, "transforms", None))
+            return
+        yield dataset
+        dataset = getattr(dataset, "dataset", None)
+
+
+def dataset_normalization(dataset: Any) -> tuple[list[float], list[float]] | None:
+    """The Normalize of a dataset's transform, looking through Subsets and wrappers."""
+    for inner in unwrapped(dataset):
+        found = normalize_of(getattr(inner, "transform", None)) or normalize_of(getattr(inner, "transforms", None))
         if found is not None:
             return found
-        dataset = getattr(dataset, "dataset", None)
     return None
 
 
@@ -375,11 +381,7 @@ def class_names_of(pl_module: L.LightningModule, net: torch.nn.Module, loader: A
     for names in (getattr(pl_module, "class_names", None), getattr(net, "class_names", None)):
         if names:
             return list(names)
-    dataset = getattr(loader, "dataset", None)
-    for _ in range(8):
-        if dataset is None:
-            break
+    for dataset in unwrapped(getattr(loader, "dataset", None)):
         if isinstance(getattr(dataset, "classes", None), (list, tuple)):
             return [str(c) for c in dataset.classes]
-        dataset = getattr(dataset, "dataset", None)
     return []

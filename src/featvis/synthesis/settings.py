@@ -116,9 +116,6 @@ class JudgeSpec:
     feature_layer: str = "fc7"
 
 
-SPATIAL = ("center", "mean", "cls")
-
-
 @dataclass
 class SynthesisSpec:
     """What a synthesis is drawn with and how: conf/synthesis/default.yaml's keys, which
