@@ -48,10 +48,12 @@ def check_imports_from_the_venv() -> None:
 def check_method_configs() -> None:
     import featvis
 
+    # The files of conf/method/ on the schema method/_base (featvis.synthesis.settings), from the wheel.
     dgn_am = featvis.method_config("dgn_am")
-    assert dgn_am["name"] == "dgn_am" and dgn_am["space"] == "code", dgn_am
-    fft = featvis.method_config("pixel_fft", "steps=3")
-    assert fft["name"] == "pixel_fft" and fft["space"] == "fft" and fft["steps"] == 3, fft
+    assert dgn_am["name"] == "dgn_am" and dgn_am["space"]["_target_"].endswith("CodeSpace.from_checkpoint"), dgn_am
+    fft = featvis.method_config("pixel_fft", "step.steps=3")
+    assert fft["space"]["_target_"].endswith("FourierSpace") and fft["step"]["steps"] == 3, fft
+    assert fft["step"]["lr"] == 0.05 and fft["step"]["redirect_relu"] == 16, fft  # its own value, the schema's
 
 
 def check_commands() -> None:
