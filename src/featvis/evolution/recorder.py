@@ -77,7 +77,8 @@ class EvolutionRecorder:
         if self.parts is not None:
             return
         self.class_names = list(class_names)
-        self.spec = self.spec.but(logits_layer=self.spec.logits_layer or logits_layer_of(net), class_names=self.class_names)
+        self.spec = self.spec.but(logits_layer=self.spec.logits_layer or logits_layer_of(net),
+                                  class_names=self.class_names)
         # Building networks to load checkpoints into draws initial weights, and a DataLoader draws a
         # seed when iterated: neither from the caller's RNG.
         with torch.random.fork_rng(devices=[]):
