@@ -471,6 +471,10 @@ def test_a_method_is_a_space_a_prior_term_and_operators(small_priors):
                             ("decay=0.5", r"method.decay is now method.operators.decay.factor")):
         with pytest.raises(ConfigError, match=message):
             method("dgn_am", change)
+    misspelt = method_config("pixel")  # a config from Python, not composed (nothing checks its keys before)
+    misspelt["operators"]["image"]["blur_evry"] = 3
+    with pytest.raises(ConfigError, match=r"method.operators.image.blur_evry: .*ImageOperators takes no such argument"):
+        load_method(misspelt, **checkpoints)
 
 
 def test_the_activation_path_check_scores_real_images_as_its_ceiling(target):

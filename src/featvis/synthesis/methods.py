@@ -250,7 +250,15 @@ def build(block: Mapping[str, Any], where: str, **available: Any) -> Any:
     except InstantiationException as err:
         raise ConfigError(f"{where}._target_={block['_target_']!r} cannot be built "
                           f"({str(err).splitlines()[0]}); expected an importable class or function") from None
-    wanted = inspect.signature(factory).parameters
+    try:
+        wanted = inspect.signature(factory).parameters
+    except ValueError:  # the block names an argument its target does not take
+        names = inspect.signature(factory.func).parameters
+        unknown = [k for k in factory.keywords if k not in names]
+        if not unknown:
+            raise
+        raise ConfigError(f"{where}.{unknown[0]}: {block['_target_']} takes no such argument; expected one of "
+                          f"{', '.join(names)}") from None
     return factory(**{k: v for k, v in available.items() if k in wanted and k not in factory.keywords})
 
 
