@@ -43,6 +43,8 @@ its quality changes neither the step time nor whether a gradient reaches a unit.
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import json
 import logging
@@ -54,17 +56,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
-from PIL import Image
 from report import print_figures
 from torch import nn
 from torchvision import transforms
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # shared test helpers live in tests/
 from featvis.evolution import FeatureEvolution
-from featvis.data.shapes import ShapesDataset
 from featvis.nets import AlexNet
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import frozen, tap
@@ -72,6 +71,7 @@ from featvis.nets.targets import IMAGENET_MEAN, IMAGENET_STD, as_target
 from featvis.synthesis.methods import Method, Unit, load_method, method_config, units_of
 from featvis.synthesis.sampler import Sampler
 from featvis.synthesis.synthesize import logits_layer_of, sampler_for
+from tests.checks import PlainClassifier, shapes_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("alexnet", "resnet18", "vit")
@@ -267,40 +267,6 @@ def train_tiny_generator(out: Path) -> str:
 
 
 # -- blank tiles in a plain LightningModule ---------------------------------------------------------
-class PlainClassifier(L.LightningModule):
-    """A LightningModule as a user writes one: no featvis attribute anywhere."""
-
-    def __init__(self, net: nn.Module, lr: float):
-        super().__init__()
-        self.net, self.lr = net, lr
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        return F.cross_entropy(self.net(images), labels)
-
-    def validation_step(self, batch, batch_idx):
-        images, labels = batch
-        self.log("val_loss", F.cross_entropy(self.net(images), labels))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-
-
-def shapes_folder(root: Path, size: int, classes: int, per_class: int) -> Path:
-    """An ImageFolder tree of shape PNGs: `classes` classes of `per_class` images."""
-    data = ShapesDataset(per_class * 15 * 2, image_size=size, seed=3)
-    counts: dict[int, int] = {}
-    for index in range(len(data)):
-        image, label = data[index]
-        if label >= classes or counts.get(label, 0) >= per_class:
-            continue
-        counts[label] = counts.get(label, 0) + 1
-        folder = root / data.classes[label].replace(" ", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{index}.png")
-    return root
-
-
 def evolution_blank_tiles(family: str, folder: Path, generator: str, out: Path, train_steps: int,
                           synthesis_steps: int, log_frames: int, linear_frames: int, seeds: int) -> dict:
     """Train the family's torchvision network in a PlainClassifier with a FeatureEvolution (dgn_am)
@@ -402,7 +368,7 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
         figures[f"sampler_vs_bare_{family}"] = max(figures[f"sampler_vs_bare_{family}_{m}"] for m in METHODS)
 
     folder = shapes_folder(out / "data", args.size, classes=6 if not args.quick else 3,
-                           per_class=16 if not args.quick else 6)
+                           per_class=16 if not args.quick else 6, pool=30)
     log_frames, linear_frames = (4, 2) if not args.quick else (0, 1)  # quick: frames at steps 0 and 2
     blank = {family: evolution_blank_tiles(family, folder, generator, out / "evolution", args.train_steps,
                                            args.synthesis_steps, log_frames, linear_frames, args.seeds)

@@ -131,3 +131,43 @@ def reconstruction_transfer(generator: nn.Module, encoder: nn.Module, judge: nn.
             break
     return {name: {"overall": float(m["overall"].compute()), "per_class": m["per_class"].compute().tolist()}
             for name, m in metrics.items()} | {"images": count}
+
+
+class PlainClassifier(L.LightningModule):
+    """A LightningModule as a user writes one: no featvis attribute anywhere."""
+
+    def __init__(self, net: nn.Module, lr: float = 0.05):
+        super().__init__()
+        self.net, self.lr = net, lr
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return F.cross_entropy(self.net(images), labels)
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("val_loss", F.cross_entropy(self.net(images), labels))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def shapes_folder(root: Path, size: int = 32, classes: int = 4, per_class: int = 12, pool: int = 15) -> Path:
+    """An ImageFolder tree of shape PNGs, as a user's own small data set: the first `per_class`
+    images of each of `classes` classes among `per_class * pool` drawn."""
+    import numpy as np
+    from PIL import Image
+
+    from featvis.data.shapes import ShapesDataset
+
+    data = ShapesDataset(per_class * pool, image_size=size, seed=3)
+    counts: dict[int, int] = {}
+    for index in range(len(data)):
+        image, label = data[index]
+        if label >= classes or counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        folder = root / data.classes[label].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{index}.png")
+    return root

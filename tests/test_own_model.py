@@ -8,54 +8,19 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch import nn
 from torchvision import transforms
 
 import featvis
+from tests.checks import PlainClassifier, shapes_folder
 from featvis.evolution import FeatureEvolution
-from featvis.data.shapes import ShapesDataset
 from featvis.errors import ConfigError
 from featvis.nets.layers import pre_activation
 from featvis.nets.targets import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = 32
-
-
-def shapes_folder(root, per_class=12, classes=4):
-    """An ImageFolder tree of shape images (PNG files), as a user's own small data set."""
-    data = ShapesDataset(per_class * 15, image_size=SIZE, seed=3)
-    counts = {}
-    for index in range(len(data)):
-        image, label = data[index]
-        if label >= classes or counts.get(label, 0) >= per_class:
-            continue
-        counts[label] = counts.get(label, 0) + 1
-        folder = root / data.classes[label].replace(" ", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{index}.png")
-    return root
-
-
-class PlainClassifier(L.LightningModule):
-    """A LightningModule as a user writes one: no featvis attribute anywhere."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        return F.cross_entropy(self.net(images), labels)
-
-    def validation_step(self, batch, batch_idx):
-        images, labels = batch
-        self.log("val_loss", F.cross_entropy(self.net(images), labels))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 def test_callback_in_a_plain_lightning_module_with_normalized_data(small_priors, tmp_path):
