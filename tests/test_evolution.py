@@ -317,6 +317,56 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys):
 
 
 
+def test_two_runs_asking_for_one_stage_take_turns_and_a_killed_runs_lock_blocks_nothing(tmp_path, caplog,
+                                                                                         monkeypatch):
+    """A stage being trained is locked: a second run waits for it, then reuses it; a lock held by a
+    process that was killed is gone with it."""
+    import logging
+    import signal
+    import sys
+    import threading
+    import time
+
+    from featvis.jobs import pipeline, train as training
+
+    encoder = tmp_path / "encoder.ckpt"
+    encoder.write_bytes(b"weights")
+    stages, overrides = tmp_path / "stages", ["task=generator", f"encoder.ckpt={encoder}"]
+    trained, started = [], threading.Event()
+
+    def slow_train(cfg):
+        trained.append(cfg.output_dir)
+        started.set()
+        time.sleep(1.5)  # the second run asks while this one trains
+        return {"best_checkpoint": str(encoder), "last_checkpoint": None, "metrics": {}}
+
+    monkeypatch.setattr(training, "train", slow_train)
+    found = []
+    first = threading.Thread(target=lambda: found.append(pipeline.run_stage(stages, "generator", overrides, "[2/4]")))
+    with caplog.at_level(logging.INFO, logger="featvis.jobs.pipeline"):
+        first.start()
+        assert started.wait(60)
+        found.append(pipeline.run_stage(stages, "generator", overrides, "[2/4]"))
+        first.join()
+    assert found == [str(encoder), str(encoder)] and len(trained) == 1
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[2/4] generator")]
+    assert "another run is training this stage; waiting for it" in lines[1] and "reusing" in lines[2], lines
+
+    # A run killed while it holds the lock of another stage: the next run trains that stage at once.
+    lock = stages / f".{next(stages.glob('generator-*')).name.replace('generator', 'prior')}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time; filelock.FileLock(sys.argv[1])"
+                               ".acquire(); print('held', flush=True); time.sleep(600)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(30)
+    started.clear()
+    done = threading.Thread(target=lambda: found.append(pipeline.run_stage(stages, "prior", overrides, "[3/4]")))
+    done.start()
+    done.join(30)
+    assert not done.is_alive() and len(trained) == 2  # trained, not waiting on a dead run's lock
+
+
 def test_a_stage_is_reused_only_for_the_same_config_and_inputs(tmp_path, caplog, monkeypatch):
     """Stage folders are keyed by what the stage trains; a change of config or of an input
     checkpoint is another stage, and the log says what changed."""

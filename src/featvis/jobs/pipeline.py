@@ -6,12 +6,17 @@ reused when asked for again and resumed when interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -100,11 +105,39 @@ def run_stage(stages: Path, name: str, overrides: list[str], banner: str = "") -
 
     Each config has its own folder, <name>-<hash of stage_record>: stages trained for other
     configs (a sweep's other points, other data) stay where they are and are reused when asked
-    for again, and two configs never share a folder.
+    for again, and two configs never share a folder.  Two runs asking for one stage at once take
+    turns: the first trains it, the second waits for it and then reuses it.
     """
     record = stage_record(overrides)
     digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
     folder = stages / f"{name}-{digest}"
+    with stage_lock(stages / f".{folder.name}.lock", f"{banner} {name}"):
+        return _run_stage(folder, name, overrides, record, banner)
+
+
+@contextlib.contextmanager
+def stage_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold `path`'s lock (the OS drops it when its process dies, so a killed run never blocks the
+    next); one line when another run holds it.  Under DDP only the launching process locks: the
+    ranks it starts train the same stage with it."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: another run is training this stage; waiting for it (%s)", what.strip(), path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_stage(folder: Path, name: str, overrides: list[str], record: dict[str, Any], banner: str) -> str:
+    stages = folder.parent
     done = folder / "done.json"
     if done.is_file():
         checkpoint = json.loads(done.read_text()).get("checkpoint")
