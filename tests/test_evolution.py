@@ -353,7 +353,8 @@ def test_two_runs_asking_for_one_stage_take_turns_and_a_killed_runs_lock_blocks_
     assert "another run is training this stage; waiting for it" in lines[1] and "reusing" in lines[2], lines
 
     # A run killed while it holds the lock of another stage: the next run trains that stage at once.
-    lock = stages / f".{next(stages.glob('generator-*')).name.replace('generator', 'prior')}.lock"
+    lock = stages / next(stages.glob('generator-*')).name.replace('generator', 'prior') / ".lock"
+    lock.parent.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time; filelock.FileLock(sys.argv[1])"
                                ".acquire(); print('held', flush=True); time.sleep(600)", str(lock)],
                               stdout=subprocess.PIPE, text=True)

@@ -111,7 +111,7 @@ def run_stage(stages: Path, name: str, overrides: list[str], banner: str = "") -
     record = stage_record(overrides)
     digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:8]
     folder = stages / f"{name}-{digest}"
-    with stage_lock(stages / f".{folder.name}.lock", f"{banner} {name}"):
+    with stage_lock(folder / ".lock", f"{banner} {name}"):
         return _run_stage(folder, name, overrides, record, banner)
 
 
