@@ -143,7 +143,7 @@ class GeneratorModule(L.LightningModule):
         """Rows: `count` fixed validation images, G(E(x)) of them, and G on `count` fixed random
         codes from the code statistics, so successive grids show how G changes, not the inputs."""
         real = self.sample_images[:count].to(self.device)
-        codes = self.code_stats.sample(len(real), torch.Generator(device="cpu").manual_seed(0))
+        codes = self.code_stats.sample(len(real), torch.Generator(device="cpu").manual_seed(0)).to(self.device)
         generator = self.sampling_generator
         was_training = generator.training
         generator.eval()
