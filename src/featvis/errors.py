@@ -19,3 +19,7 @@ class CheckpointError(FeatvisError):
 
 class NumericsError(FeatvisError):
     """A loss, weight or sampler term became NaN/inf, or a GAN diverged."""
+
+
+class RankLostError(FeatvisError):
+    """A rank of a distributed job died or stopped answering; the others end instead of waiting."""

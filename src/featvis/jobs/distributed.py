@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import lightning as L
 
-from featvis.errors import ConfigError
+from featvis.errors import ConfigError, RankLostError
 
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -70,6 +70,32 @@ def ddp_job(trainer: L.Trainer) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# How a collective tells that a peer is gone: gloo names its transport ("Connection closed by
+# peer", "Connection reset by peer", "Timed out waiting ... for recv"), NCCL raises DistError.
+PEER_GONE = ("gloo/transport", "remote worker", "Connection closed by peer", "Connection reset by peer")
+
+
+@contextmanager
+def peers_watched(trainer: L.Trainer) -> Iterator[None]:
+    """Around `trainer.fit`: when another rank dies (or hangs past the strategy's `timeout`), this
+    rank's collective fails; end with one line naming the lost rank instead of a traceback."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err)
+        if trainer.world_size < 2 or not (isinstance(err, dist.DistError) or any(s in text for s in PEER_GONE)):
+            raise
+        others = [rank for rank in range(trainer.world_size) if rank != trainer.global_rank]
+        lost = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
+        first = next((line.split("] ", 1)[-1].split(". ")[0] for line in text.splitlines() if line.strip()),
+                     type(err).__name__)
+        raise RankLostError(f"{lost} of the {trainer.world_size} DDP processes is gone (rank "
+                            f"{trainer.global_rank} at step {trainer.global_step}: {first[:120]}); expected every "
+                            "rank to run to the end: resume with ckpt_path=last and the same hydra.run.dir") from None
 
 
 def share_cpus_with_parallel_jobs() -> int | None:

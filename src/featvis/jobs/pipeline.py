@@ -6,17 +6,12 @@ reused when asked for again and resumed when interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -24,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from featvis.configs import compose_config
 from featvis.errors import ConfigError
 from featvis.jobs import train as training
+from featvis.jobs.locks import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -113,27 +109,6 @@ def run_stage(stages: Path, name: str, overrides: list[str], banner: str = "") -
     folder = stages / f"{name}-{digest}"
     with stage_lock(folder / ".lock", f"{banner} {name}"):
         return _run_stage(folder, name, overrides, record, banner)
-
-
-@contextlib.contextmanager
-def stage_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold `path`'s lock (the OS drops it when its process dies, so a killed run never blocks the
-    next); one line when another run holds it.  Under DDP only the launching process locks: the
-    ranks it starts train the same stage with it."""
-    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("%s: another run is training this stage; waiting for it (%s)", what.strip(), path)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _run_stage(folder: Path, name: str, overrides: list[str], record: dict[str, Any], banner: str) -> str:

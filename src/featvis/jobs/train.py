@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from featvis.checkpoints import encoder_record, load_classifier
 from featvis.devices import use_channels_last, use_tf32
-from featvis.jobs.distributed import check_launcher, ddp_job, share_cpus_with_parallel_jobs
+from featvis.jobs.distributed import check_launcher, ddp_job, peers_watched, share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
@@ -110,7 +110,7 @@ def _fit(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningData
     wandb_run = None
     try:
         # A resumed checkpoint may come from anywhere: tensors and plain types only, never code.
-        with ddp_job(trainer):
+        with ddp_job(trainer), peers_watched(trainer):
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     finally:
