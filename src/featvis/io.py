@@ -8,7 +8,9 @@ weight files are read with `torch.load(weights_only=True)`: tensors and plain ty
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
-from featvis.errors import CheckpointError, ConfigError
+from featvis.errors import NO_SPACE, CheckpointError, ConfigError, DiskFullError
 
 
 def atomic_path(path: Path) -> Path:
@@ -30,20 +32,47 @@ def commit(tmp: Path, path: Path) -> Path:
     return path
 
 
+def save_bytes(data: bytes | memoryview, path: Path) -> Path:
+    """`data` written to a temporary sibling and renamed into place.
+
+    Every writer encodes its file in memory first and writes it here, so a full disk is told as a
+    DiskFullError naming `path` and its size (the OSError of a failed write() names no file), and
+    the temporary file is removed: nothing torn is left, under the final name or any other.
+    """
+    tmp = atomic_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:  # close() flushes: a late ENOSPC is raised here too
+            f.write(data)
+        return commit(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in NO_SPACE:
+            raise DiskFullError(path, len(data), free_bytes(path.parent), err.strerror) from err
+        raise
+
+
+def free_bytes(folder: Path) -> int | None:
+    """The space an unprivileged writer has left on the filesystem of `folder` (or its nearest parent)."""
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
 def save_text(text: str, path: Path) -> Path:
     """A text file (JSON, HTML, SVG) written to a temporary name and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(text)
-    return commit(tmp, path)
+    return save_bytes(text.encode(), path)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     """A dict of tensors (read back by read_checkpoint), written to a temporary name and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
-    return commit(tmp, path)
+    # torch.save to a path writes from C++: a full disk would be a RuntimeError naming no file
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
+    return save_bytes(buffer.getbuffer(), path)
 
 
 def remove_partials(folder: Path) -> int:
@@ -55,21 +84,19 @@ def remove_partials(folder: Path) -> int:
 
 
 def save_png(image: torch.Tensor | Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     pil = image if isinstance(image, Image.Image) else to_pil_image(image.clamp(0, 1))
-    tmp = atomic_path(path)
-    pil.save(tmp, format="PNG")
-    return commit(tmp, path)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return save_bytes(buffer.getbuffer(), path)
 
 
 def save_gif(frames: Sequence[torch.Tensor], path: Path, duration_ms: int = 120) -> Path:
     """An animated GIF of (3, H, W) frames; the last frame is held a little longer."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     pil = [to_pil_image(f.clamp(0, 1)) for f in frames]
     durations = [duration_ms] * (len(pil) - 1) + [duration_ms * 8]
-    tmp = atomic_path(path)
-    pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
-    return commit(tmp, path)
+    buffer = io.BytesIO()
+    pil[0].save(buffer, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
+    return save_bytes(buffer.getbuffer(), path)
 
 
 def writable_dir(out: Path, what: str = "output_dir") -> Path:

@@ -6,7 +6,9 @@ console scripts `featvis-train|visualize` all run them through `train_main` / `v
 
 Two ways in, one way out (`fail`):
 
-- `report_errors` wraps the Hydra task: a FeatvisError from the job stops it with one line.
+- `report_errors` wraps the Hydra task: a FeatvisError from the job stops it with one line, and
+  so does a full disk (featvis.errors.DiskFullError from the writers, or an OSError ENOSPC from
+  another library's), with what to run once space is freed.
 - `run` calls the `@hydra.main` function: Hydra's own errors (an unknown config option, an
   override it cannot parse, a key the config does not have, a run dir it cannot create) come
   out of Hydra as exceptions and are told in one line from their fields.
@@ -15,13 +17,14 @@ Two ways in, one way out (`fail`):
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from featvis.configs import CONFIG_PATH
-from featvis.errors import FeatvisError
+from featvis.errors import NO_SPACE, DiskFullError, FeatvisError
 
 EXIT_CODE = 2
 # Set once the task function runs: an OSError before it is Hydra failing to create its run dir.
@@ -46,9 +49,64 @@ def featvis_cause(err: BaseException | None) -> FeatvisError | None:
     return None
 
 
-def report_errors(job: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Wrap a Hydra task so a FeatvisError exits 2 with one line instead of a traceback.
+def no_space_cause(err: BaseException | None) -> OSError | None:
+    """The OSError ENOSPC (or EDQUOT) behind `err`, if any."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
+
+def rerun_hint(name: str | None, cfg: Any) -> str:
+    """What to run once space is freed: training resumes from last.ckpt, visualize.py starts over."""
+    if name != "train":
+        return "then run the same command again"
+    task = cfg.get("task") or {}
+    if cfg.get("ckpt_path") == "last" or task.get("name") == "pipeline":  # the pipeline resumes its stages itself
+        return "then the same command resumes"
+    return "then the same command with ckpt_path=last resumes"
+
+
+def disk_full_line(err: BaseException, cfg: Any, name: str | None) -> str | None:
+    """The one line for a job stopped by a full disk; None if `err` is not one."""
+    cause = featvis_cause(err)
+    if isinstance(cause, DiskFullError):
+        return f"{cause}, {rerun_hint(name, cfg)}"
+    if cause is not None:
+        return None
+    raw = no_space_cause(err)
+    if raw is None:
+        return None
+    # Another library's writer (a logger, a checkpoint writer of its own): it may not name its file.
+    folder = cfg.get("output_dir") or "the run dir"
+    what = f"writing {raw.filename}" if raw.filename else f"writing an output of {folder}"
+    return (f"{(raw.strerror or 'no space left on device').lower()} {what}; expected more free space on the "
+            f"filesystem of {folder}, {rerun_hint(name, cfg)}")
+
+
+def quiet_full_disk_logs() -> None:
+    """A log file on a full disk: its failed lines are dropped instead of printing a traceback each.
+
+    logging reports a handler's failed write on stderr with a traceback and goes on; on a full
+    disk that buries the one line the job ends with.  Only ENOSPC/EDQUOT are dropped: any other
+    failing handler still reports.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and not getattr(handler, "_featvis_quiet", False):
+            handler.handleError = functools.partial(_handle_log_error, handler.handleError)
+            handler._featvis_quiet = True
+
+
+def _handle_log_error(report: Callable[[logging.LogRecord], None], record: logging.LogRecord) -> None:
+    if no_space_cause(sys.exc_info()[1]) is None:
+        report(record)
+
+
+def report_errors(job: Callable[[Any], Any], name: str | None = None) -> Callable[[Any], Any]:
+    """Wrap a Hydra task so a FeatvisError (or a full disk) exits 2 with one line instead of a traceback.
+
+    `name`: the app ("train", "visualize"), for what to run again after a full disk.
     SystemExit passes Hydra's job runner untouched, so Hydra adds no lines of its own; under
     hydra/launcher=joblib the worker's exit code reaches the sweep the same way.
     """
@@ -57,9 +115,13 @@ def report_errors(job: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def wrapped(cfg: Any) -> Any:
         global _job_started
         _job_started = True
+        quiet_full_disk_logs()  # Hydra has set up the job's log file by now
         try:
             return job(cfg)
         except Exception as err:
+            line = disk_full_line(err, cfg, name)
+            if line is not None:
+                fail(line)
             cause = featvis_cause(err)
             if cause is None:
                 raise
@@ -98,6 +160,10 @@ def hydra_error(err: BaseException) -> str | None:
         return f"{key}: {one_line(str(cause).splitlines()[0])}; expected a value the config accepts (see --cfg job)"
     if isinstance(err, HydraException):
         return f"the command line does not compose: {one_line(str(err))}; expected overrides of the form key=value (see --help)"
+    if isinstance(err, OSError) and err.errno in NO_SPACE:  # Hydra writing .hydra/ on a full disk
+        where = f"writing {err.filename}" if err.filename else "writing the hydra run dir's .hydra/ record"
+        return (f"{(err.strerror or 'no space left on device').lower()} {where}; expected free space on the "
+                "filesystem of the run dir (hydra.run.dir), then run the same command again")
     if isinstance(err, OSError) and err.filename:
         return (f"hydra run dir {err.filename} cannot be written ({err.strerror}); expected a writable "
                 "directory (hydra.run.dir, or hydra.sweep.dir with -m)")
@@ -131,7 +197,7 @@ def hydra_app(name: str, config_name: str, job: Callable[[Any], Any]) -> Callabl
     import hydra
 
     job.__module__ = f"featvis.{name}"
-    return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(report_errors(job))
+    return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(report_errors(job, name))
 
 
 def _train(cfg: Any) -> float | None:

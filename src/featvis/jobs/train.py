@@ -28,6 +28,7 @@ from featvis.nets.codes import CodeStatistics, encode_all
 from featvis.nets.encoder import Encoder
 from featvis.io import read_checkpoint, save_text, writable_dir
 from featvis.jobs.loggers import log_lines_once
+from featvis.jobs.storage import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 # The frozen encoder inside the prior modules stays in eval mode on purpose.
@@ -39,7 +40,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     configured = {**(cfg.get("callbacks") or {}), **(cfg.task.get("callbacks") or {})}
     callbacks = [instantiate(c) for c in configured.values() if c]
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **step_budget(cfg))
+    # Checkpoints written beside their final name and renamed: a full disk never tears last.ckpt.
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+                          **step_budget(cfg))
     check_launcher(trainer)  # before the logger writes its run
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
