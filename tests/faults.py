@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from featvis.evolution.callback import scheduled_steps
-from featvis.checkpoints import prior_record, read_checkpoint
+from featvis.checkpoints import FORMAT_VERSION, prior_record, read_checkpoint
 from featvis.tools.integrity import scan
 from tests.checks import frame_check
 from featvis.nets.codes import CodeDAE, CodeStatistics
@@ -122,7 +122,63 @@ def broken_inputs(folder: Path, ckpts: dict[str, str]) -> dict[str, str]:
     evil = malicious_checkpoints(folder / "evil", folder / "evil" / "PWNED")
     return {**ckpts, "truncated": str(corrupt), "other_code_prior": str(other_code), "blocker": str(blocker),
             **{f"{name}_data": str(folder / name) for name in trees}, "evil": str(evil["whole"]),
-            "evil_record": str(evil["record"]), "evil_weights": str(evil["weights"])}
+            "evil_record": str(evil["record"]), "evil_weights": str(evil["weights"]),
+            **damaged_inputs(folder / "damaged", ckpts)}
+
+
+def damaged_inputs(folder: Path, ckpts: dict[str, str]) -> dict[str, str]:
+    """The placeholders of the damaged-input table: files that exist but are empty, newer, cut or
+    of another shape than expected, and images of other modes than RGB."""
+    import numpy as np
+    from PIL import Image
+
+    from featvis.nets.deepsim_weights import LAYERS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"empty_ckpt": folder / "empty.ckpt", "future_ckpt": folder / "future.ckpt",
+             "deepsim_missing": folder / "missing" / "upconvGAN_fc6.pt",
+             "deepsim_extra": folder / "extra" / "upconvGAN_fc6.pt", "direction": folder / "direction7.npy",
+             "magnitude": folder / "maco_magnitude.pt", "mode_mix_data": folder / "mode_mix",
+             "evolution_run": folder / "evolution_run"}
+    paths["empty_ckpt"].write_bytes(b"")
+    classifier = read_checkpoint(ckpts["classifier"])
+    torch.save({**classifier, "featvis": {**classifier["featvis"], "format": FORMAT_VERSION + 1}},
+               paths["future_ckpt"])
+    # The published key names with tiny tensors: the key names are checked before any shape.
+    published = {f"{name}.{part}": torch.zeros(1) for name in LAYERS for part in ("weight", "bias")}
+    for name, state in (("deepsim_missing", {k: v for k, v in published.items() if k != "deconv3.bias"}),
+                        ("deepsim_extra", {**published, "defc8.weight": torch.zeros(1)})):
+        paths[name].parent.mkdir(exist_ok=True)
+        torch.save(state, paths[name])
+    np.save(paths["direction"], np.ones(7, dtype=np.float32))  # conv5 of the small classifier has 32 channels
+    torch.save({"magnitude": torch.ones(3, 16, 9)}, paths["magnitude"])  # a 16 px spectrum; the runs are at 32 px
+    # RGB images, and in one class an RGBA, a grey and a 16-bit grey one (mid-grey: 32768 of 65535).
+    odd = {"rgba.png": Image.new("RGBA", (40, 40), (200, 30, 30, 128)), "grey.png": Image.new("L", (40, 40), 90),
+           "deep.png": Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16))}
+    for split in ("train", "val"):
+        for cls in ("circle", "square"):
+            target = paths["mode_mix_data"] / split / cls
+            target.mkdir(parents=True, exist_ok=True)
+            colour = (200, 30, 30) if cls == "circle" else (30, 30, 200)
+            for i in range(2):
+                Image.new("RGB", (40, 40), colour).save(target / f"ok{i}.png")
+            if (split, cls) == ("train", "circle"):
+                for file_name, image in odd.items():
+                    image.save(target / file_name)
+    # A classifier run with the FeatureEvolution callback as a kill leaves it, its evolution.json
+    # damaged: the classifier fixture's checkpoint with the callback's state of one frame (cheaper
+    # than training one), and the record cut in half.
+    run = paths["evolution_run"]
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / "evolution").mkdir(exist_ok=True)
+    frame = {"step": 0, "epoch": 0, "unit": "fc8:0", "layer": "fc8", "seed": 0,
+             "file": "frames/step0000000/fc8-0_seed0.png"}
+    state = {"format": 1, "z0": None, "noise_seed": 0, "frames": [frame]}
+    torch.save({**classifier, "callbacks": {**classifier.get("callbacks", {}), "FeatureEvolution": state}},
+               run / "checkpoints" / "last.ckpt")
+    record = json.dumps({"format": 1, "method": "dgn_am", "steps": [0], "frames": [frame]}, indent=1)
+    (run / "evolution" / "evolution.json").write_text(record[: len(record) // 2])
+    return {name: str(path) for name, path in paths.items()}
 
 
 # -- bad inputs --------------------------------------------------------------------------------
@@ -144,7 +200,7 @@ class BadInput:
     changes: dict[str, str | None]  # over the script's good command line; None drops the key
     names: str                      # what the error line must contain (the bad value)
     env: dict[str, str | None] = field(default_factory=dict)
-    falls_back: bool = False        # not an error: the job goes on (offline wandb) and says so
+    goes_on: bool = False           # not an error: the job goes on (exit 0) and says so in one line naming `names`
 
 
 BAD_INPUTS = [
@@ -178,7 +234,34 @@ BAD_INPUTS = [
     BadInput("unknown config key", "train.py", {"nosuch_key": "1"}, "nosuch_key"),
     BadInput("unwritable run dir", "train.py", {"hydra.run.dir": "{blocker}/run"}, "{blocker}/run"),
     BadInput("wandb online without network", "train.py", {"logger": "wandb", "logger.offline": "false"},
-             "wandb server http://127.0.0.1:9 is unreachable", env=OFFLINE_FALLBACK, falls_back=True),
+             "wandb server http://127.0.0.1:9 is unreachable", env=OFFLINE_FALLBACK, goes_on=True),
+]
+
+EVOLUTION = "callbacks.feature_evolution"
+RESUME_EVOLUTION = {"hydra.run.dir": "{evolution_run}", "ckpt_path": "last", "callbacks": "evolution",
+                    f"{EVOLUTION}.generator.ckpt": "{generator}", f"{EVOLUTION}.units": "[fc8:0]",
+                    f"{EVOLUTION}.steps": "2"}
+
+# Inputs that exist and look right but are damaged: benchmarks/faults.py counts them apart.
+DAMAGED_INPUTS = [
+    BadInput("zero-byte checkpoint", "visualize.py", {"target.ckpt": "{empty_ckpt}"}, "{empty_ckpt} is empty"),
+    BadInput("resume from a zero-byte checkpoint", "train.py", {"ckpt_path": "{empty_ckpt}"},
+             "{empty_ckpt} is empty"),
+    BadInput("checkpoint of a newer format", "visualize.py", {"target.ckpt": "{future_ckpt}"},
+             f"{{future_ckpt}} is featvis format {FORMAT_VERSION + 1}; expected format <= {FORMAT_VERSION}"),
+    BadInput("DeePSiM weights missing a key", "visualize.py", {"generator.ckpt": "{deepsim_missing}"},
+             "{deepsim_missing} lacks deconv3.bias"),
+    BadInput("DeePSiM weights with an extra key", "visualize.py", {"generator.ckpt": "{deepsim_extra}"},
+             "{deepsim_extra} holds defc8.weight"),
+    BadInput("RGBA grey and 16-bit images among RGB ones", "train.py",
+             {**FOLDER_DATA, "data.root": "{mode_mix_data}"},
+             "converting 3 of 11 images of {mode_mix_data} to RGB as they load (1 I;16, 1 L, 1 RGBA)", goes_on=True),
+    BadInput("resume with a damaged evolution.json", "train.py", RESUME_EVOLUTION,
+             "{evolution_run}/evolution/evolution.json is not valid JSON"),
+    BadInput("direction of the wrong length", "visualize.py", {"units": "['conv5:direction={direction}']"},
+             "{direction} has 7 values; expected 32"),
+    BadInput("MACO magnitude of the wrong shape", "visualize.py",
+             {"method": "pixel_maco", "method.space.magnitude": "{magnitude}"}, "method.space.magnitude={magnitude}"),
 ]
 
 
@@ -197,14 +280,13 @@ def run_bad_input(case: BadInput, inputs: dict[str, str], workdir: Path) -> dict
         return {"clean": False, "why": "no answer within 120 s", "seconds": 120.0}
     seconds = time.perf_counter() - start
     named = case.names.format(**inputs)
-    lines = proc.stderr.splitlines()
-    errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(ERROR_PREFIX)]
     written = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
-                     if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log") if run_dir.is_dir() else []
-    if case.falls_back:
-        warned = [line for line in lines if line.startswith("featvis: warning:") and named in line]
-        problems = [proc.returncode != 0 and f"exit {proc.returncode}", not warned and "no fallback warning",
-                    seconds > 60 and f"took {seconds:.0f} s"]
+                     if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != ".lock") if run_dir.is_dir() else []
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if named in line]
+    if case.goes_on:
+        problems = [proc.returncode != 0 and f"exit {proc.returncode}", errors and f"{len(errors)} error lines",
+                    len(said) != 1 and f"{len(said)} lines name {named!r}", seconds > 60 and f"took {seconds:.0f} s"]
     else:
         problems = [proc.returncode == 0 and "exit 0",
                     len(errors) != 1 and f"{len(errors)} error lines",
@@ -213,13 +295,26 @@ def run_bad_input(case: BadInput, inputs: dict[str, str], workdir: Path) -> dict
                     "Traceback" in proc.stderr and "a traceback",
                     written and f"wrote {written[:3]}"]
     problems = [p for p in problems if p]
-    why = "; ".join(problems) if problems else (errors[0] if errors else "fell back")
+    why = "; ".join(problems) if problems else (errors[0] if errors else said[0])
     return {"clean": not problems, "why": why, "seconds": seconds, "stderr": proc.stderr[-1500:]}
 
 
-def run_bad_inputs(inputs: dict[str, str], workdir: Path, cases: list[BadInput] = BAD_INPUTS) -> list[dict]:
+def run_bad_inputs(inputs: dict[str, str], workdir: Path,
+                   cases: list[BadInput] = BAD_INPUTS + DAMAGED_INPUTS) -> list[dict]:
+    """One row per case: run_bad_input's, with the case's name and whether it is a damaged input."""
     with ThreadPoolExecutor(max_workers=2) as pool:  # one subprocess per core
-        return list(pool.map(lambda case: {"case": case.name, **run_bad_input(case, inputs, workdir)}, cases))
+        return list(pool.map(lambda case: {"case": case.name, "damaged": case in DAMAGED_INPUTS,
+                                           **run_bad_input(case, inputs, workdir)}, cases))
+
+
+def bad_input_counts(rows: list[dict]) -> dict[str, int]:
+    """The benchmark's figures: cases tried and clean, the bad inputs and the damaged ones apart."""
+    counts = {}
+    for kind, damaged in (("bad", False), ("damaged", True)):
+        picked = [row for row in rows if row["damaged"] == damaged]
+        counts[f"{kind}_inputs_tried"] = len(picked)
+        counts[f"{kind}_inputs_clean"] = sum(row["clean"] for row in picked)
+    return counts
 
 
 def malicious_loads(evil: dict[str, str]) -> dict[str, bool]:

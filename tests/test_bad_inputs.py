@@ -1,13 +1,16 @@
 """Every bad input of train.py and visualize.py: one line naming it, a non-zero exit, no outputs.
 
-The table lives in tests/faults.py; benchmarks/faults.py runs the same cases for its figures.
+The tables live in tests/faults.py (the bad inputs, and the damaged ones: empty, newer, cut or
+misshapen files); benchmarks/faults.py runs the same cases for its figures.  A case marked
+`goes_on` is not an error: the job goes on and says so in one line.
 """
 
 from pathlib import Path
 
 import pytest
 
-from tests.faults import BAD_INPUTS, malicious_checkpoints, malicious_loads, run_bad_inputs
+from tests.faults import (BAD_INPUTS, DAMAGED_INPUTS, bad_input_counts, malicious_checkpoints, malicious_loads,
+                          run_bad_inputs)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,17 @@ def test_the_table_covers_both_scripts_and_fifteen_cases():
     assert {case.script for case in BAD_INPUTS} == {"train.py", "visualize.py"}
 
 
-@pytest.mark.parametrize("case", [case.name for case in BAD_INPUTS])
+def test_the_damaged_inputs_are_counted_apart():
+    assert {case.script for case in DAMAGED_INPUTS} == {"train.py", "visualize.py"}
+    names = [case.name for case in BAD_INPUTS + DAMAGED_INPUTS]
+    assert len(set(names)) == len(names)
+    rows = [{"damaged": case in DAMAGED_INPUTS, "clean": True} for case in BAD_INPUTS + DAMAGED_INPUTS]
+    assert bad_input_counts(rows) == {"bad_inputs_tried": len(BAD_INPUTS), "bad_inputs_clean": len(BAD_INPUTS),
+                                      "damaged_inputs_tried": len(DAMAGED_INPUTS),
+                                      "damaged_inputs_clean": len(DAMAGED_INPUTS)}
+
+
+@pytest.mark.parametrize("case", [case.name for case in BAD_INPUTS + DAMAGED_INPUTS])
 def test_bad_input_is_rejected_cleanly(outcomes, case):
     row = outcomes[case]
     assert row["clean"], f"{row['why']}\n{row['stderr']}"

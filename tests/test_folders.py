@@ -1,3 +1,7 @@
+import logging
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -41,6 +45,27 @@ def test_first_validation_images_are_a_fixed_sample_of_every_class(tmp_path):
     assert sorted(labels.tolist()) == sorted(l for l in range(4) for _ in range(25))  # each image once
     assert set(labels[:20].tolist()) == {0, 1, 2, 3}
     assert labels.tolist() == torch.cat([batch[1] for batch in again.val_dataloader()]).tolist()
+
+
+def test_images_of_other_modes_are_converted_to_rgb_and_counted(tree, caplog):
+    """RGBA, grey and 16-bit grey images read as RGB in [0, 1]; 16-bit values are scaled, not clipped."""
+    odd = tree / "val" / "cat"
+    Image.new("RGBA", (40, 30), (200, 10, 10, 0)).save(odd / "rgba.png")
+    Image.new("L", (40, 30), 51).save(odd / "grey.png")
+    Image.fromarray(np.full((30, 40), 32768, dtype=np.uint16)).save(odd / "deep.png")
+    Image.fromarray(np.full((30, 40), 65535, dtype=np.uint16)).save(odd / "white.png")
+    assert Image.open(odd / "deep.png").mode == "I;16"
+    with caplog.at_level(logging.INFO, logger="featvis.data.datamodules"):
+        dm = ImageFolderDataModule(root=str(tree), image_size=24, resize=28)
+    said = [r.getMessage() for r in caplog.records if "to RGB" in r.getMessage()]
+    assert said == [f"data: converting 4 of 14 images of {tree} to RGB as they load (2 I;16, 1 L, 1 RGBA)"]
+    dataset = dm.val_set.dataset
+    value = {Path(path).name: dataset[i][0] for i, (path, _) in enumerate(dataset.samples)}
+    assert all(image.shape == (3, 24, 24) for image in value.values())
+    assert torch.allclose(value["rgba.png"][:, 12, 12], torch.tensor([200, 10, 10]) / 255)  # alpha dropped
+    assert torch.allclose(value["grey.png"], torch.full((3, 24, 24), 0.2))
+    assert torch.allclose(value["deep.png"], torch.full((3, 24, 24), 0.5), atol=0.003)  # 32768 / 65535
+    assert torch.allclose(value["white.png"], torch.ones(3, 24, 24))
 
 
 def test_non_image_files_with_other_extensions_are_skipped(tree):

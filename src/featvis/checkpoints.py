@@ -23,6 +23,7 @@ from featvis.nets.codes import CodeDAE, CodeStatistics
 from featvis.nets.deepsim_weights import is_upconv, load_upconv
 from featvis.nets.generator import Discriminator, Generator
 
+# The layout of the `featvis` record; featvis.io.read_checkpoint refuses a newer one by name.
 FORMAT_VERSION = 1
 NETS: dict[str, type[nn.Module]] = {
     cls.arch: cls for cls in (AlexNet, Generator, Discriminator, CodeDAE)}

@@ -116,6 +116,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; expected a .ckpt file")
+    if path.stat().st_size == 0:  # torch's own error for it is a bare EOFError
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); expected a featvis checkpoint "
+                              "(an interrupted copy or download leaves an empty file)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
@@ -124,4 +127,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                               "expected a featvis checkpoint of plain tensors and types") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}; expected a dict")
+    record = checkpoint.get("featvis")
+    found = record.get("format") if isinstance(record, dict) else None
+    if isinstance(found, int):
+        from featvis.checkpoints import FORMAT_VERSION  # here, as featvis.checkpoints imports this module
+
+        if found > FORMAT_VERSION:
+            # a newer layout read by this version would fail later, on some key, with no hint why
+            raise CheckpointError(f"checkpoint {path} is featvis format {found}; expected format "
+                                  f"<= {FORMAT_VERSION} (it was written by a newer featvis: upgrade featvis)")
     return checkpoint

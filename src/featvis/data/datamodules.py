@@ -8,10 +8,13 @@ the classifier's output size and the checkpoint's labels come from the data.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -20,6 +23,8 @@ from tqdm.auto import tqdm
 
 from featvis.data.shapes import ShapesDataset
 from featvis.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -136,21 +141,38 @@ def _folder_transform(image_size: int, resize: int | None, train: bool) -> trans
     return transforms.Compose([*steps, transforms.ToTensor()])
 
 
-def _check_readable(samples: list[tuple[str, int]]) -> None:
-    """Open each file's header (cheap: no decoding) so a bad file fails now, by name."""
+def _check_readable(samples: list[tuple[str, int]]) -> Counter[str]:
+    """Open each file's header (cheap: no decoding) so a bad file fails now, by name; returns how
+    many files there are of each mode other than RGB (they are converted as they load)."""
+    modes: Counter[str] = Counter()
     for path, _ in tqdm(samples, desc="checking images", leave=False, mininterval=2.0):
         try:
             with Image.open(path) as image:
-                image.size  # noqa: B018 - forces the header parse
+                if image.mode != "RGB":
+                    modes[image.mode] += 1
         except (OSError, UnidentifiedImageError) as err:
             raise DataError(f"data: cannot read image {path}: {type(err).__name__}; "
                             "expected a readable image file") from None
+    return modes
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An image of any mode as 8-bit RGB.
+
+    PIL converts integer grey ("I;16", "I": 16-bit PNGs) to RGB by clipping at 255, which turns
+    a 16-bit image white: those are scaled from 0-65535 to 0-255 first.  An alpha channel is
+    dropped, as torchvision's own loader does.
+    """
+    if image.mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float64) / 257.0  # 65535 / 257 = 255
+        image = Image.fromarray(values.round().clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def _load_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"data: cannot decode image {path}: {err}; expected a readable image file") from None
 
@@ -177,7 +199,12 @@ class ImageFolderDataModule(ImageDataModule):
             raise DataError(f"data: class folders of {self.root / 'val'} differ from those of "
                             f"{self.root / 'train'}; expected the same class names")
         if check_files:
-            _check_readable(self.train_set.samples + val_set.samples)
+            samples = self.train_set.samples + val_set.samples
+            modes = _check_readable(samples)
+            if modes:
+                counts = ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items(), key=lambda m: (-m[1], m[0])))
+                log.info("data: converting %d of %d images of %s to RGB as they load (%s)",
+                         sum(modes.values()), len(samples), self.root, counts)
         self.class_names = list(self.train_set.classes)
         # ImageFolder lists each class's files together, so the first N validation images (the
         # evaluation's real images, the top-k pools, the sample grids) would be a few classes

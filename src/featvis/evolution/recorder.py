@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
-from featvis.errors import ConfigError
+from featvis.errors import CheckpointError, ConfigError
 from featvis.io import remove_partials, save_png, save_text
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import activations, frozen
@@ -218,3 +218,27 @@ class EvolutionRecorder:
         self.z0 = state.get("z0")
         self.spec = self.spec.but(noise_seed=int(state.get("noise_seed", self.spec.noise_seed)))
         self.frames = copy.deepcopy(list(state.get("frames", [])))
+        self.check_record()
+
+    def check_record(self) -> None:
+        """Stop a resume whose evolution.json no longer reads as this recorder's record.
+
+        It is written whole (a temporary name, then a rename), so a damaged one means something
+        else changed the run dir: the resume would overwrite it, and the frames beside it may be
+        damaged too.  Without the file the resume goes on: it is rewritten from the checkpoint."""
+        path = self.output_dir / "evolution.json"
+        if not path.is_file():
+            return
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            problem = f"is not valid JSON ({err})"
+        except (OSError, UnicodeDecodeError) as err:
+            problem = f"cannot be read ({type(err).__name__})"
+        else:
+            if isinstance(doc, dict) and isinstance(doc.get("frames"), list):
+                return
+            problem = "holds no list of frames"
+        raise CheckpointError(f"feature evolution record {path} {problem}; expected the record of this run's "
+                              f"frames (remove it to resume: it is rewritten from the checkpoint's "
+                              f"{len(self.frames)} frame records)")

@@ -92,10 +92,16 @@ def from_upconv(state: dict[str, Any], source: str | Path = "upconvGAN") -> Gene
     if "Rconv6.weight" in keys or layer_from_name(source) == "pool5":
         raise CheckpointError(f"checkpoint {source} is the DeePSiM pool5 generator (a 256x6x6 input); "
                               "expected the fc6, fc7 or fc8 generator (a code vector)")
-    missing = [f"{name}.{part}" for name in LAYERS for part in ("weight", "bias") if f"{name}.{part}" not in keys]
+    expected = [f"{name}.{part}" for name in LAYERS for part in ("weight", "bias")]
+    missing = [key for key in expected if key not in keys]
     if missing:
         raise CheckpointError(f"checkpoint {source} lacks {missing[0]}; expected the published upconvGAN "
                               f"layers {', '.join(LAYERS)}")
+    # A key of no published layer means another network's file (or a layer this conversion would drop).
+    extra = [str(key) for key in keys if key not in expected]
+    if extra:
+        raise CheckpointError(f"checkpoint {source} holds {extra[0]}, which no published upconvGAN layer has; "
+                              f"expected only the weights and biases of {', '.join(LAYERS)}")
     code_dim = int(keys["defc7.weight"].shape[1]) if keys["defc7.weight"].ndim == 2 else -1
     for name, (_, shape) in LAYERS.items():
         want = tuple(code_dim if d is None else d for d in shape)
