@@ -16,8 +16,27 @@ bad_inputs_tried         command lines of train.py / visualize.py with one bad i
 bad_inputs_clean         of those, the ones that printed one `featvis: error:` line naming the
                          value and what was expected, exited non-zero and wrote no outputs
                          (wandb online without network: logged offline instead, exit 0, fast)
+damaged_inputs_tried     files that exist but are damaged: a zero-byte checkpoint, one of a newer
+damaged_inputs_clean     featvis format, DeePSiM weights with a missing or an extra key, a direction
+                         or MACO magnitude of the wrong shape, a damaged evolution.json on resume
+                         (clean as bad_inputs_clean), RGBA, grey and 16-bit images among RGB ones
+                         (clean: converted, one log line counting them, exit 0)
 malicious_ckpt_executed  crafted checkpoints whose pickle would create a file, given to every
                          loader: the files that appeared (target 0)
+enospc_trials            a full disk (a 32 MB tmpfs filled by a ballast file) while a checkpoint, an
+enospc_recovered         evolution frame, evolution.json (train.py), grid.png or metrics.json
+                         (visualize.py) is written, in turn: the trials whose error was one line
+                         naming the file and the space needed (exit 2, nothing torn) and whose re-run
+                         once the ballast is gone completed with no frame lost or repeated
+concurrent_runs_tried    three train.py pipelines started together on one stages folder, two of one
+concurrent_runs_clean    config and one of another (encoder given, G and the DAE prior trained), and
+                         two visualize.py into one run dir: the trials where every stage folder was
+                         trained by one run (the other of its config waited and reused it), every run
+                         finished and nothing is torn; the second visualize.py refused in one line
+ddp_rank_kill_trials     a 2-process DDP classifier with feature evolution, rank 0 or 1 SIGKILLed
+ddp_rank_kill_recovered  0-3 s after its first checkpoint: the survivor ends within 30 s with one
+ddp_rank_end_max_s       line naming the lost rank, and `ckpt_path=last` resumes with no frame lost
+                         or repeated (max_s: the slowest end after a kill)
 
 The tests run one trial per stage and every bad input (tests/test_faults.py,
 tests/test_bad_inputs.py); this script runs `--trials` per stage.  The last line is one JSON object.
@@ -33,12 +52,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the fault tables live in tests/
 
-from tests.faults import broken_inputs, kill_trials, malicious_loads, run_bad_inputs, train_checkpoints  # noqa: E402
+from tests.contention import concurrent_pipelines, ddp_rank_kills, shared_run_dir  # noqa: E402
+from tests.full_disk import NoTmpfs, enospc_trials, print_table as print_enospc  # noqa: E402
+from tests.faults import (bad_input_counts, broken_inputs, kill_trials, malicious_loads, run_bad_inputs,  # noqa: E402
+                          train_checkpoints)
 
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10, help="kills per stage")
+    parser.add_argument("--enospc-trials", type=int, default=5, help="full-disk trials (one writer each, in turn)")
+    parser.add_argument("--contention-trials", type=int, default=2, help="trials of the concurrent runs")
+    parser.add_argument("--ddp-trials", type=int, default=4, help="DDP rank kills (alternating ranks 0 and 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-faults-"))
@@ -50,6 +75,18 @@ def main() -> dict:
     bad = run_bad_inputs(inputs, out)
     refused = malicious_loads(evil)
     kills = kill_trials(inputs, out, args.trials, args.seed)
+    try:
+        enospc = enospc_trials(inputs, out / "enospc", args.enospc_trials, args.seed)
+    except NoTmpfs as err:
+        print(f"full-disk trials skipped: {err}")
+        enospc = []
+    contention = []
+    for trial in range(args.contention_trials):
+        folder = out / f"contention_{trial}"
+        folder.mkdir()
+        contention += [{"trial": trial, "what": "3 pipelines", **concurrent_pipelines(inputs, folder)},
+                       {"trial": trial, "what": "2 visualize.py", **shared_run_dir(inputs, folder)}]
+    ddp = ddp_rank_kills(inputs, out, args.ddp_trials, args.seed)
 
     print(f"\n{'bad input':<38}{'clean':>6}{'s':>6}  error line / problem")
     for row in bad:
@@ -65,15 +102,31 @@ def main() -> dict:
               f"{row['frames_duplicated']:>5}{row['truncated']:>6}")
         for problem in row["problems"]:
             print(f"    {problem}")
+    print_enospc(enospc)
+    print(f"\n{'concurrent runs':<18}{'trial':>6}{'clean':>6}  problems")
+    for row in contention:
+        print(f"{row['what']:<18}{row['trial']:>6}{'yes' if row['clean'] else 'NO':>6}  {'; '.join(row['problems'])[:110]}")
+    print(f"\n{'DDP rank killed':<18}{'ended s':>8}{'named':>6}{'recovered':>10}{'lost':>6}{'dup':>5}{'trunc':>6}")
+    for row in ddp:
+        print(f"{'rank ' + str(row['victim']):<18}{row['ended_s']:>8.1f}{'yes' if row['named'] else 'NO':>6}"
+              f"{'yes' if row['recovered'] else 'NO':>10}{row['frames_lost']:>6}{row['frames_duplicated']:>5}"
+              f"{row['truncated']:>6}")
+        for problem in row["problems"]:
+            print(f"    {problem}")
     return {"kill_trials": sum(r["killed"] for r in kills),
             "kill_trials_recovered": sum(r["killed"] and r["recovered"] for r in kills),
             "trials_never_killed": sum(not r["killed"] for r in kills),  # ended before 4 ever earlier kills
             "frames_lost": sum(r["frames_lost"] for r in kills),
             "frames_duplicated": sum(r["frames_duplicated"] for r in kills),
             "truncated_artifacts": sum(r["truncated"] for r in kills),
-            "bad_inputs_tried": len(bad), "bad_inputs_clean": sum(r["clean"] for r in bad),
+            **bad_input_counts(bad),
             "malicious_ckpt_loads_refused": f"{sum(refused.values())}/{len(refused)}",
-            "malicious_ckpt_executed": int(marker.exists())}
+            "malicious_ckpt_executed": int(marker.exists()),
+            "enospc_trials": len(enospc), "enospc_recovered": sum(r["recovered"] and r["clean_error"] for r in enospc),
+            "concurrent_runs_tried": len(contention), "concurrent_runs_clean": sum(r["clean"] for r in contention),
+            "ddp_rank_kill_trials": sum(r["killed"] for r in ddp),
+            "ddp_rank_kill_recovered": sum(r["killed"] and r["recovered"] for r in ddp),
+            "ddp_rank_end_max_s": max((r["ended_s"] for r in ddp), default=None)}
 
 
 if __name__ == "__main__":

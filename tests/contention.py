@@ -34,15 +34,17 @@ def _stage_folders(stages: Path) -> list[Path]:
     return sorted(d for d in stages.iterdir() if d.is_dir()) if stages.is_dir() else []
 
 
-def concurrent_pipelines(inputs: dict[str, str], workdir: Path) -> dict:
+def concurrent_pipelines(inputs: dict[str, str], workdir: Path, given: tuple[str, ...] = ("encoder",)) -> dict:
     """Three `train.py` pipelines started together on one stages folder: two of one config, one of
-    another.  Clean when all three finish, every stage folder was trained by exactly one of them
-    (the other of its config waited and reused it), and nothing in any folder is torn."""
+    another, each with the `given` stages as checkpoints (task.<stage>.ckpt).  Clean when all three
+    finish, every stage folder was trained by exactly one of them (the other of its config waited
+    and reused it), and nothing in any folder is torn."""
     stages = workdir / "stages"
     runs = {"a": [], "b": [], "other": OTHER_CONFIG}
+    checkpoints = {"encoder": inputs["classifier"], "generator": inputs["generator"]}
     procs = {}
     for name, extra in runs.items():
-        args = [*PIPELINE, f"task.stages_dir={stages}", f"task.encoder.ckpt={inputs['classifier']}", *extra]
+        args = [*PIPELINE, f"task.stages_dir={stages}", *(f"task.{s}.ckpt={checkpoints[s]}" for s in given), *extra]
         log = open(workdir / f"{name}.log", "w")
         procs[name] = (subprocess.Popen(command("train.py", workdir / name, args), env=environment(), stdout=log,
                                         stderr=subprocess.STDOUT, cwd=workdir), log)
@@ -65,8 +67,8 @@ def concurrent_pipelines(inputs: dict[str, str], workdir: Path) -> dict:
                  if not (workdir / name / "evolution" / "index.html").is_file()]
     torn = [p for d in [*folders, *(workdir / name for name in runs)] for p in scan(d)["broken"] + scan(d)["partial"]]
     problems += torn
-    # a, b and other each need a generator and a prior: two folders of each, a and b sharing theirs
-    if len(folders) != 4:
+    # a and b share each trained stage's folder, other has its own
+    if len(folders) != 2 * (3 - len(given)):
         problems.append(f"{len(folders)} stage folders: {[f.name for f in folders]}")
     return {"clean": not problems, "stage_folders": len(folders), "waited": waited, "problems": problems}
 
