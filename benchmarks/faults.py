@@ -37,6 +37,13 @@ ddp_rank_kill_trials     a 2-process DDP classifier with feature evolution, rank
 ddp_rank_kill_recovered  0-3 s after its first checkpoint: the survivor ends within 30 s with one
 ddp_rank_end_max_s       line naming the lost rank, and `ckpt_path=last` resumes with no frame lost
                          or repeated (max_s: the slowest end after a kill)
+soak_*                   a tiny classifier trained under FeatureEvolution with a frame after every
+                         step (`--soak-frames`, pixel AM, one sampler step, reports rebuilt live):
+                         soak_rss_growth_mb_per_100_frames (target <= 20), soak_frame_time_slope
+                         (ms per frame of a frame's own work, the rebuild aside; target ~0),
+                         soak_fd_growth (open file descriptors; target 0), and
+                         soak_report_time_per_frame_ratio (a rebuild's time per frame read at all
+                         frames over that at a quarter of them: ~1 is linear, ~4 quadratic)
 
 The tests run one trial per stage and every bad input (tests/test_faults.py,
 tests/test_bad_inputs.py); this script runs `--trials` per stage.  The last line is one JSON object.
@@ -53,6 +60,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the fault tables live in tests/
 
 from tests.contention import concurrent_pipelines, ddp_rank_kills, shared_run_dir  # noqa: E402
+from tests.soak import print_table as print_soak, soak  # noqa: E402
 from tests.full_disk import NoTmpfs, enospc_trials, print_table as print_enospc  # noqa: E402
 from tests.faults import (bad_input_counts, broken_inputs, kill_trials, malicious_loads, run_bad_inputs,  # noqa: E402
                           train_checkpoints)
@@ -64,6 +72,7 @@ def main() -> dict:
     parser.add_argument("--enospc-trials", type=int, default=5, help="full-disk trials (one writer each, in turn)")
     parser.add_argument("--contention-trials", type=int, default=2, help="trials of the concurrent runs")
     parser.add_argument("--ddp-trials", type=int, default=4, help="DDP rank kills (alternating ranks 0 and 1)")
+    parser.add_argument("--soak-frames", type=int, default=200, help="frames of the feature-evolution soak")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-faults-"))
@@ -87,6 +96,7 @@ def main() -> dict:
         contention += [{"trial": trial, "what": "3 pipelines", **concurrent_pipelines(inputs, folder)},
                        {"trial": trial, "what": "2 visualize.py", **shared_run_dir(inputs, folder)}]
     ddp = ddp_rank_kills(inputs, out, args.ddp_trials, args.seed)
+    soaked = soak(out / "soak", frames=args.soak_frames, seed=args.seed)  # last: it sets torch to one thread
 
     print(f"\n{'bad input':<38}{'clean':>6}{'s':>6}  error line / problem")
     for row in bad:
@@ -113,6 +123,8 @@ def main() -> dict:
               f"{row['truncated']:>6}")
         for problem in row["problems"]:
             print(f"    {problem}")
+    print(f"\nfeature-evolution soak, {args.soak_frames} frames")
+    print_soak(soaked)
     return {"kill_trials": sum(r["killed"] for r in kills),
             "kill_trials_recovered": sum(r["killed"] and r["recovered"] for r in kills),
             "trials_never_killed": sum(not r["killed"] for r in kills),  # ended before 4 ever earlier kills
@@ -126,7 +138,9 @@ def main() -> dict:
             "concurrent_runs_tried": len(contention), "concurrent_runs_clean": sum(r["clean"] for r in contention),
             "ddp_rank_kill_trials": sum(r["killed"] for r in ddp),
             "ddp_rank_kill_recovered": sum(r["killed"] and r["recovered"] for r in ddp),
-            "ddp_rank_end_max_s": max((r["ended_s"] for r in ddp), default=None)}
+            "ddp_rank_end_max_s": max((r["ended_s"] for r in ddp), default=None),
+            **{k: soaked[k] for k in ("soak_rss_growth_mb_per_100_frames", "soak_frame_time_slope", "soak_fd_growth",
+                                      "soak_objects_per_frame", "soak_report_time_per_frame_ratio")}}
 
 
 if __name__ == "__main__":

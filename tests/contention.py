@@ -107,15 +107,15 @@ def shared_run_dir(inputs: dict[str, str], workdir: Path) -> dict:
 
 # -- a DDP rank SIGKILLed mid-epoch -----------------------------------------------------------------
 
-DDP_STEPS = 4 * (384 // (2 * 32))  # epochs x batches per rank
+DDP_STEPS = 16 * (384 // (2 * 32))  # epochs x batches per rank: some seconds of training after the first checkpoint
 DDP_FRAMES = 4
 DDP_BOUND_S = 30  # the survivor must end within this after the kill (it ends in seconds: gloo sees the peer go)
 DDP_CLASSIFIER = ["task=classifier", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                  "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "logger=none", "image_size=32",
+                  "trainer.max_epochs=16", "trainer.enable_progress_bar=false", "logger=none", "image_size=32",
                   "data.train_size=384", "data.val_size=64", "data.batch_size=32", "model.fc6_dim=64",
                   "model.fc7_dim=64", "model.channels=[8,16,16,16,16]", "callbacks=evolution",
                   f"{EVOLUTION}.steps=2", f"{EVOLUTION}.log_frames={DDP_FRAMES}", f"{EVOLUTION}.units=[fc8:0,fc8:1]",
-                  "callbacks.model_checkpoint.monitor=null", "+callbacks.model_checkpoint.every_n_train_steps=3"]
+                  "callbacks.model_checkpoint.monitor=null", "+callbacks.model_checkpoint.every_n_train_steps=6"]
 
 
 def _children(pid: int) -> list[int]:
@@ -159,6 +159,9 @@ def ddp_rank_kill(inputs: dict[str, str], run_dir: Path, victim: int, delay: flo
         rank0.wait()
         survivor = 1 - victim
         text = log_path.read_text()
+        if "`Trainer.fit` stopped" in text:  # the kill came after training: not a kill mid-epoch
+            return {"victim": victim, "killed": False, "ended_s": 0.0, "named": False, "recovered": False,
+                    "frames_lost": 0, "frames_duplicated": 0, "truncated": 0, "problems": ["trained before the kill"]}
         errors = [line for line in text.splitlines() if line.startswith(ERROR_PREFIX)]
         named = any(f"rank {victim} of the 2 DDP processes is gone (rank {survivor}" in line for line in errors)
         rerun = subprocess.run(command("train.py", run_dir, [*args, "ckpt_path=last"]), env=environment(),

@@ -245,8 +245,6 @@ RESUME_EVOLUTION = {"hydra.run.dir": "{evolution_run}", "ckpt_path": "last", "ca
 # Inputs that exist and look right but are damaged: benchmarks/faults.py counts them apart.
 DAMAGED_INPUTS = [
     BadInput("zero-byte checkpoint", "visualize.py", {"target.ckpt": "{empty_ckpt}"}, "{empty_ckpt} is empty"),
-    BadInput("resume from a zero-byte checkpoint", "train.py", {"ckpt_path": "{empty_ckpt}"},
-             "{empty_ckpt} is empty"),
     BadInput("checkpoint of a newer format", "visualize.py", {"target.ckpt": "{future_ckpt}"},
              f"{{future_ckpt}} is featvis format {FORMAT_VERSION + 1}; expected format <= {FORMAT_VERSION}"),
     BadInput("DeePSiM weights missing a key", "visualize.py", {"generator.ckpt": "{deepsim_missing}"},

@@ -343,7 +343,7 @@ def test_two_runs_asking_for_one_stage_take_turns_and_a_killed_runs_lock_blocks_
     monkeypatch.setattr(training, "train", slow_train)
     found = []
     first = threading.Thread(target=lambda: found.append(pipeline.run_stage(stages, "generator", overrides, "[2/4]")))
-    with caplog.at_level(logging.INFO, logger="featvis.jobs.pipeline"):
+    with caplog.at_level(logging.INFO, logger="featvis.jobs"):  # the pipeline and its locks
         first.start()
         assert started.wait(60)
         found.append(pipeline.run_stage(stages, "generator", overrides, "[2/4]"))
