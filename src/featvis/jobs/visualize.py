@@ -191,6 +191,10 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
                "settings": found.settings.__dict__, "objective_mode": cfg.method.objective.kind,
                "selectivity": float(cfg.method.objective.selectivity), "keep": spec.keep, "results": records,
                "evaluation": evaluation, "sweep": sweep_value(sweep_terms(cfg), records, evaluation, spec.keep)}
+    if built["method"].search is not None:
+        from featvis.blackbox.search import search_record
+
+        summary["search"] = search_record(built["method"].search, result)
     _log_to_logger(cfg, grid, records)
     save_text(json.dumps(summary, indent=2), out / "metrics.json")
     log.info("wrote %s", out / "grid.png")

@@ -285,6 +285,7 @@ class Method:
     space: nn.Module
     prior: PriorTerm | None = None
     operators: list[Any] = field(default_factory=list)
+    search: Any = None  # a black-box strategy (featvis.blackbox.strategies), or None for gradient steps
 
     @property
     def name(self) -> str:
@@ -308,6 +309,9 @@ class Method:
 
     def settings(self, steps: int | None = None, record_every: int = 0) -> SamplerSettings:
         """The sampler's settings, with the method's own step count unless `steps` is given."""
+        if self.search is not None and steps is not None:
+            raise ConfigError(f"steps={steps} counts gradient steps, and method {self.name} searches without "
+                              "gradients; expected method.search.evaluations=<image evaluations per seed>")
         return sampler_settings(self.config, steps, record_every)
 
     def start(self, units: int, seeds: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -330,4 +334,8 @@ def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckp
     prior = build(config["prior"], "method.prior", space=space, **available) if config.get("prior") else None
     operators = [build(block, f"method.operators.{name}", space=space, **available)
                  for name, block in (config.get("operators") or {}).items() if block]
-    return Method(config, space, prior, operators)
+    search = build(config["search"], "method.search", space=space, **available) if config.get("search") else None
+    if search is not None and prior is not None:
+        raise ConfigError("method.prior is a gradient term and method.search a gradient-free search; expected one "
+                          "of them (method.prior=null for a search)")
+    return Method(config, space, prior, operators, search)

@@ -98,6 +98,8 @@ class MethodConfig:
     space: Any = field(default_factory=lambda: dict(PIXEL_SPACE))
     prior: Any = None                                   # None, or a block with the _target_ of a PriorTerm
     operators: Any = field(default_factory=dict)        # name -> block with the _target_ of an operator
+    search: Any = None                                  # None (gradient steps), or a block with the _target_ of a
+                                                        # black-box strategy (featvis.blackbox: CMAES, GeneticAlgorithm)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     step: SamplerSettings = field(default_factory=SamplerSettings)
 

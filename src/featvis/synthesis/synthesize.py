@@ -93,7 +93,8 @@ class Synthesis:
 
 def synthesize(target: nn.Module, units: Any, method: str | Mapping[str, Any] | Method,
                spec: SynthesisSpec | None = None, *, judge: Judge | None = None, real: Iterable | None = None,
-               start: torch.Tensor | None = None, progress: bool = False, **changes: Any) -> Synthesis:
+               start: torch.Tensor | None = None, scorer: Any = None, progress: bool = False,
+               **changes: Any) -> Synthesis:
     """Synthesize `units` x `seeds` preferred images of `target`'s units with `method`, as `spec`
     (a SynthesisSpec: conf/synthesis/default.yaml's keys) says, with `changes` to it as keywords
     (`seeds=2, steps=50, generator="G.ckpt"`).
@@ -116,6 +117,9 @@ def synthesize(target: nn.Module, units: Any, method: str | Mapping[str, Any] | 
         check at `path_layers`; `real_classes` (the real data's class names) lets it compare a
         class unit with its class's real images rather than with its top-k.
     start: the starting points, one row per image (default: the method's, per seed).
+    scorer: for a black-box method (one with a `search` block: dgn_cmaes, dgn_ga), what the search
+        maximizes: a callable `(images, units) -> (N,)` (featvis.blackbox.search); default: the
+        target's units read from forward passes only.  The figures are still the target's.
     """
     spec = (spec or SynthesisSpec()).but(**changes)
     seeds, steps, spatial, keep, max_real = spec.seeds, spec.steps, spec.spatial, spec.keep, spec.max_real
@@ -160,7 +164,15 @@ def synthesize(target: nn.Module, units: Any, method: str | Mapping[str, Any] | 
                               spatial=spatial, performance=spec.performance)
         objectives = sampler.objectives
         z0 = start.to(device)
-        result = sampler.run(z0, seed=spec.noise_seed, progress=progress)
+        if method.search is not None:
+            from featvis.blackbox.search import TargetScorer, search
+
+            result = search(method.search, method.space, scorer or TargetScorer(target, units, method.objective, spatial),
+                            z0, torch.arange(len(units)).repeat_interleave(seeds), method.operators,
+                            target.image_size, seed=spec.noise_seed, progress=progress,
+                            record_every=spec.record_every)
+        else:
+            result = sampler.run(z0, seed=spec.noise_seed, progress=progress)
         with torch.no_grad(), frozen(sampler.taps):
             metrics = {kind: objectives.to(device).unit_metrics(sampler.taps(images.to(device)))
                        for kind, images in (("last", result.last), ("best", result.best))}
