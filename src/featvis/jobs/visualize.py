@@ -149,8 +149,10 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     """Synthesize, then write grid.png, per-image PNGs, GIFs and metrics.json to cfg.output_dir."""
     if cfg.get("mode", "synthesis") == "evolution":
         return evolution_from_checkpoints(cfg)
+    if cfg.get("mode", "synthesis") == "closed_loop":
+        return closed_loop(cfg)
     if cfg.get("mode", "synthesis") != "synthesis":
-        raise ConfigError(f"mode={cfg.mode!r}; expected synthesis or evolution")
+        raise ConfigError(f"mode={cfg.mode!r}; expected synthesis, evolution or closed_loop")
     log_lines_once()
     share_cpus_with_parallel_jobs()
     device = resolve_device(cfg.device)
@@ -286,3 +288,43 @@ def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     log.info("wrote %s", recorder.output_dir / "index.html")
     return {"index": str(recorder.output_dir / "index.html"), "steps": recorder.recorded_steps(), **summary}
 
+
+
+def closed_loop(cfg: DictConfig) -> dict[str, Any]:
+    """One turn of a closed-loop experiment in `closed_loop.dir`: read the responses to the last
+    generation asked (its responses.csv), tell them, and ask the next generation; without them,
+    say where they are expected and change nothing."""
+    from featvis.blackbox.session import Session, read_responses
+
+    loop = cfg.closed_loop
+    if not loop.get("dir"):
+        raise ConfigError("mode=closed_loop needs closed_loop.dir; expected the experiment's folder, the same on "
+                          "every call (e.g. closed_loop.dir=experiments/neuron7)")
+    generations = loop.get("generations")
+    if generations is not None and (isinstance(generations, bool) or not isinstance(generations, int) or generations < 1):
+        raise ConfigError(f"closed_loop.generations={generations}; expected a positive number or null (no end)")
+    spec = SynthesisSpec.of(cfg)
+    units = [spec.units] if isinstance(spec.units, (str, int)) else list(spec.units)
+    session = Session(generator=spec.generator.ckpt, method=OmegaConf.to_container(cfg.method, resolve=True),
+                      units=units, seeds=spec.seeds, output_dir=loop.dir, seed=spec.noise_seed,
+                      image_size=int(cfg.image_size))
+    if session.pending is not None:
+        responses = session.folder() / "responses.csv"
+        if not responses.is_file():
+            log.info("waiting for %s: one response per image of generation %d (images.csv), then run again",
+                     responses, session.generation)
+            return {**session.summary(), "waiting_for": str(responses)}
+        session.tell(read_responses(responses, session.image_names()))
+        log.info("generation %d told: best response per run %s", session.generation - 1,
+                 [round(v, 3) for v in session.best_value.tolist()])
+    if generations is not None and session.generation >= generations:
+        report = session.report()
+        log.info("the experiment's %d generations are done; best images in %s", generations,
+                 session.output_dir / "best.png")
+        return {**session.summary(), "report": str(report)}
+    session.ask()
+    session.report()
+    log.info("generation %d: show the %d images in %s, write their responses to %s (one per image, in "
+             "images.csv's order), then run again", session.generation, session.runs * session.size,
+             session.folder(), session.folder() / "responses.csv")
+    return {**session.summary(), "waiting_for": str(session.folder() / "responses.csv")}
