@@ -71,7 +71,7 @@ class NoisyNeuron:
         if not gain > 0:
             raise ConfigError(f"gain={gain}; expected a positive number of spikes per unit of response")
         self.scorer, self.gain = scorer, float(gain)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def __call__(self, images: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         rate = self.scorer(images, units).float().cpu().clamp_min(0) * self.gain
@@ -83,7 +83,7 @@ def dimension_scale(space: nn.Module, dim: int) -> torch.Tensor:
     of their rms, so a unit that never fires can still move); 1 in other spaces."""
     stats = getattr(space, "stats", None)
     if stats is None:
-        return torch.ones(dim)
+        return torch.ones(dim, device="cpu")
     std = stats.std.detach().float().cpu().flatten()
     return std.clamp_min(1e-3 * float(std.square().mean().sqrt()) + 1e-12)
 
@@ -120,16 +120,19 @@ def generations_of(strategy: Any, dim: int) -> int:
 
 def search(strategy: Any, space: nn.Module, scorer: Scorer, start: torch.Tensor, units: torch.Tensor,
            operators: Sequence[Any] = (), target_size: int | None = None, seed: int = 0, progress: bool = False,
-           record_every: int = 0, batch_size: int = 256) -> SearchResult:
+           record_every: int = 0, batch_size: int = 256,
+           on_generation: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SearchResult:
     """Maximize `scorer` over each row of `start` (one run each; run r for unit `units[r]`) with
     `strategy` in `space`, for `strategy.evaluations` evaluations per run.  `operators` (the
     method's, e.g. DGN-AM's clip to the real codes' range) repair every candidate before it is
-    rendered, and the strategy learns from the repaired ones."""
+    rendered, and the strategy learns from the repaired ones.  `on_generation(evaluations, best_z,
+    best_value)`, when given, sees each run's best candidate after every generation (e.g. to keep the
+    best image at several budgets from one run)."""
     shape = start.shape[1:]
     flat = start.detach().flatten(1).float()
     runs, dim = flat.shape
     device = flat.device
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     sample = space_sampler(space)
     state = strategy.init(flat, dimension_scale(space, dim).to(device), sample, generator)
     size = strategy.size(dim)
@@ -168,10 +171,12 @@ def search(strategy: Any, space: nn.Module, scorer: Scorer, start: torch.Tensor,
             top, index = values.max(1)
             improved = top > best_value
             best_value = torch.where(improved, top, best_value)
-            best_z = torch.where(improved[:, None], candidates[torch.arange(runs), index], best_z)
+            best_z = torch.where(improved[:, None], candidates[torch.arange(runs, device=device), index], best_z)
             best_step = torch.where(improved, generation, best_step)
             evaluations.append((generation + 1) * size)
             curve.append(best_value.clone())
+            if on_generation is not None:
+                on_generation(evaluations[-1], best_z.reshape(-1, *shape), best_value)
             if record_every and generation % record_every == 0:
                 frames.append(to_host(render(repair(strategy.center(state), generation))))
                 frame_steps.append(generation)

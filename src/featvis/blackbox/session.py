@@ -67,8 +67,8 @@ def read_responses(path: Path, images: Sequence[str]) -> torch.Tensor:
         if not math.isfinite(value):
             raise ConfigError(f"{path} line {line}: {cell!r} is not a finite number; expected one response per image")
         values.append(value)
-    responses = torch.empty(len(images))
-    responses[torch.tensor(order)] = torch.tensor(values)
+    responses = torch.empty(len(images), device="cpu")
+    responses[torch.tensor(order, device="cpu")] = torch.tensor(values, device="cpu")
     return responses
 
 
@@ -104,11 +104,11 @@ class Session:
         if self.path.exists():
             self._load()
         else:
-            self.generator = torch.Generator().manual_seed(self.seed)
+            self.generator = torch.Generator(device="cpu").manual_seed(self.seed)
             self.state = self.method.search.init(start.flatten(1).float(), dimension_scale(self.space, self.dim),
                                                  self.sample, self.generator)
             self.generation, self.pending = 0, None
-            self.best_value = torch.full((len(start),), -math.inf)
+            self.best_value = torch.full((len(start),), -math.inf, device="cpu")
             self.best_z = start.flatten(1).float().clone()
             self.history: list[list[float]] = []
             self._save()
@@ -173,7 +173,7 @@ class Session:
             top, index = values.max(1)
             improved = top > self.best_value
             self.best_value = torch.where(improved, top, self.best_value)
-            self.best_z = torch.where(improved[:, None], candidates[torch.arange(self.runs), index], self.best_z)
+            self.best_z = torch.where(improved[:, None], candidates[torch.arange(self.runs, device="cpu"), index], self.best_z)
             self.history.append(self.best_value.tolist())
             self.generation, self.pending = self.generation + 1, None
             self._save()
@@ -255,7 +255,7 @@ class Session:
             theirs = {k: v for k, v in saved["identity"].items() if self.identity.get(k) != v}
             raise ConfigError(f"{self.path} is a session of other settings ({theirs}); expected the same method, "
                               "units, seeds and search as when it began, or another folder")
-        self.generator = torch.Generator()
+        self.generator = torch.Generator(device="cpu")
         self.generator.set_state(saved["rng"])
         self.state, self.generation, self.pending = saved["state"], int(saved["generation"]), saved["pending"]
         self.best_value, self.best_z, self.history = saved["best_value"], saved["best_z"], saved["history"]

@@ -40,7 +40,7 @@ def _check(owner: str, **values: tuple[float, bool, str]) -> None:
 
 def normal(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """N(0, 1) drawn on the host from `generator` (the same draws on every device), moved to `like`'s."""
-    return torch.randn(shape, generator=generator).to(like.device)
+    return torch.randn(shape, generator=generator, device="cpu").to(like.device)
 
 
 @dataclass
@@ -82,7 +82,7 @@ class CMAES:
         variance = scale.square().expand(runs, dim).clone()
         return {"mean": start.clone(), "sigma": torch.full((runs,), float(self.sigma), device=start.device),
                 "variance": variance, "path_sigma": torch.zeros_like(start), "path_c": torch.zeros_like(start),
-                "generation": torch.zeros((), dtype=torch.long)}
+                "generation": torch.zeros((), dtype=torch.long, device="cpu")}
 
     def ask(self, state: State, generator: torch.Generator, sample: Sampler) -> torch.Tensor:
         mean = state["mean"]
@@ -113,7 +113,7 @@ class CMAES:
                     + k["c_mu"] * rank_mu)
         state.update(mean=mean + sigma.view(-1, 1) * step, path_sigma=path_sigma, path_c=path_c,
                      variance=variance, sigma=sigma * torch.exp((c_sigma / k["d_sigma"]) * (norm / k["chi"] - 1)),
-                     generation=torch.tensor(generation))
+                     generation=torch.tensor(generation, device="cpu"))
 
     def center(self, state: State) -> torch.Tensor:
         """The search's current estimate of each run's best point: the distribution's mean."""
@@ -156,7 +156,7 @@ class GeneticAlgorithm:
         runs, dim = start.shape
         drawn = sample(runs * (self.population - 1), generator).to(start.device).view(runs, -1, dim)
         return {"population": torch.cat([start[:, None], drawn], 1), "scale": scale.expand(dim).clone(),
-                "best": start.clone(), "generation": torch.zeros((), dtype=torch.long)}
+                "best": start.clone(), "generation": torch.zeros((), dtype=torch.long, device="cpu")}
 
     def ask(self, state: State, generator: torch.Generator, sample: Sampler) -> torch.Tensor:
         return state["population"]
@@ -173,9 +173,9 @@ class GeneticAlgorithm:
                                     generator=generator).to(candidates.device).view(runs, children, 2)
         first = candidates.gather(1, parents[..., :1].expand(-1, -1, dim))
         second = candidates.gather(1, parents[..., 1:].expand(-1, -1, dim))
-        from_first = torch.rand((runs, children, dim), generator=generator).to(candidates.device) < self.parental_skew
+        from_first = torch.rand((runs, children, dim), generator=generator, device="cpu").to(candidates.device) < self.parental_skew
         child = torch.where(from_first, first, second)
-        mutated = torch.rand((runs, children, dim), generator=generator).to(candidates.device) < self.mutation_rate
+        mutated = torch.rand((runs, children, dim), generator=generator, device="cpu").to(candidates.device) < self.mutation_rate
         noise = normal((runs, children, dim), generator, candidates) * self.mutation_size * state["scale"]
         child = child + mutated * noise
         state.update(population=torch.cat([ranked[:, :self.elites], child], 1), best=ranked[:, 0],
@@ -205,7 +205,7 @@ class RandomSearch:
         return self.population
 
     def init(self, start: torch.Tensor, scale: torch.Tensor, sample: Sampler, generator: torch.Generator) -> State:
-        return {"best": start.clone(), "generation": torch.zeros((), dtype=torch.long)}
+        return {"best": start.clone(), "generation": torch.zeros((), dtype=torch.long, device="cpu")}
 
     def ask(self, state: State, generator: torch.Generator, sample: Sampler) -> torch.Tensor:
         runs, dim = state["best"].shape
@@ -213,7 +213,7 @@ class RandomSearch:
 
     def tell(self, state: State, candidates: torch.Tensor, values: torch.Tensor, generator: torch.Generator) -> None:
         best = values.argmax(1)
-        state.update(best=candidates[torch.arange(len(best)), best], generation=state["generation"] + 1)
+        state.update(best=candidates[torch.arange(len(best), device=best.device), best], generation=state["generation"] + 1)
 
     def center(self, state: State) -> torch.Tensor:
         return state["best"]

@@ -168,7 +168,7 @@ def synthesize(target: nn.Module, units: Any, method: str | Mapping[str, Any] | 
             from featvis.blackbox.search import TargetScorer, search
 
             result = search(method.search, method.space, scorer or TargetScorer(target, units, method.objective, spatial),
-                            z0, torch.arange(len(units)).repeat_interleave(seeds), method.operators,
+                            z0, torch.arange(len(units), device="cpu").repeat_interleave(seeds), method.operators,
                             target.image_size, seed=spec.noise_seed, progress=progress,
                             record_every=spec.record_every)
         else:
