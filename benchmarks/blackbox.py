@@ -1,12 +1,13 @@
 """Black-box activation maximization on the tiny preset: CMA-ES and the genetic algorithm in G's
-code space against random search and gradient DGN-AM, with exact and with noisy responses.
+code space against random search, CMA-ES over pixel_fft's spectrum (fourier) and gradient DGN-AM,
+with exact and (CMA-ES, GA) with noisy responses.
 
     python benchmarks/blackbox.py [--encoder C.ckpt --generator G.ckpt --judge J.ckpt]
-                                  [--seeds 2] [--budgets 500 1000 2000 4000] [--conv5 4]
+                                  [--seeds 1] [--budgets 500 1000 2000 4000] [--fc8 6] [--conv5 2]
 
 Checkpoints not given are trained here with the tiny preset's defaults (the classifier, seed 0,
-is the target and G's encoder; the judge is another classifier, seed 1, fc6 of 512).  Units: every
-class unit of fc8 and the first --conv5 channels of conv5 (read at the centre), --seeds runs each;
+is the target and G's encoder; the judge is another classifier, seed 1, fc6 of 512).  Units: the
+first --fc8 class units of fc8 and --conv5 channels of conv5 (read at the centre), --seeds runs each;
 every method maximizes the unit's raw activation (objective.selectivity=0, gradient DGN-AM too), as
 a recorded neuron's rate would be.
 
@@ -52,7 +53,7 @@ from featvis.checkpoints import load_classifier  # noqa: E402
 from featvis.synthesis.methods import method_config, units_of  # noqa: E402
 from featvis.synthesis.synthesize import load_judge, unit_values  # noqa: E402
 
-SEARCHES = {"cmaes": "dgn_cmaes", "ga": "dgn_ga", "random": "dgn_cmaes"}
+SEARCHES = {"cmaes": "dgn_cmaes", "ga": "dgn_ga", "random": "dgn_cmaes", "fourier": "fourier_cmaes"}
 RAW = "objective.selectivity=0"
 TARGETS = {"cmaes_vs_ga_at_2000": ">= 1.2", "cmaes_vs_real_top1_at_4000": ">= 1.0",
            "evaluations_per_second_batched_vs_one": ">= 3"}
@@ -94,10 +95,10 @@ def quality(args: argparse.Namespace, ckpts: dict[str, str]) -> dict[str, float]
     from featvis.nets.adapters import fit_images
     from featvis.synthesis.methods import load_method
 
-    target, _ = load_classifier(ckpts["encoder"])
+    target, record = load_classifier(ckpts["encoder"])
     judge = load_judge(ckpts["judge"], target=target)
-    spec = {"fc8": list(range(len(target.class_names))), "conv5": list(range(args.conv5))}
-    units, _ = units_of(target, spec, "fc8", target.class_names, "center")
+    spec = {"fc8": list(range(min(args.fc8, len(record["class_names"])))), "conv5": list(range(args.conv5))}
+    units, _ = units_of(target, spec, "fc8", record["class_names"], "center")
     runs = torch.arange(len(units)).repeat_interleave(args.seeds)
     top1 = real_top1(target, units, target.image_size)[runs]
     exact = TargetScorer(target, units)  # the raw activation
@@ -117,7 +118,7 @@ def quality(args: argparse.Namespace, ckpts: dict[str, str]) -> dict[str, float]
               f"{seconds:.0f}", sep="\t", flush=True)
 
     for noisy in (False, True):
-        for name in ("cmaes", "ga", "random"):
+        for name in ("cmaes", "ga", "random", "fourier") if not noisy else ("cmaes", "ga"):
             method = load_method(method_for(name, top), ckpts["generator"], None, target.image_size)
             start = method.start(len(units), args.seeds)
             scorer = NoisyNeuron(exact, gain=args.gain, seed=1) if noisy else exact
@@ -224,14 +225,15 @@ def main() -> dict:
     parser.add_argument("--budgets", type=int, nargs="+", default=[500, 1000, 2000, 4000])
     parser.add_argument("--dgn-am-steps", type=int, nargs="+", default=[500, 4000],
                         help="gradient DGN-AM step counts (each its own run: the step size follows the count)")
-    parser.add_argument("--conv5", type=int, default=4, help="conv5 channels beside the fc8 class units")
+    parser.add_argument("--fc8", type=int, default=6, help="fc8 class units (the first classes)")
+    parser.add_argument("--conv5", type=int, default=2, help="conv5 channels beside the fc8 class units")
     parser.add_argument("--gain", type=float, default=1.0, help="the simulated neuron's spikes per unit of activation")
     parser.add_argument("--speed-evaluations", type=int, default=480, help="evaluations per run in the speed rows")
     parser.add_argument("--one-at-a-time", type=int, default=4, help="runs timed alone in the speed rows")
     parser.add_argument("--skip-quality", action="store_true", help="only the speed rows (no training)")
     args = parser.parse_args()
-    if args.seeds < 1 or any(b < 1 for b in args.budgets) or args.conv5 < 0:
-        parser.error("expected --seeds >= 1, positive --budgets and --conv5 >= 0")
+    if args.seeds < 1 or any(b < 1 for b in args.budgets) or args.conv5 < 0 or args.fc8 < 1:
+        parser.error("expected --seeds >= 1, positive --budgets, --fc8 >= 1 and --conv5 >= 0")
     os.environ.setdefault("WANDB_MODE", "disabled")
     figures = speed(args)
     print(json.dumps(figures))
@@ -250,8 +252,9 @@ def main() -> dict:
             "noisy_cmaes_vs_ga_at_2000": round(found[f"cmaes_noisy@{mid}"] / found[f"ga_noisy@{mid}"], 3),
             "noisy_cmaes_vs_real_top1_at_4000": round(found[f"cmaes_noisy@{top}"], 3),
             "cmaes_vs_random_at_4000": round(found[f"cmaes@{top}"] / found[f"random@{top}"], 3),
+            "cmaes_vs_fourier_cmaes_at_4000": round(found[f"cmaes@{top}"] / found[f"fourier@{top}"], 3),
             **{f"{name}_judge_transfer": round(found[f"{name}_judge@{top}"], 3)
-               for name in ("cmaes", "ga", "random", "cmaes_noisy", "ga_noisy")},
+               for name in ("cmaes", "ga", "random", "fourier", "cmaes_noisy", "ga_noisy")},
             "dgn_am_judge_transfer": round(found[f"dgn_am_judge@{max(args.dgn_am_steps)}"], 3),
             "curves": {key: value for key, value in found.items() if "_judge@" not in key}})
     print_figures({k: v for k, v in figures.items() if k != "curves"}, TARGETS)

@@ -49,7 +49,7 @@ class CMAES:
     scale; `population`: candidates per generation (None: 4 + 3 ln D, Hansen's default)."""
 
     evaluations: int = 2000
-    sigma: float = 0.5
+    sigma: float = 1.0
     population: int | None = None
 
     def __post_init__(self) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import lightning as L
+if TYPE_CHECKING:  # visualize.py imports this module and needs no Lightning: its bad input fails fast
+    import lightning as L
 
 from featvis.errors import ConfigError, RankLostError
 

@@ -23,11 +23,9 @@ from featvis.devices import resolve_device, use_tf32
 from featvis.jobs.distributed import share_cpus_with_parallel_jobs
 from featvis.errors import ConfigError
 from featvis.io import read_checkpoint, remove_partials, save_gif, save_png, save_tensors, save_text, writable_dir
-from featvis.jobs.loggers import log_lines_once
 from featvis.nets.layers import layer_names
 from featvis.nets.targets import build_target
 from featvis.reports.grids import labelled_grid
-from featvis.evolution.recorder import EvolutionRecorder
 from featvis.synthesis.methods import Unit, load_method, needs_real_spectrum, parse_units, units_of
 from featvis.synthesis.parametrizations import MACO_SPECTRUM_IMAGES
 from featvis.synthesis.real import RealImages
@@ -153,11 +151,13 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         return closed_loop(cfg)
     if cfg.get("mode", "synthesis") != "synthesis":
         raise ConfigError(f"mode={cfg.mode!r}; expected synthesis, evolution or closed_loop")
-    log_lines_once()
     share_cpus_with_parallel_jobs()
     device = resolve_device(cfg.device)
     use_tf32(cfg.performance.tf32)
     built = build(cfg, device)
+    from featvis.jobs.loggers import log_lines_once  # imports Lightning: after the checks, so bad input fails fast
+
+    log_lines_once()
     units, spec = built["units"], built["spec"]
     seeds = spec.seeds
     out = writable_dir(Path(cfg.output_dir))
@@ -250,6 +250,8 @@ def checkpoints_in_order(folder: str | Path, kind: str | None = "classifier") ->
 
 def evolution_from_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     """The feature-evolution outputs (<output_dir>/evolution) for saved checkpoints of a run."""
+    from featvis.evolution.recorder import EvolutionRecorder  # imports Lightning (featvis.evolution)
+
     if not cfg.target.get("ckpt_dir"):
         raise ConfigError("mode=evolution needs target.ckpt_dir; expected a folder of classifier checkpoints")
     device = resolve_device(cfg.device)
