@@ -3,11 +3,11 @@ code space against random search, CMA-ES over pixel_fft's spectrum (fourier) and
 with exact and (CMA-ES, GA) with noisy responses.
 
     python benchmarks/blackbox.py [--encoder C.ckpt --generator G.ckpt --judge J.ckpt]
-                                  [--seeds 1] [--budgets 500 1000 2000 4000] [--fc8 6] [--conv5 2]
+                                  [--seeds 2] [--budgets 500 1000 2000 4000] [--fc8 N] [--conv5 4]
 
 Checkpoints not given are trained here with the tiny preset's defaults (the classifier, seed 0,
 is the target and G's encoder; the judge is another classifier, seed 1, fc6 of 512).  Units: the
-first --fc8 class units of fc8 and --conv5 channels of conv5 (read at the centre), --seeds runs each;
+first --fc8 class units of fc8 (default: every class) and --conv5 channels of conv5 (read at the centre), --seeds runs each;
 every method maximizes the unit's raw activation (objective.selectivity=0, gradient DGN-AM too), as
 a recorded neuron's rate would be.
 
@@ -60,12 +60,12 @@ TARGETS = {"cmaes_vs_ga_at_2000": ">= 1.2", "cmaes_vs_real_top1_at_4000": ">= 1.
 
 
 def method_for(name: str, budget: int) -> dict:
-    overrides = [RAW]
-    if name == "random":  # random search: every candidate drawn from the code statistics
-        overrides = [RAW, "search._target_=featvis.blackbox.RandomSearch", "~search.sigma", "search.population=32"]
     if name == "dgn_am":
         return method_config("dgn_am", RAW)
-    return method_config(SEARCHES[name], *overrides, f"search.evaluations={budget}")
+    config = method_config(SEARCHES[name], RAW, f"search.evaluations={budget}")
+    if name == "random":  # random search: every candidate drawn from the code statistics
+        config["search"] = {"_target_": "featvis.blackbox.RandomSearch", "evaluations": budget, "population": 32}
+    return config
 
 
 def checkpoints(args: argparse.Namespace, out: Path) -> dict[str, str]:
@@ -221,12 +221,12 @@ def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("encoder", "generator", "judge"):
         parser.add_argument(f"--{name}")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per unit")
+    parser.add_argument("--seeds", type=int, default=2, help="runs per unit")
     parser.add_argument("--budgets", type=int, nargs="+", default=[500, 1000, 2000, 4000])
     parser.add_argument("--dgn-am-steps", type=int, nargs="+", default=[500, 4000],
                         help="gradient DGN-AM step counts (each its own run: the step size follows the count)")
-    parser.add_argument("--fc8", type=int, default=6, help="fc8 class units (the first classes)")
-    parser.add_argument("--conv5", type=int, default=2, help="conv5 channels beside the fc8 class units")
+    parser.add_argument("--fc8", type=int, default=1000, help="fc8 class units (the first classes; default all)")
+    parser.add_argument("--conv5", type=int, default=4, help="conv5 channels beside the fc8 class units")
     parser.add_argument("--gain", type=float, default=1.0, help="the simulated neuron's spikes per unit of activation")
     parser.add_argument("--speed-evaluations", type=int, default=480, help="evaluations per run in the speed rows")
     parser.add_argument("--one-at-a-time", type=int, default=4, help="runs timed alone in the speed rows")
