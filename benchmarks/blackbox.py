@@ -3,7 +3,7 @@ code space against random search, CMA-ES over pixel_fft's spectrum (fourier) and
 with exact and (CMA-ES, GA) with noisy responses.
 
     python benchmarks/blackbox.py [--encoder C.ckpt --generator G.ckpt --judge J.ckpt]
-                                  [--seeds 2] [--budgets 500 1000 2000 4000] [--fc8 N] [--conv5 4]
+                                  [--seeds 1] [--budgets 500 1000 2000 4000] [--fc8 N] [--conv5 4]
 
 Checkpoints not given are trained here with the tiny preset's defaults (the classifier, seed 0,
 is the target and G's encoder; the judge is another classifier, seed 1, fc6 of 512).  Units: the
@@ -221,7 +221,7 @@ def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("encoder", "generator", "judge"):
         parser.add_argument(f"--{name}")
-    parser.add_argument("--seeds", type=int, default=2, help="runs per unit")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per unit")
     parser.add_argument("--budgets", type=int, nargs="+", default=[500, 1000, 2000, 4000])
     parser.add_argument("--dgn-am-steps", type=int, nargs="+", default=[500, 4000],
                         help="gradient DGN-AM step counts (each its own run: the step size follows the count)")

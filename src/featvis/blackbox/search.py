@@ -120,14 +120,15 @@ def generations_of(strategy: Any, dim: int) -> int:
 
 def search(strategy: Any, space: nn.Module, scorer: Scorer, start: torch.Tensor, units: torch.Tensor,
            operators: Sequence[Any] = (), target_size: int | None = None, seed: int = 0, progress: bool = False,
-           record_every: int = 0, batch_size: int = 256,
+           record_every: int = 0, batch_size: int | None = None,
            on_generation: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> SearchResult:
     """Maximize `scorer` over each row of `start` (one run each; run r for unit `units[r]`) with
     `strategy` in `space`, for `strategy.evaluations` evaluations per run.  `operators` (the
     method's, e.g. DGN-AM's clip to the real codes' range) repair every candidate before it is
     rendered, and the strategy learns from the repaired ones.  `on_generation(evaluations, best_z,
     best_value)`, when given, sees each run's best candidate after every generation (e.g. to keep the
-    best image at several budgets from one run)."""
+    best image at several budgets from one run).  `batch_size`: images rendered and scored per call
+    (None: a generation at once on a GPU, 64 on the CPU, where larger batches fall out of its caches)."""
     shape = start.shape[1:]
     flat = start.detach().flatten(1).float()
     runs, dim = flat.shape
@@ -136,6 +137,8 @@ def search(strategy: Any, space: nn.Module, scorer: Scorer, start: torch.Tensor,
     sample = space_sampler(space)
     state = strategy.init(flat, dimension_scale(space, dim).to(device), sample, generator)
     size = strategy.size(dim)
+    if batch_size is None:
+        batch_size = runs * size if device.type == "cuda" else 64
     image_units = units.to(device).repeat_interleave(size)
 
     def repair(x: torch.Tensor, step: int) -> torch.Tensor:
