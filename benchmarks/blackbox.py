@@ -20,7 +20,8 @@ search sees a simulated neuron instead, Poisson spike counts at a rate of the re
 how often the judge names an fc8 unit's class in its best image at the largest budget.
 
 Speed, on the CPU, with random weights (speed does not depend on what the networks learned):
-evaluations per second with every run in one batched call against one run at a time, and the time a
+evaluations per second with every run in one batched call (64 images a call, and 256) against one
+run at a time (a generation of one run a call), and the time a
 generation's optimizer update takes, batched in torch and (when the `cmaes` package is installed) as
 a per-run loop of cmaes.SepCMA and cmaes.CMA, beside the time the networks take for the same
 generation, and how close each comes to the peak of a shifted sphere in 1024-d after 150 generations
@@ -118,7 +119,7 @@ def quality(args: argparse.Namespace, ckpts: dict[str, str]) -> dict[str, float]
               f"{seconds:.0f}", sep="\t", flush=True)
 
     for noisy in (False, True):
-        for name in ("cmaes", "ga", "random", "fourier") if not noisy else ("cmaes", "ga"):
+        for name in [m for m in ("cmaes", "ga", "random", "fourier") if m in args.methods and (not noisy or m in ("cmaes", "ga"))]:
             method = load_method(method_for(name, top), ckpts["generator"], None, target.image_size)
             start = method.start(len(units), args.seeds)
             scorer = NoisyNeuron(exact, gain=args.gain, seed=1) if noisy else exact
@@ -137,7 +138,15 @@ def quality(args: argparse.Namespace, ckpts: dict[str, str]) -> dict[str, float]
                 with torch.no_grad():
                     images = fit_images(method.space(z), target.image_size).clamp(0, 1)
                 row(f"{name}{'_noisy' if noisy else ''}", budget, images, seconds)
-    for budget in args.dgn_am_steps:  # gradient DGN-AM: a step is one forward and one backward pass
+    for sigma in args.sigma_sweep:  # CMA-ES's first step, exact responses, at the smallest budget
+        config = method_for("cmaes", budgets[0])
+        config["search"]["sigma"] = sigma
+        method = load_method(config, ckpts["generator"], None, target.image_size)
+        began = time.perf_counter()
+        found = search(method.search, method.space, exact, method.start(len(units), args.seeds), runs,
+                       method.operators, target.image_size)
+        row(f"cmaes_sigma{sigma:g}", budgets[0], found.best, time.perf_counter() - began)
+    for budget in args.dgn_am_steps if "dgn_am" in args.methods else []:  # gradient DGN-AM: a step is one forward and one backward pass
         began = time.perf_counter()
         found = featvis.synthesize(target, units, method_for("dgn_am", budget), seeds=args.seeds, steps=budget,
                                    generator=ckpts["generator"], evaluation=False)
@@ -152,7 +161,8 @@ def speed(args: argparse.Namespace) -> dict[str, float]:
 
     torch.manual_seed(0)
     target = AlexNet(num_classes=15, image_size=64).eval()
-    generator = Generator(1024, fc_dims=[1024], start_channels=128, stages=[[96, 96], [48, 0], [24, 0], [12, 0]]).eval()
+    generator = Generator(1024, fc_dims=[1024], start_channels=128, stages=[[96, 96], [48, 0], [24, 0], [12, 0]],
+                          upsample="bilinear", norm="group").eval()  # the tiny preset's G
     stats = CodeStatistics(1024).fit(torch.rand(4096, 1024).relu_() * 2)
     space = CodeSpace(generator, stats)
     units, _ = units_of(target, list(range(10)), "fc8", [], "center")
@@ -162,13 +172,14 @@ def speed(args: argparse.Namespace) -> dict[str, float]:
     which = torch.arange(len(units)).repeat_interleave(args.seeds)
     start = torch.cat([space.start(torch.Generator().manual_seed(k)) for k in range(runs)])
 
-    def timed(rows: slice) -> float:
+    def timed(rows: slice, batch_size: int | None = None) -> float:
         begin = time.perf_counter()
-        search(strategy, space, scorer, start[rows], which[rows], target_size=64)
+        search(strategy, space, scorer, start[rows], which[rows], target_size=64, batch_size=batch_size)
         return time.perf_counter() - begin
 
     timed(slice(0, 1))  # warm-up
     batched = runs * strategy.evaluations / timed(slice(None))
+    batched_256 = runs * strategy.evaluations / timed(slice(None), batch_size=256)
     alone = args.one_at_a_time * strategy.evaluations / sum(timed(slice(r, r + 1)) for r in range(args.one_at_a_time))
     # one generation: the networks' share and the optimizer's
     lam, dim = strategy.size(1024), 1024
@@ -186,6 +197,7 @@ def speed(args: argparse.Namespace) -> dict[str, float]:
     optimizer = (time.perf_counter() - begin) / 10
     figures = {"evaluations_per_second_batched": round(batched, 1), "evaluations_per_second_one_run": round(alone, 1),
                "evaluations_per_second_batched_vs_one": round(batched / alone, 2),
+               "evaluations_per_second_batched_256_a_call": round(batched_256, 1),
                "generation_seconds_networks": round(networks, 4), "generation_seconds_torch_sep_cmaes": round(optimizer, 4)}
     try:
         import cmaes
@@ -230,6 +242,10 @@ def main() -> dict:
     parser.add_argument("--gain", type=float, default=1.0, help="the simulated neuron's spikes per unit of activation")
     parser.add_argument("--speed-evaluations", type=int, default=480, help="evaluations per run in the speed rows")
     parser.add_argument("--one-at-a-time", type=int, default=4, help="runs timed alone in the speed rows")
+    parser.add_argument("--methods", nargs="+", default=["cmaes", "ga", "random", "fourier", "dgn_am"],
+                        choices=["cmaes", "ga", "random", "fourier", "dgn_am"], help="a subset of the methods")
+    parser.add_argument("--sigma-sweep", type=float, nargs="*", default=[], metavar="SIGMA",
+                        help="also CMA-ES with each of these first steps, at the smallest budget")
     parser.add_argument("--skip-quality", action="store_true", help="only the speed rows (no training)")
     args = parser.parse_args()
     if args.seeds < 1 or any(b < 1 for b in args.budgets) or args.conv5 < 0 or args.fc8 < 1:
@@ -243,22 +259,26 @@ def main() -> dict:
         print(f"checkpoints: {json.dumps(ckpts)}")
         print("method\tbudget\tfc8\tconv5\tall\tbeats\tjudge\tseconds  (fractions of the real top-1)")
         found = quality(args, ckpts)
-        top = max(args.budgets)
-        mid = 2000 if 2000 in args.budgets else top
-        figures.update({
-            "cmaes_vs_ga_at_2000": round(found[f"cmaes@{mid}"] / found[f"ga@{mid}"], 3),
+        everything = set(args.methods) == {"cmaes", "ga", "random", "fourier", "dgn_am"}
+        figures.update(summary(found, args) if everything else {})
+        figures["curves"] = {key: value for key, value in found.items() if "_judge@" not in key}
+    print_figures({k: v for k, v in figures.items() if k != "curves"}, TARGETS)
+    return figures
+
+
+def summary(found: dict[str, float], args: argparse.Namespace) -> dict[str, float]:
+    """The JSON's headline figures, from every method's rows."""
+    top, mid, steps = max(args.budgets), (2000 if 2000 in args.budgets else max(args.budgets)), max(args.dgn_am_steps)
+    return {"cmaes_vs_ga_at_2000": round(found[f"cmaes@{mid}"] / found[f"ga@{mid}"], 3),
             "cmaes_vs_real_top1_at_4000": round(found[f"cmaes@{top}"], 3),
-            "cmaes_vs_dgn_am_at_4000": round(found[f"cmaes@{top}"] / found[f"dgn_am@{max(args.dgn_am_steps)}"], 3),
+            "cmaes_vs_dgn_am_at_4000": round(found[f"cmaes@{top}"] / found[f"dgn_am@{steps}"], 3),
             "noisy_cmaes_vs_ga_at_2000": round(found[f"cmaes_noisy@{mid}"] / found[f"ga_noisy@{mid}"], 3),
             "noisy_cmaes_vs_real_top1_at_4000": round(found[f"cmaes_noisy@{top}"], 3),
             "cmaes_vs_random_at_4000": round(found[f"cmaes@{top}"] / found[f"random@{top}"], 3),
             "cmaes_vs_fourier_cmaes_at_4000": round(found[f"cmaes@{top}"] / found[f"fourier@{top}"], 3),
             **{f"{name}_judge_transfer": round(found[f"{name}_judge@{top}"], 3)
                for name in ("cmaes", "ga", "random", "fourier", "cmaes_noisy", "ga_noisy")},
-            "dgn_am_judge_transfer": round(found[f"dgn_am_judge@{max(args.dgn_am_steps)}"], 3),
-            "curves": {key: value for key, value in found.items() if "_judge@" not in key}})
-    print_figures({k: v for k, v in figures.items() if k != "curves"}, TARGETS)
-    return figures
+            "dgn_am_judge_transfer": round(found[f"dgn_am_judge@{steps}"], 3)}
 
 
 if __name__ == "__main__":

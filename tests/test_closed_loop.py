@@ -8,11 +8,13 @@ import sys
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 from featvis.blackbox import NoisyNeuron, Session, TargetScorer
 from featvis.checkpoints import load_classifier
 from featvis.errors import ConfigError
-from featvis.io import read_checkpoint
+from featvis.io import read_checkpoint, save_text
 from featvis.jobs.visualize import visualize
 from featvis.synthesis.methods import units_of
 from tests.conftest import CONF, ROOT
@@ -142,10 +144,6 @@ def test_visualize_closed_loop_reads_each_generations_responses_file(checkpoints
 
     unit, _ = units_of(target, [2], "fc8", [], "center")
     neuron = NoisyNeuron(TargetScorer(target, unit), gain=5.0)
-    from featvis.io import save_text
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-
     for generation in range(2):
         folder_g = folder / "generations" / f"{generation:04d}"
         images = torch.stack([pil_to_tensor(Image.open(folder_g / n)).float() / 255 for n in names])
