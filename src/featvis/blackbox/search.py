@@ -79,15 +79,13 @@ class NoisyNeuron:
 
 
 def dimension_scale(space: nn.Module, dim: int) -> torch.Tensor:
-    """Each dimension's natural size, the unit of a search's step: the spread of the space's starting
-    points (a code unit's std over real codes; elsewhere the std of 64 starts), floored at a
-    thousandth of its rms, so a dimension that never varies (a code unit that never fires) can move."""
+    """Each dimension's natural size, the unit of a search's step: a code unit's std over real codes
+    (floored at a thousandth of their rms, so a unit that never fires can still move); 1 in other
+    spaces."""
     stats = getattr(space, "stats", None)
-    if stats is not None:
-        std = stats.std.detach().float().cpu().flatten()
-    else:
-        starts = torch.cat([space.start(torch.Generator(device="cpu").manual_seed(k)) for k in range(64)])
-        std = starts.detach().float().cpu().flatten(1).std(0)
+    if stats is None:
+        return torch.ones(dim, device="cpu")
+    std = stats.std.detach().float().cpu().flatten()
     return std.clamp_min(1e-3 * float(std.square().mean().sqrt()) + 1e-12)
 
 
