@@ -94,6 +94,25 @@ def space_sampler(space: nn.Module) -> Callable[[int, torch.Generator], torch.Te
     return lambda n, generator: torch.cat([space.start(generator) for _ in range(n)]).flatten(1)
 
 
+def repaired(x: torch.Tensor, shape: torch.Size, operators: Sequence[Any], step: int) -> torch.Tensor:
+    """Candidates (..., D) as z of `shape`, through the method's operators (DGN-AM's clip): what is
+    rendered, and what the strategy learns from."""
+    z = x.reshape(-1, *shape)
+    for operator in operators:
+        z = operator(z, step)
+    return z
+
+
+def best_kept(best_value: torch.Tensor, best_z: torch.Tensor, candidates: torch.Tensor,
+              values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each run's best response and candidate so far, after a generation (candidates (R, lambda, D),
+    values (R, lambda)); and which runs improved."""
+    top, index = values.max(1)
+    improved = top > best_value
+    chosen = candidates[torch.arange(len(index), device=index.device), index]
+    return torch.where(improved, top, best_value), torch.where(improved[:, None], chosen, best_z), improved
+
+
 @dataclass
 class SearchResult(SamplerResult):
     """The sampler's result fields (best: the best-scored candidate; last: the search's final
@@ -143,10 +162,7 @@ def search(strategy: Any, space: nn.Module, scorer: Scorer, start: torch.Tensor,
     image_units = units.to(device).repeat_interleave(size)
 
     def repair(x: torch.Tensor, step: int) -> torch.Tensor:
-        z = x.reshape(-1, *shape)
-        for operator in operators:
-            z = operator(z, step)
-        return z
+        return repaired(x, shape, operators, step)
 
     def render(z: torch.Tensor) -> torch.Tensor:
         images = space(z)
@@ -172,10 +188,7 @@ def search(strategy: Any, space: nn.Module, scorer: Scorer, start: torch.Tensor,
                 raise ConfigError(f"the scorer returned a response that is not finite at generation {generation}; "
                                   "expected finite numbers")
             strategy.tell(state, candidates, values, generator)
-            top, index = values.max(1)
-            improved = top > best_value
-            best_value = torch.where(improved, top, best_value)
-            best_z = torch.where(improved[:, None], candidates[torch.arange(runs, device=device), index], best_z)
+            best_value, best_z, improved = best_kept(best_value, best_z, candidates, values)
             best_step = torch.where(improved, generation, best_step)
             evaluations.append((generation + 1) * size)
             curve.append(best_value.clone())

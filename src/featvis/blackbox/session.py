@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 
 from featvis.errors import CheckpointError, ConfigError
 from featvis.io import read_checkpoint, save_bytes, save_png, save_text, writable_dir
-from featvis.blackbox.search import dimension_scale, space_sampler
+from featvis.blackbox.search import best_kept, dimension_scale, repaired, space_sampler
 
 STATE_FILE = "session.pt"
 STATE_FORMAT = 1
@@ -170,10 +170,7 @@ class Session:
             candidates = self.pending.view(self.runs, self.size, self.dim)
             values = values.view(self.runs, self.size)
             self.method.search.tell(self.state, candidates, values, self.generator)
-            top, index = values.max(1)
-            improved = top > self.best_value
-            self.best_value = torch.where(improved, top, self.best_value)
-            self.best_z = torch.where(improved[:, None], candidates[torch.arange(self.runs, device="cpu"), index], self.best_z)
+            self.best_value, self.best_z, _ = best_kept(self.best_value, self.best_z, candidates, values)
             self.history.append(self.best_value.tolist())
             self.generation, self.pending = self.generation + 1, None
             self._save()
@@ -208,11 +205,8 @@ class Session:
     # -- on disk --------------------------------------------------------------------------------
 
     def _repair(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.reshape(-1, *self.shape)
         with torch.no_grad():
-            for operator in self.method.operators:
-                z = operator(z, self.generation)
-        return z
+            return repaired(x, self.shape, self.method.operators, self.generation)
 
     def _write_images(self, images: torch.Tensor) -> None:
         folder = self.folder()
