@@ -22,6 +22,7 @@ from featvis.evolution.callback import scheduled_steps
 from featvis.checkpoints import FORMAT_VERSION, prior_record, read_checkpoint
 from featvis.tools.integrity import scan
 from tests.checks import frame_check
+from tests.preloaded import Server, TimedOut, servers
 from featvis.nets.codes import CodeDAE, CodeStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,18 +264,23 @@ DAMAGED_INPUTS = [
 ]
 
 
-def run_bad_input(case: BadInput, inputs: dict[str, str], workdir: Path) -> dict:
-    """Run one case; {"clean": bool, "why": str, "seconds": float}."""
+def run_bad_input(case: BadInput, inputs: dict[str, str], workdir: Path, server: Server | None = None) -> dict:
+    """Run one case, as a subprocess or forked from a preloaded `server` (tests/preloaded.py);
+    {"clean": bool, "why": str, "seconds": float}."""
     run_dir = workdir / case.name.replace(" ", "_")
     base = dict(VISUALIZE if case.script == "visualize.py" else TRAIN)
     merged = {**base, **case.changes}
     run_dir_arg = (merged.pop("hydra.run.dir", None) or str(run_dir)).format(**inputs)
     args = [f"{k}={v.format(**inputs)}" for k, v in merged.items() if v is not None]
     start = time.perf_counter()
+    argv = [f"hydra.run.dir={run_dir_arg}", *args]
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / case.script), f"hydra.run.dir={run_dir_arg}", *args],
-                              env=environment(**case.env), capture_output=True, text=True, cwd=workdir, timeout=120)
-    except subprocess.TimeoutExpired:
+        if server is None:
+            proc = subprocess.run([sys.executable, str(ROOT / case.script), *argv], env=environment(**case.env),
+                                  capture_output=True, text=True, cwd=workdir, timeout=120)
+        else:
+            proc = server.run(case.script, argv, environment(**case.env), workdir, timeout=120)
+    except (subprocess.TimeoutExpired, TimedOut):
         return {"clean": False, "why": "no answer within 120 s", "seconds": 120.0}
     seconds = time.perf_counter() - start
     named = case.names.format(**inputs)
@@ -297,12 +303,26 @@ def run_bad_input(case: BadInput, inputs: dict[str, str], workdir: Path) -> dict
     return {"clean": not problems, "why": why, "seconds": seconds, "stderr": proc.stderr[-1500:]}
 
 
-def run_bad_inputs(inputs: dict[str, str], workdir: Path,
-                   cases: list[BadInput] = BAD_INPUTS + DAMAGED_INPUTS) -> list[dict]:
-    """One row per case: run_bad_input's, with the case's name and whether it is a damaged input."""
-    with ThreadPoolExecutor(max_workers=2) as pool:  # one subprocess per core
-        return list(pool.map(lambda case: {"case": case.name, "damaged": case in DAMAGED_INPUTS,
-                                           **run_bad_input(case, inputs, workdir)}, cases))
+def run_bad_inputs(inputs: dict[str, str], workdir: Path, cases: list[BadInput] = BAD_INPUTS + DAMAGED_INPUTS,
+                   preload: bool = False) -> list[dict]:
+    """One row per case: run_bad_input's, with the case's name and whether it is a damaged input.
+    With `preload`, each case is forked from an interpreter that has imported featvis already: the
+    same runs without the imports' seconds (the benchmark times plain subprocesses)."""
+    def row(case: BadInput, server: Server | None = None) -> dict:
+        return {"case": case.name, "damaged": case in DAMAGED_INPUTS, **run_bad_input(case, inputs, workdir, server)}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one process per core
+        if not preload:
+            return list(pool.map(row, cases))
+        with servers(2, workdir / ".preloaded") as idle:
+            def on_a_server(case: BadInput) -> dict:
+                server = idle.get()
+                try:
+                    return row(case, server)
+                finally:
+                    idle.put(server)
+
+            return list(pool.map(on_a_server, cases))
 
 
 def bad_input_counts(rows: list[dict]) -> dict[str, int]:

@@ -15,7 +15,7 @@ from tests.faults import (BAD_INPUTS, DAMAGED_INPUTS, bad_input_counts, maliciou
 
 @pytest.fixture(scope="module")
 def outcomes(fault_inputs, tmp_path_factory):
-    rows = run_bad_inputs(fault_inputs, tmp_path_factory.mktemp("bad_inputs"))
+    rows = run_bad_inputs(fault_inputs, tmp_path_factory.mktemp("bad_inputs"), preload=True)
     return {row["case"]: row for row in rows}
 
 
