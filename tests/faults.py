@@ -427,44 +427,71 @@ STAGES = [Stage("classifier+evolution", "train.py", _classifier_args, ["ckpt_pat
           Stage("visualize", "visualize.py", _visualize_args, [], _check_visualize)]
 
 
-def timed_run(stage: Stage, inputs: dict[str, str], run_dir: Path) -> float:
+class Launcher:
+    """Starts a stage's command as a subprocess, or forked from a preloaded `server`
+    (tests/preloaded.py: the same run without importing torch and Lightning first)."""
+
+    def __init__(self, server: Server | None = None):
+        self.server, self.proc = server, None
+
+    def start(self, stage: Stage, args: list[str], run_dir: Path, log: Path) -> None:
+        if self.server is not None:
+            self.server.start(stage.script, [f"hydra.run.dir={run_dir}", *args], environment(), run_dir.parent, log)
+        else:
+            with open(log, "a") as out:
+                self.proc = subprocess.Popen(command(stage.script, run_dir, args), env=environment(), stdout=out,
+                                             stderr=subprocess.STDOUT, cwd=run_dir.parent)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status; None if still running after `timeout` seconds."""
+        if self.server is not None:
+            return self.server.wait(timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+        else:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+def timed_run(stage: Stage, inputs: dict[str, str], run_dir: Path, launcher: Launcher) -> float:
     """An uninterrupted run: its wall time sets the range of kill moments."""
+    log = run_dir.parent / f"{run_dir.name}.log"
     start = time.perf_counter()
-    proc = subprocess.run(command(stage.script, run_dir, stage.args(inputs)), env=environment(),
-                          capture_output=True, text=True, cwd=run_dir.parent)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{stage.name} failed without a fault:\n{proc.stderr[-3000:]}")
+    launcher.start(stage, stage.args(inputs), run_dir, log)
+    if launcher.wait() != 0:
+        raise RuntimeError(f"{stage.name} failed without a fault:\n{log.read_text()[-3000:]}")
     return time.perf_counter() - start
 
 
-def kill_trial(stage: Stage, inputs: dict[str, str], run_dir: Path, delay: float, attempts: int = 3) -> dict:
+def kill_trial(stage: Stage, inputs: dict[str, str], run_dir: Path, delay: float, launcher: Launcher,
+               attempts: int = 3) -> dict:
     """SIGKILL the stage `delay` s after its start, then run it again (resuming) until it exits 0.
 
     A run that ends before its kill (a machine faster than the reference run) is started again
     from nothing with a kill 40% earlier, so every trial is a kill in mid-run.
     """
     args = stage.args(inputs)
-    log_path = run_dir.parent / f"{run_dir.name}.log"
-    with open(log_path, "a") as log:
-        for _ in range(4):
-            proc = subprocess.Popen(command(stage.script, run_dir, args), env=environment(), stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=run_dir.parent)
-            try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                killed = True
-                break
-            killed = False
-            shutil.rmtree(run_dir, ignore_errors=True)
-            delay *= 0.6
-        returncode = None
-        for _ in range(attempts):
-            returncode = subprocess.run(command(stage.script, run_dir, [*args, *stage.rerun]), env=environment(),
-                                        stdout=log, stderr=subprocess.STDOUT, cwd=run_dir.parent).returncode
-            if returncode == 0:
-                break
+    log = run_dir.parent / f"{run_dir.name}.log"
+    for _ in range(4):
+        launcher.start(stage, args, run_dir, log)
+        killed = launcher.wait(delay) is None
+        if killed:
+            launcher.kill()
+            break
+        shutil.rmtree(run_dir, ignore_errors=True)
+        delay *= 0.6
+    returncode = None
+    for _ in range(attempts):
+        launcher.start(stage, [*args, *stage.rerun], run_dir, log)
+        returncode = launcher.wait()
+        if returncode == 0:
+            break
     check = stage.check(run_dir) if returncode == 0 else {"complete": False, "frames_lost": 0, "frames_duplicated": 0}
     integrity = scan(run_dir)
     return {"stage": stage.name, "delay": round(delay, 2), "killed": killed,
@@ -475,15 +502,18 @@ def kill_trial(stage: Stage, inputs: dict[str, str], run_dir: Path, delay: float
 
 
 def kill_trials(inputs: dict[str, str], workdir: Path, trials: int, seed: int = 0, stages: list[Stage] = STAGES,
-                moments: tuple[float, float] = (0.10, 0.95)) -> list[dict]:
+                moments: tuple[float, float] = (0.10, 0.95), server: Server | None = None) -> list[dict]:
     """`trials` kills per stage at moments drawn uniformly from `moments` (fractions) of the wall
-    time of an uninterrupted run: start-up, training or synthesis, and writing the outputs."""
+    time of an uninterrupted run: start-up, training or synthesis, and writing the outputs.
+    With a preloaded `server`, start-up no longer includes importing torch and Lightning."""
     rng = random.Random(seed)
+    launcher = Launcher(server)
     rows = []
     for stage in stages:
         slug = stage.name.replace("+", "_")
-        reference = timed_run(stage, inputs, workdir / f"{slug}_reference")
+        reference = timed_run(stage, inputs, workdir / f"{slug}_reference", launcher)
         for trial in range(trials):
             delay = rng.uniform(*moments) * reference
-            rows.append({**kill_trial(stage, inputs, workdir / f"{slug}_{trial}", delay), "reference_s": reference})
+            rows.append({**kill_trial(stage, inputs, workdir / f"{slug}_{trial}", delay, launcher),
+                         "reference_s": reference})
     return rows

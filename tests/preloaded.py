@@ -39,8 +39,8 @@ for line in requests:
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["env"])
-            for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT),
-                                    (2, request["stderr"], os.O_WRONLY | os.O_CREAT)):
+            for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                                    (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)):
                 os.dup2(os.open(path, flags), fd)
             sys.stdin = open(os.devnull)
             sys.argv = request["argv"]
@@ -85,7 +85,7 @@ class Server:
         self.selector.register(self.process.stdout, selectors.EVENT_READ)
         self.runs = 0
 
-    def _reply(self, timeout: float) -> dict | None:
+    def _reply(self, timeout: float | None) -> dict | None:
         if not self.selector.select(timeout):
             return None
         line = self.process.stdout.readline()
@@ -93,21 +93,36 @@ class Server:
             raise RuntimeError(f"the preloaded interpreter exited ({self.process.wait()})")
         return json.loads(line)
 
-    def run(self, script: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Completed:
-        """`python <script> <args>` in `cwd` with exactly `env`; TimedOut after `timeout` seconds."""
-        self.runs += 1
-        stdout, stderr = (self.workdir / f"run{id(self)}-{self.runs}.{name}" for name in ("out", "err"))
+    def start(self, script: str, args: list[str], env: dict[str, str], cwd: Path, stdout: Path,
+              stderr: Path | None = None) -> None:
+        """Start `python <script> <args>` in `cwd` with exactly `env`, its output appended to
+        `stdout` (and `stderr`; default: the same file)."""
         request = {"entry": ENTRY_POINTS[script], "argv": [script, *args], "env": env, "cwd": str(cwd),
-                   "stdout": str(stdout), "stderr": str(stderr)}
+                   "stdout": str(stdout), "stderr": str(stderr or stdout)}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
-        pid = self._reply(60)["pid"]
+        self.pid = self._reply(120)["pid"]
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The started run's exit status; None if it is still running after `timeout` seconds."""
         reply = self._reply(timeout)
-        if reply is None:
-            os.kill(pid, signal.SIGKILL)
-            self._reply(60)
+        return None if reply is None else reply["returncode"]
+
+    def kill(self) -> int:
+        """SIGKILL the started run; its exit status."""
+        os.kill(self.pid, signal.SIGKILL)
+        return self.wait(60)
+
+    def run(self, script: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Completed:
+        """`python <script> <args>` to its end, as subprocess.run; TimedOut after `timeout` seconds."""
+        self.runs += 1
+        stdout, stderr = (self.workdir / f"run{id(self)}-{self.runs}.{name}" for name in ("out", "err"))
+        self.start(script, args, env, cwd, stdout, stderr)
+        returncode = self.wait(timeout)
+        if returncode is None:
+            self.kill()
             raise TimedOut(f"no answer within {timeout:.0f} s")
-        found = Completed(reply["returncode"], stdout.read_text(), stderr.read_text())
+        found = Completed(returncode, stdout.read_text(), stderr.read_text())
         stdout.unlink()
         stderr.unlink()
         return found
