@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from featvis.evolution.callback import scheduled_steps
 from featvis.checkpoints import FORMAT_VERSION, prior_record, read_checkpoint
+from featvis.evolution.callback import scheduled_steps
+from featvis.nets.codes import CodeDAE, CodeStatistics
 from featvis.tools.integrity import scan
 from tests.checks import frame_check
 from tests.preloaded import Server, TimedOut, servers
-from featvis.nets.codes import CodeDAE, CodeStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
 ERROR_PREFIX = "featvis: error:"
