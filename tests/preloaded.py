@@ -19,7 +19,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 ENTRY_POINTS = {"train.py": "train_main", "visualize.py": "visualize_main"}
@@ -61,13 +60,6 @@ for line in requests:
     _, status = os.waitpid(pid, 0)
     print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
 """
-
-
-@dataclass
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 class TimedOut(Exception):
@@ -113,7 +105,7 @@ class Server:
         os.kill(self.pid, signal.SIGKILL)
         return self.wait(60)
 
-    def run(self, script: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> Completed:
+    def run(self, script: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
         """`python <script> <args>` to its end, as subprocess.run; TimedOut after `timeout` seconds."""
         self.runs += 1
         stdout, stderr = (self.workdir / f"run{id(self)}-{self.runs}.{name}" for name in ("out", "err"))
@@ -122,7 +114,7 @@ class Server:
         if returncode is None:
             self.kill()
             raise TimedOut(f"no answer within {timeout:.0f} s")
-        found = Completed(returncode, stdout.read_text(), stderr.read_text())
+        found = subprocess.CompletedProcess([script, *args], returncode, stdout.read_text(), stderr.read_text())
         stdout.unlink()
         stderr.unlink()
         return found
