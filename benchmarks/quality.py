@@ -3,7 +3,7 @@ checkpoint sets.
 
     python benchmarks/quality.py [--repeats N] [--first-set K] [--data-root DIR] [--seeds 8]
                                  [--methods ...] [--docs] [--generator-override KEY=VALUE ...]
-                                 [--code-method-override KEY=VALUE ...]
+                                 [--code-method-override KEY=VALUE ...] [--method-override M:KEY=VALUE ...]
     python benchmarks/quality.py --encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt
 
 Each repeat trains one independent checkpoint set, with its own seed for every network: the
@@ -14,7 +14,10 @@ comparator), so repeat 0 is the set earlier versions trained; --first-set K numb
 from K, so two processes (or machines) with --first-set 0 and 1 train the sets of --repeats 2.
 Checkpoints given on the command line replace the trained ones (one set, --repeats 1).
 --data-root DIR runs everything on an ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*)
-instead of the built-in shapes; the judge is then a classifier of that data too.
+instead of the built-in shapes; the judge is then a classifier of that data too.  When only pixel
+methods are asked for (and lucent), no comparator, G or DAE is trained, and the G(E(x)) row is left out.
+`lucent` (in the default list where torch-lucent 0.1.8 is installed) is lucent's default render of
+the same target, judged the same way: the reference the pixel methods are held to.
 
 Prints, per set, a table of the methods beside two reference rows (real images and G's
 reconstructions G(E(x))), then the worst case over the sets, and as its last line one JSON
@@ -34,13 +37,15 @@ max-probability on real images, on G of codes drawn from the code statistics, an
 codes after 10 applications of the DAE's denoiser); real_grid_artifact,
 reconstruction_grid_artifact and grid_artifact_ratio (the larger of dgn_am's and ppgn's grid
 artefact score / the real images'; see featvis.synthesis.evaluation.grid_artifact_score);
-generator_train_minutes (when G is trained here).
+generator_train_minutes (when G is trained here); <method>_seed_spread_vs_real (its diversity / the
+real images'); pixel_fft_transfer_vs_lucent, pixel_maco_transfer_vs_lucent (judge transfer minus lucent's).
 
 Targets on shapes, worst case over --repeats 2: judge_reconstruction_accuracy >= 0.95, dgn_am and
 ppgn judge transfer and beats_real_top1 >= 0.90, ppgn_diversity_vs_reconstruction >= 0.80 with
 ppgn transfer >= 0.90, grid_artifact_ratio <= 1.5, generator_train_minutes <= 15.
 pixel_maco (MACO, Fel et al. 2023) against pixel_fft: pixel_maco_transfer_vs_fft (the difference
-of judge transfers) >= 0 and pixel_maco_kid_vs_fft (the ratio of KIDs) < 1.
+of judge transfers) >= 0 and pixel_maco_kid_vs_fft (the ratio of KIDs) < 1; both against lucent:
+pixel_*_transfer_vs_lucent >= 0.  On real folders: ppgn_seed_spread_vs_real >= 0.5.
 --methods also takes the variants dgn_am+diversity, ppgn+diversity (method.objective.diversity=2) and
 dgn_am+multifaceted, ppgn+multifaceted (method=dgn_am_multifaceted, ppgn_multifaceted), reported beside the plain ones
 with <variant>_diversity_gain (its diversity / the plain method's) and <variant>_transfer_change
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import sys
@@ -82,14 +88,20 @@ METHODS = ["pixel_noprior", "pixel", "pixel_fft", "pixel_maco", "dgn_am", "ppgn"
 # Variants "<method>+<name>" (only when asked for with --methods): the overrides that make them.
 VARIANTS = {"diversity": lambda plain: [f"method={plain}", "method.objective.diversity=2.0"],
             "multifaceted": lambda plain: [f"method={plain}_multifaceted"]}
-CHOICES = [*METHODS, *(f"{m}+{v}" for m in ("dgn_am", "ppgn") for v in VARIANTS)]
+# lucent's default render (torch-lucent 0.1.8, not a featvis dependency) on the same target: the
+# reference the pixel methods are held to; in the default list when lucent is installed.
+LUCENT_INSTALL = "pip install --no-deps torch-lucent==0.1.8 kornia==0.4.1 && pip install decorator ipython"
+CHOICES = [*METHODS, *(f"{m}+{v}" for m in ("dgn_am", "ppgn") for v in VARIANTS), "lucent"]
+CODE_METHODS = ("dgn_am", "ppgn")
 CHECKPOINTS = ("encoder", "generator", "prior", "judge")
 LOWER_IS_BETTER = ("_kid", "grid_artifact", "grid_artifact_ratio", "_minutes", "_kid_vs_fft")
 TARGETS = {"judge_reconstruction_accuracy": ">= 0.95", "dgn_am_judge_transfer": ">= 0.90",
            "ppgn_judge_transfer": ">= 0.90", "dgn_am_beats_real_top1": ">= 0.90",
            "ppgn_beats_real_top1": ">= 0.90", "ppgn_diversity_vs_reconstruction": ">= 0.80",
+           "ppgn_seed_spread_vs_real": ">= 0.5 (real folders)",
            "grid_artifact_ratio": "<= 1.5", "generator_train_minutes": "<= 15",
            "pixel_maco_transfer_vs_fft": ">= 0", "pixel_maco_kid_vs_fft": "< 1",
+           "pixel_fft_transfer_vs_lucent": ">= 0", "pixel_maco_transfer_vs_lucent": ">= 0",
            "ppgn+multifaceted_diversity_gain": ">= 1.2", "ppgn+multifaceted_transfer_change": ">= -0.05"}
 
 
@@ -122,13 +134,18 @@ def generators_by_budget(out: Path, budgets: list[int], cfg) -> dict[int, str]:
 
 def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str | None],
                    comparator: str | None, generator_overrides: list[str],
-                   budgets: list[int]) -> tuple[dict[str, str], dict[int, str], float | None]:
+                   budgets: list[int], priors: bool = True) -> tuple[dict[str, str], dict[int, str], float | None]:
     """One independent set of checkpoints (seeds 100 * repeat + ...), G's checkpoint for each of
-    `budgets` (G steps; none: the configured budget alone) and G's training minutes."""
+    `budgets` (G steps; none: the configured budget alone) and G's training minutes.  Without
+    `priors` (only pixel methods asked for) no comparator, G or DAE is trained."""
     seed = 100 * repeat
     found = dict(given)
     found["encoder"] = given["encoder"] or trained(out / "classifier", "task=classifier", f"seed={seed}", *data)
     minutes, by_budget = None, {}
+    if not priors:
+        found["judge"] = given["judge"] or trained(out / "judge", "task=classifier", f"seed={seed + 1}",
+                                                   "model.fc6_dim=512", *data)
+        return found, by_budget, minutes
     if not given["generator"]:
         comparator = comparator or trained(out / "comparator", "task=classifier", f"seed={seed + 2}", *data)
         every_epoch = [f"task.train_steps={max(budgets)}", "callbacks.model_checkpoint.save_top_k=-1"] if budgets else []
@@ -148,32 +165,31 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
     return found, by_budget, minutes
 
 
-def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
-            methods: list[str], code_overrides: list[str] = ()) -> tuple[dict[str, float], torch.Tensor]:
+def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int, methods: list[str],
+            code_overrides: list[str] = (), method_overrides: dict[str, list[str]] | None = None,
+            ) -> tuple[dict[str, float], torch.Tensor]:
     """Every figure of one checkpoint set, its printed table, and its contact sheet."""
     figures: dict[str, float] = {}
+    method_overrides = method_overrides or {}
     reference = reference_rows(checkpoints, data, seeds)
-    for name in ("real", "reconstruction"):
+    references = [name for name in ("real", "reconstruction") if name in reference]
+    for name in references:
         figures[f"judge_{name}_accuracy"] = round(reference[name]["overall"], 4)
         figures[f"{name}_diversity"] = round(reference[name]["diversity"], 4)
         figures[f"{name}_grid_artifact"] = round(reference[name]["grid_artifact"], 3)
-    for name in ("real", "random_codes", "dae_codes"):
-        figures[f"judge_confidence_{name}"] = round(reference["confidence"][name], 4)
+    for name, value in reference["confidence"].items():
+        figures[f"judge_confidence_{name}"] = round(value, 4)
     classes = reference["classes"]
     sheet_rows, table, paths, misreadings = [], [], {}, {}
     for method in methods:
         start = time.perf_counter()
-        name, _, variant = method.partition("+")
-        overrides = [*(VARIANTS[variant](name) if variant else [f"method={name}"]),
-                     *(code_overrides if name in ("dgn_am", "ppgn") else [])]
-        summary = visualize(compose_cfg(
-            "visualize", *overrides, f"output_dir={out / method}", *data,
-            f"target.ckpt={checkpoints['encoder']}", f"generator.ckpt={checkpoints['generator']}",
-            f"prior.ckpt={checkpoints['prior']}", f"judge.ckpt={checkpoints['judge']}",
-            f"units=[{','.join(str(u) for u in range(len(classes)))}]", f"seeds={seeds}", "gif=false",
-            "evaluation.real_images=1000"))
+        if method == "lucent":
+            ev, firsts = lucent_render(checkpoints, data, len(classes), seeds)
+        else:
+            ev, firsts = featvis_render(method, checkpoints, out, data, len(classes), seeds,
+                                        [*(code_overrides if method.partition("+")[0] in CODE_METHODS else []),
+                                         *method_overrides.get(method, [])])
         seconds = time.perf_counter() - start
-        ev = summary["evaluation"]
         row = {"judge_transfer": ev["judge_transfer"], "beats_real_top1": ev["beats_real_top1"],
                "diversity": ev["diversity"], "kid": ev["kid_mean"], "grid_artifact": ev["grid_artifact"],
                "path_similarity": ev["path_similarity_mean"]}
@@ -182,9 +198,11 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
         paths[method], real_path = ev["path_similarity"], ev["real_path_similarity"]
         table.append((method, row, seconds))
         misreadings[method] = ", ".join(judge_misreadings(ev["per_unit"], classes))
-        firsts = [r["files"]["best"] for r in summary["results"] if r["seed"] == 0]
-        sheet_rows.append(torch.stack([_load(out / method / f) for f in firsts]))
-    if "ppgn" in methods:
+        sheet_rows.append(firsts)
+    for method in methods:  # the spread of a unit's seeds against as many real images of its class
+        figures[f"{method}_seed_spread_vs_real"] = round(
+            figures[f"{method}_diversity"] / max(figures["real_diversity"], 1e-12), 3)
+    if "ppgn" in methods and "reconstruction_diversity" in figures:
         figures["ppgn_diversity_vs_reconstruction"] = round(
             figures["ppgn_diversity"] / max(figures["reconstruction_diversity"], 1e-12), 3)
     if {"pixel_fft", "pixel_maco"} <= set(methods):
@@ -199,7 +217,11 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
                 figures[f"{method}_diversity"] / max(figures[f"{plain}_diversity"], 1e-12), 3)
             figures[f"{method}_transfer_change"] = round(
                 figures[f"{method}_judge_transfer"] - figures[f"{plain}_judge_transfer"], 4)
-    code_methods = [m for m in ("dgn_am", "ppgn") if m in methods]
+    for method in ("pixel_fft", "pixel_maco"):
+        if {method, "lucent"} <= set(methods):
+            figures[f"{method}_transfer_vs_lucent"] = round(
+                figures[f"{method}_judge_transfer"] - figures["lucent_judge_transfer"], 4)
+    code_methods = [m for m in CODE_METHODS if m in methods]
     if code_methods:
         figures["grid_artifact_ratio"] = round(
             max(figures[f"{m}_grid_artifact"] for m in code_methods) / figures["real_grid_artifact"], 3)
@@ -210,7 +232,9 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
         print(f"{method:<20}{row['judge_transfer']:>15.3f}{row['beats_real_top1']:>13.3f}"
               f"{row['diversity']:>11.3f}{row['kid']:>9.4f}{row['grid_artifact']:>8.2f}"
               f"{row['path_similarity']:>7.3f}{seconds:>9.1f}")
-    for name, label in (("real", "real images"), ("reconstruction", "G(E(x))")):
+    labels = {"real": "real images", "reconstruction": "G(E(x))"}
+    for name in references:
+        label = labels[name]
         print(f"{label:<20}{reference[name]['overall']:>15.3f}{'-':>13}{reference[name]['diversity']:>11.3f}"
               f"{'-':>9}{reference[name]['grid_artifact']:>8.2f}"
               + (f"{figures['real_path_similarity']:>7.3f}" if name == "real" and paths else f"{'-':>7}") + f"{'-':>9}")
@@ -219,8 +243,9 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
         print(f"\n{'activation path':<20}" + "".join(f"{layer:>8}" for layer in layers))
         for name, by_layer in [*paths.items(), ("real hold-out", real_path)]:
             print(f"{name:<20}" + "".join(f"{by_layer[layer]:>8.3f}" for layer in layers))
-    print("judge accuracy per class on G(E(x)): "
-          + "  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, reference["reconstruction"]["per_class"])))
+    for name in references:
+        print(f"judge accuracy per class on {labels[name]}: "
+              + "  ".join(f"{c}: {a:.2f}" for c, a in zip(classes, reference[name]["per_class"])))
     for method, misread in misreadings.items():
         print(f"{method}: syntheses the judge reads as another class: {misread or 'none'}")
     print("judge confidence (mean max-probability): "
@@ -229,41 +254,114 @@ def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int,
     return figures, sheet
 
 
-def reference_rows(checkpoints: dict[str, str], data: list[str], per_class: int) -> dict:
-    """The judge on real validation images and on G(E(x)): accuracy, diversity per `per_class`
-    images, grid artefacts; and its confidence on real images and on G of drawn codes."""
-    generator, stats, record = load_generator(checkpoints["generator"])
-    dae, _, _ = load_prior(checkpoints["prior"])
-    net, classifier = load_classifier(checkpoints["encoder"])
-    encoder = Encoder(net, code_layer=record["encoder"]["code_layer"])
+def featvis_render(method: str, checkpoints: dict[str, str], out: Path, data: list[str], units: int,
+                   seeds: int, overrides: list[str]) -> tuple[dict, torch.Tensor]:
+    """visualize.py's run of `method` (or a variant) on every class unit: its evaluation and the
+    first seed's image of each unit."""
+    name, _, variant = method.partition("+")
+    priors = [f"{key}.ckpt={checkpoints[key]}" for key in ("generator", "prior") if checkpoints.get(key)]
+    summary = visualize(compose_cfg(
+        "visualize", *(VARIANTS[variant](name) if variant else [f"method={name}"]), *overrides,
+        f"output_dir={out / method}", *data, f"target.ckpt={checkpoints['encoder']}", *priors,
+        f"judge.ckpt={checkpoints['judge']}", f"units=[{','.join(str(u) for u in range(units))}]",
+        f"seeds={seeds}", "gif=false", "evaluation.real_images=1000"))
+    firsts = [r["files"]["best"] for r in summary["results"] if r["seed"] == 0]
+    return summary["evaluation"], torch.stack([_load(out / method / f) for f in firsts])
+
+
+def lucent_render(checkpoints: dict[str, str], data: list[str], units: int, seeds: int) -> tuple[dict, torch.Tensor]:
+    """lucent 0.1.8's default render (`render_vis`: a Fourier, colour-decorrelated image, its
+    standard transforms, Adam at lr 0.05 for 512 steps) of every class logit of the target, `seeds`
+    images each (one batch, unit-major, each its own random start; the transforms are shared by
+    the batch, as lucent draws them), evaluated as visualize.py evaluates a synthesis."""
+    from lucent.optvis import param, render
+
+    from featvis.jobs.visualize import path_layers
+    from featvis.synthesis.evaluation import evaluate
+    from featvis.synthesis.objectives import Term
+    from featvis.synthesis.real import RealImages
+    from featvis.synthesis.synthesize import logits_layer_of
+
+    target, _ = load_classifier(checkpoints["encoder"])
     judge, _ = load_classifier(checkpoints["judge"])
+    target.eval()
+
+    class Logits(torch.nn.Module):  # lucent names the layers it reads by module attribute
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net, self.logits = net, torch.nn.Identity()
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.logits(self.net(images))
+
+    wanted = torch.arange(units).repeat_interleave(seeds)
+    rows = torch.arange(len(wanted))
+    torch.manual_seed(0)
+    images = render.render_vis(
+        Logits(target).eval(), lambda hook: -hook("logits")[rows, wanted].sum(),
+        lambda: param.image(target.image_size, batch=len(wanted)), preprocess=False,
+        fixed_image_size=target.image_size, show_image=False, progress=False)[-1]
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).float().clamp(0, 1)
+    with torch.no_grad():
+        activations = target(images)[rows, wanted]
+    data_cfg = compose_cfg("visualize", *data).data
+    datamodule = instantiate(data_cfg, image_size=target.image_size,
+                             **({"val_size": 1000} if "val_size" in data_cfg else {}))
+    datamodule.setup("validate")
+    layer = logits_layer_of(target)
+    report = evaluate(target, judge, [Term(layer, u) for u in range(units)], images, activations, seeds,
+                      RealImages(datamodule.val_dataloader(), target.image_size, 1000),
+                      judge_classes_match=True, max_real=1000, path_layers=path_layers("auto", target),
+                      class_units=[True] * units)
+    return report, images[::seeds]
+
+
+def reference_rows(checkpoints: dict[str, str], data: list[str], per_class: int) -> dict:
+    """The judge on real validation images and, when the set has G, on G(E(x)): accuracy,
+    diversity per `per_class` images, grid artefacts; and its confidence on real images and on G
+    of drawn codes."""
+    net, classifier = load_classifier(checkpoints["encoder"])
+    judge, _ = load_classifier(checkpoints["judge"])
+    num_classes = len(classifier["class_names"])
     data_cfg = compose_cfg("visualize", *data).data
     fewer = {"val_size": 1000} if "val_size" in data_cfg else {}
     datamodule = instantiate(data_cfg, image_size=net.image_size, **fewer)
     datamodule.setup("validate")
-    found = reconstruction_transfer(generator, encoder, judge, datamodule.val_dataloader(),
-                                    num_classes=len(classifier["class_names"]))
     images, labels = (torch.cat(parts)[:1000] for parts in zip(*datamodule.val_dataloader()))
-    # reconstruct only the images the diversity reads: the first `per_class` of each class
+    # the diversity reads only the first `per_class` images of each class
     keep = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique().tolist()])
     features = JudgeFeatures(judge, compose_cfg("visualize").judge.feature_layer)
+    judge = judge.eval()
+
+    def confidence(shown: torch.Tensor) -> float:
+        return float(judge(fit_images(shown, judge.image_size)).softmax(1).max(1).values.mean())
+
     with torch.no_grad():
-        reconstructions = generator(encoder.code(fit_images(images[keep], encoder.image_size))).clamp(0, 1)
-        drawn = stats.sample(len(keep), torch.Generator(device="cpu").manual_seed(0))
-        denoised = drawn
-        for _ in range(10):
-            denoised = dae(denoised).clamp(min=0)  # codes are rectified, like E's
-
-        def confidence(shown: torch.Tensor) -> float:
-            return float(judge(fit_images(shown, judge.image_size)).softmax(1).max(1).values.mean())
-
-        found["confidence"] = {"real": confidence(images[keep]),
-                               "random_codes": confidence(generator(drawn).clamp(0, 1)),
-                               "dae_codes": confidence(generator(denoised).clamp(0, 1))}
-    for name, shown in (("real", images[keep]), ("reconstruction", reconstructions)):
-        found[name]["diversity"] = float(per_class_diversity(features(shown), labels[keep], per_class).mean())
+        predicted = torch.cat([judge(fit_images(part, judge.image_size)).argmax(1) for part in images.split(250)])
+    found = {"real": {"overall": float((predicted == labels).float().mean()),
+                      "per_class": [float((predicted[labels == c] == c).float().mean()) for c in range(num_classes)]}}
+    shown = {"real": images[keep]}
+    with torch.no_grad():
+        found["confidence"] = {"real": confidence(images[keep])}
+    if checkpoints.get("generator"):
+        generator, stats, record = load_generator(checkpoints["generator"])
+        dae, _, _ = load_prior(checkpoints["prior"])
+        encoder = Encoder(net, code_layer=record["encoder"]["code_layer"])
+        found.update(reconstruction_transfer(generator, encoder, judge, datamodule.val_dataloader(),
+                                             num_classes=num_classes))
+        with torch.no_grad():
+            shown["reconstruction"] = generator(encoder.code(fit_images(images[keep], encoder.image_size))).clamp(0, 1)
+            drawn = stats.sample(len(keep), torch.Generator(device="cpu").manual_seed(0))
+            denoised = drawn
+            for _ in range(10):
+                denoised = dae(denoised).clamp(min=0)  # codes are rectified, like E's
+            found["confidence"].update(random_codes=confidence(generator(drawn).clamp(0, 1)),
+                                       dae_codes=confidence(generator(denoised).clamp(0, 1)))
+    for name, these in shown.items():
+        found[name]["diversity"] = float(per_class_diversity(features(these), labels[keep], per_class).mean())
     found["real"]["grid_artifact"] = grid_artifact_score(images)
-    found["reconstruction"]["grid_artifact"] = grid_artifact_score(reconstructions)
+    if "reconstruction" in shown:
+        found["reconstruction"]["grid_artifact"] = grid_artifact_score(shown["reconstruction"])
     found["classes"] = list(classifier["class_names"])
     return found
 
@@ -294,14 +392,17 @@ def main() -> dict:
     parser.add_argument("--code-method-override", action="append", default=[], metavar="KEY=VALUE",
                         help="a visualize.py override for the code methods (dgn_am, ppgn and their "
                              "variants) only (repeatable), e.g. method.step.jitter=2")
+    parser.add_argument("--method-override", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="a visualize.py override for one method only (repeatable), e.g. "
+                             "pixel_maco:method.step.lr=0.2")
     parser.add_argument("--data-root", help="an ImageFolder tree (train/ and val/) instead of shapes")
     parser.add_argument("--budgets", type=int, nargs="+", default=[], metavar="STEPS",
                         help="G step budgets to compare (one G run of the largest keeps every validation; "
                              "each budget's figures come from the checkpoint a run of that length keeps)")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
-    parser.add_argument("--methods", nargs="+", choices=CHOICES, default=METHODS,
-                        help="a subset of the methods (default: all)")
+    parser.add_argument("--methods", nargs="+", choices=CHOICES, default=None,
+                        help="a subset of the methods (default: all, and lucent where it is installed)")
     args = parser.parse_args()
     given = {name: getattr(args, name) for name in CHECKPOINTS}
     if args.repeats < 1:
@@ -320,7 +421,20 @@ def main() -> dict:
                      "and DIR/val/<class>/*")
     os.environ.setdefault("WANDB_MODE", "disabled")
     data = ["data=imagefolder", f"data.root={Path(args.data_root).resolve()}"] if args.data_root else []
-    methods = [m for m in CHOICES if m in args.methods]
+    asked = args.methods or [*METHODS, *(["lucent"] if importlib.util.find_spec("lucent") else [])]
+    if args.methods is None and "lucent" not in asked:
+        print(f"lucent is not installed, so its row is left out ({LUCENT_INSTALL})")
+    if "lucent" in asked and not importlib.util.find_spec("lucent"):
+        parser.error(f"--methods lucent: lucent is not installed; expected it installed ({LUCENT_INSTALL})")
+    methods = [m for m in CHOICES if m in asked]
+    method_overrides: dict[str, list[str]] = {}
+    for given_override in args.method_override:
+        method, _, override = given_override.partition(":")
+        if method not in methods or "=" not in override or method == "lucent":
+            parser.error(f"--method-override {given_override}; expected METHOD:KEY=VALUE with METHOD one of "
+                         f"{', '.join(m for m in methods if m != 'lucent')}")
+        method_overrides.setdefault(method, []).append(override)
+    priors = any(m.partition("+")[0] in CODE_METHODS for m in methods)
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
     budgets = sorted(set(args.budgets))
     sets: dict[int | None, list[dict[str, float]]] = {b: [] for b in budgets or [None]}
@@ -328,14 +442,14 @@ def main() -> dict:
     for repeat in sets_run:
         folder = out / f"set{repeat}"
         checkpoints, by_budget, minutes = checkpoint_set(folder, repeat, data, given, args.comparator,
-                                                         args.generator_override, budgets)
+                                                         args.generator_override, budgets, priors)
         print(f"\n== set {repeat} (seeds {100 * repeat}+): {json.dumps(checkpoints)}")
         for budget in sets:
             if budget is not None:
                 checkpoints = {**checkpoints, "generator": by_budget[budget]}
                 print(f"\n-- G budget {budget} steps: {by_budget[budget]}")
             figures, sheet = measure(checkpoints, folder / (f"budget{budget}" if budget else ""), data,
-                                     args.seeds, methods, args.code_method_override)
+                                     args.seeds, methods, args.code_method_override, method_overrides)
             if minutes is not None:
                 # a shorter budget's share of the longest run's minutes, in proportion to its epochs
                 figures["generator_train_minutes"] = round(minutes * min(1.0, budget / max(budgets)) if budget

@@ -74,7 +74,7 @@ def test_bad_objectives(objectives, sizes, kwargs, message):
 @pytest.mark.parametrize("field, value", [("lr", -1.0), ("lr", float("nan")), ("steps", 0),
                                           ("eps2_end", -0.1), ("eps3", -0.1), ("eps3_end", -0.1),
                                           ("scale", 1.5),
-                                          ("rotate", -1.0), ("target_blur", -0.5)])
+                                          ("rotate", -1.0), ("target_blur", -0.5), ("optimizer", "lbfgs")])
 def test_bad_sampler_settings_name_the_value(field, value):
     with pytest.raises(ConfigError, match=f"method.step.{field}="):
         SamplerSettings(**{field: value})
@@ -129,6 +129,23 @@ def test_pixel_am_raises_the_unit_and_leaves_the_network_alone(target):
     assert [p.requires_grad for p in net.parameters()] == flags
     assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters()))
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_adaptive_steps_move_every_element_by_about_lr_and_raise_the_unit(target):
+    """Adam's first step is lr times the sign of the update, per element, whatever the gradient's
+    scale there; the plain step moves an element in proportion to its gradient."""
+    net, _ = target
+    z0 = torch.full((2, 3, 32, 32), 0.5)
+    for optimizer in ("adam", "nadam"):
+        one = _pixel_sampler(net, [0, 5], steps=1, lr=0.01, optimizer=optimizer, redirect_relu=0).run(z0)
+        moved = (one.last_z - z0).abs()
+        assert moved.max() <= 0.011 and moved.median() > 0.005  # NAdam: lr x (1 + its momentum's first weight), (optimizer, moved.median())
+        many = _pixel_sampler(net, [0, 5], steps=30, lr=0.01, optimizer=optimizer).run(z0)
+        with torch.no_grad():
+            start = net.eval()(z0)[torch.arange(2), torch.tensor([0, 5])]
+        assert (many.best_value > start + 1.0).all(), (optimizer, start, many.best_value)
+    plain = (_pixel_sampler(net, [0, 5], steps=1, lr=0.01, redirect_relu=0).run(z0).last_z - z0).abs()
+    assert plain.max() > 3 * plain.median()  # large gradients take large steps
 
 
 def test_target_blur_keeps_fine_texture_out_of_the_units_reach(target):
@@ -359,6 +376,9 @@ def test_visualize_reports_faithfulness_with_a_judge(small_classifier, small_pri
     assert 0 <= evaluation["judge_transfer"] <= 1 and 0 <= evaluation["beats_real_top1"] <= 1
     assert evaluation["diversity"] >= 0 and evaluation["kid_mean"] == evaluation["kid_mean"]  # not NaN
     assert evaluation["fid"] is None  # 9 syntheses in a 128-d feature space: no covariance
+    # the seeds' spread beside that of 3 real images of each unit's class, in the same judge space
+    assert evaluation["real_diversity"] > 0 and all(u["real_diversity"] > 0 for u in evaluation["per_unit"])
+    assert evaluation["diversity_vs_real"] == pytest.approx(evaluation["diversity"] / evaluation["real_diversity"])
     row = evaluation["per_unit"][0]
     assert row["unit"] == "0 red circle" and row["real_top1"] >= row["real_top9_mean"]
     for unit in evaluation["per_unit"]:  # the judge's reading of each seed is what transfer counts
@@ -593,6 +613,9 @@ def test_maco_moves_only_the_phase_of_the_real_images_spectrum(tmp_path):
     images = space(starts)
     assert images.shape == (2, 3, 32, 32) and 0 < images.min() and images.max() < 1
     assert (images[0] - images[1]).abs().mean() > 0.02  # the phase decides the image ...
+    # Standardized (the published MACO), an image does not depend on the magnitude's scale.
+    standardized = [MacoSpace(scale * magnitude, standardize=True)(starts) for scale in (0.1, 10.0)]
+    assert torch.allclose(*standardized, atol=1e-5)
     # ... and never the magnitude (columns 0 and S/2 of a real FFT keep only part of their phase)
     spectra = torch.fft.rfft2(space.decorrelated(starts), norm="ortho").abs()[..., 1:16]
     assert torch.allclose(spectra, magnitude[..., 1:16].expand_as(spectra), rtol=1e-3, atol=1e-4)
@@ -600,8 +623,14 @@ def test_maco_moves_only_the_phase_of_the_real_images_spectrum(tmp_path):
     from featvis.io import save_tensors
     from featvis.synthesis.spaces import maco_magnitude
 
-    saved = save_tensors({"magnitude": magnitude}, tmp_path / "maco_magnitude.pt")
-    assert torch.equal(maco_magnitude(str(saved), None, 32), magnitude)
+    saved = save_tensors({"magnitude": magnitude}, tmp_path / "maco_magnitude.pt")  # as earlier versions wrote it
+    assert torch.equal(maco_magnitude(str(saved), None, 32)[0], magnitude) and maco_magnitude(str(saved), None, 32)[1] is None
+    # Centred on the real images' mean colour (shapes: mostly a dark background) rather than mid-grey.
+    colour = maco_magnitude(None, data.val_dataloader(), 32)[1]
+    images_of = torch.cat([images for images, _ in data.val_dataloader()])
+    assert torch.allclose(colour, images_of.mean((0, 2, 3)), atol=1e-4)
+    centred = MacoSpace.from_real(32, data.val_dataloader(), real_mean=True)(starts)
+    assert torch.allclose(centred.mean((0, 2, 3)), colour, atol=0.08) and not torch.allclose(images.mean((0, 2, 3)), colour, atol=0.08)
     with pytest.raises(ConfigError, match=r"magnitude of \(3, 32, 17\); expected a spectrum of shape \(3, 64, 33\)"):
         maco_magnitude(str(saved), None, 64)
     with pytest.raises(ConfigError, match="needs the magnitude spectrum of real images"):

@@ -177,9 +177,11 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         files = {kind: str(save_png(images[b], out / "images" / unit.slug / f"seed{k}_{kind}.png").relative_to(out))
                  for kind, images in kinds}
         records.append({**row, "files": files})
-    magnitude = getattr(built["method"].space, "magnitude", None)
-    if magnitude is not None:  # MACO's spectrum, cached with the run: method.magnitude=<this file> reuses it
-        magnitude = str(save_tensors({"magnitude": magnitude}, out / "maco_magnitude.pt"))
+    space, magnitude = built["method"].space, None
+    if getattr(space, "magnitude", None) is not None:  # MACO's spectrum, cached: method.space.magnitude=<this file>
+        colour = getattr(space, "real_colour", None)
+        magnitude = str(save_tensors({"magnitude": space.magnitude, **({"mean_colour": colour} if colour is not None else {})},
+                                     out / "maco_magnitude.pt"))
     if result.frames:
         for u, unit in enumerate(units):
             frames = [make_row(frame[u * seeds:(u + 1) * seeds]) for frame in result.frames]
@@ -200,7 +202,25 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     _log_to_logger(cfg, grid, records)
     save_text(json.dumps(summary, indent=2), out / "metrics.json")
     log.info("wrote %s", out / "grid.png")
+    if evaluation and "skipped" not in evaluation:
+        log.info("evaluation: %s", evaluation_line(evaluation))
     return summary
+
+
+def evaluation_line(evaluation: dict[str, Any]) -> str:
+    """The headline figures of an evaluation, in words (metrics.json has them all)."""
+    parts = []
+    if evaluation.get("judge_transfer") is not None:
+        parts.append(f"judge transfer {evaluation['judge_transfer']:.2f}")
+    if evaluation.get("beats_real_top1") is not None:
+        parts.append(f"beats the top real image {evaluation['beats_real_top1']:.2f}")
+    if evaluation.get("diversity") is not None:
+        real = evaluation.get("real_diversity")
+        parts.append(f"diversity {evaluation['diversity']:.3g}"
+                     + (f" ({evaluation['diversity_vs_real']:.2f} of real images' {real:.3g})" if real else ""))
+    if evaluation.get("kid_mean") is not None:
+        parts.append(f"KID {evaluation['kid_mean']:.3g}")
+    return ", ".join(parts) or "no figures (no judge or real images)"
 
 
 def make_row(images: torch.Tensor) -> torch.Tensor:

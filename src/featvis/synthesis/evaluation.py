@@ -4,7 +4,9 @@
     validation images;
 (b) judge transfer: how often an independent classifier (never the target) predicts the
     unit's class for the synthesis;
-(c) diversity: mean pairwise distance among a unit's seeds in the judge's feature space;
+(c) diversity: mean pairwise distance among a unit's seeds in the judge's feature space, beside
+    the same figure for as many real images of the unit's class (`real_diversity`; class units
+    only): a sampler whose chains end at one image scores a small fraction of it;
 (d) realism: KID (and FID when there are more syntheses than feature dimensions) between
     syntheses and real images in the judge's feature space, via torchmetrics.
 
@@ -176,10 +178,10 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
                               "grid_artifact": grid_artifact_score(images)}
     per_sample = activations.view(units, seeds)
     medians = per_sample.median(1).values
-    real_images = None
+    real_images = real_labels = None
     if real_batches is not None:
         values, channels, pool = real_activations(target, terms, real_batches, spatial, path_layers, max_real)
-        (top1, top9), real_images = _top(values), pool.floats()
+        (top1, top9), real_images, real_labels = _top(values), pool.floats(), pool.labels
         beats = medians > top1
         for u, row in enumerate(report["per_unit"]):
             row.update(real_top1=float(top1[u]), real_top9_mean=float(top9[u]),
@@ -211,6 +213,17 @@ def evaluate(target: nn.Module, judge: nn.Module | None, terms: list[Term], imag
     for u, row in enumerate(report["per_unit"]):
         row["diversity"] = float(diversity[u])
     report["diversity"] = float(diversity.mean())
+    if real_labels is not None and class_units and any(class_units) and seeds >= 2:
+        # as many real images of each class unit's class as it has seeds, in the same space
+        classes = [t.unit for t, is_class in zip(terms, class_units) if is_class]
+        groups = [real_images[real_labels == c][:seeds] for c in classes]
+        if all(len(g) == seeds for g in groups):
+            real_diversity = pairwise_diversity(features(torch.cat(groups)), len(groups))
+            for row, value in zip([r for r, c in zip(report["per_unit"], class_units) if c], real_diversity):
+                row["real_diversity"] = float(value)
+            report["real_diversity"] = float(real_diversity.mean())
+            mine = diversity[torch.tensor(list(class_units), device=diversity.device)].mean()
+            report["diversity_vs_real"] = float(mine / real_diversity.mean().clamp_min(1e-12))
 
     if real_images is not None and len(real_images) >= 2 and len(images) >= 2:
         subset = min(len(images), len(real_images), 100)

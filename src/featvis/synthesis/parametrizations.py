@@ -78,21 +78,41 @@ def magnitude_spectrum(real: Any, size: int, max_images: int = MACO_SPECTRUM_IMA
     return total / len(pool)
 
 
+@torch.no_grad()
+def mean_colour(real: Any, size: int, max_images: int = MACO_SPECTRUM_IMAGES) -> torch.Tensor:
+    """The mean RGB colour (3,) of the first `max_images` real images (as magnitude_spectrum reads them)."""
+    pool = RealImages.of(real, size, max_images).first(max_images)
+    total = torch.zeros(3, device="cpu")
+    for images in pool.batches():
+        total += images.mean((2, 3)).sum(0)
+    return total / max(len(pool), 1)
+
+
 class MacoImage(nn.Module):
     """phase z of shape (B, 3, S, S // 2 + 1) -> images (B, 3, S, S) in [0, 1], with the spectrum's
     magnitude fixed to `magnitude` (3, S, S // 2 + 1; see magnitude_spectrum).
 
     The magnitude fixes each image's energy whatever its phase (Parseval), so a synthesis has the
-    real images' contrast and MACO's per-image standardization is not needed; the sigmoid (slope
-    1 at mid-grey, as in FourierImage) only keeps the rare outliers in range.
+    real images' contrast; the sigmoid (slope 1 at mid-grey, as in FourierImage) only keeps the
+    rare outliers in range.  With `standardize`, as the published MACO does, each image is
+    instead scaled to zero mean and unit variance before the colours are recorrelated and the
+    sigmoid (slope 1/4) squashes it.
+
+    The magnitude holds no mean (it is the spectrum of mean-centred images), so a synthesis is
+    centred on mid-grey; given `mean` (a (3,) colour in (0, 1), the real images' mean colour) it
+    is centred there instead: the sigmoid's input is offset by the colour's logit, so a digit's
+    black background or a photo's colour cast is where an image starts.
     """
 
-    def __init__(self, magnitude: torch.Tensor):
+    def __init__(self, magnitude: torch.Tensor, standardize: bool = False, mean: torch.Tensor | None = None):
         super().__init__()
         if magnitude.ndim != 3 or magnitude.shape[0] != 3 or magnitude.shape[2] != magnitude.shape[1] // 2 + 1:
             raise ValueError(f"magnitude of shape {tuple(magnitude.shape)}; expected (3, S, S // 2 + 1)")
         self.size = int(magnitude.shape[1])
+        self.standardize = bool(standardize)
         self.register_buffer("magnitude", magnitude.float())
+        offset = torch.zeros(3) if mean is None else torch.logit(mean.float().clamp(0.02, 0.98))
+        self.register_buffer("offset", offset.view(1, 3, 1, 1))
 
     def decorrelated(self, phase: torch.Tensor) -> torch.Tensor:
         """The image of a phase in the decorrelated colour space, centred on zero."""
@@ -100,4 +120,9 @@ class MacoImage(nn.Module):
         return torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho")
 
     def forward(self, phase: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(recorrelate(self.decorrelated(phase)) * 4.0)
+        image = self.decorrelated(phase)
+        if self.standardize:
+            centred = image - image.mean((1, 2, 3), keepdim=True)
+            return torch.sigmoid(recorrelate(centred / centred.std((1, 2, 3), keepdim=True).clamp_min(1e-4))
+                                 + self.offset)
+        return torch.sigmoid(recorrelate(image) * 4.0 + self.offset)

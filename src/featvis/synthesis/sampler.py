@@ -76,6 +76,27 @@ def alpha_mask(attribution: torch.Tensor) -> torch.Tensor:
     return (attribution / top.view(-1, 1, 1, 1)).clamp(0, 1)
 
 
+class AdaptiveStep:
+    """z + lr * update taken by torch's Adam or NAdam (`name`): the update is the ascent direction,
+    and each element's step is about lr whatever the update's scale there, so no part of z (a
+    spectrum's low frequencies, say) runs ahead of the rest.  Every row of the batch keeps its own
+    moments: the batch still moves in one tensor step."""
+
+    def __init__(self, name: str, z: torch.Tensor):
+        self.z = z.detach().clone().requires_grad_(True)
+        optimizers = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+        self.optimizer = optimizers[name]([self.z], lr=1.0)
+
+    def __call__(self, z: torch.Tensor, update: torch.Tensor, lr: float) -> torch.Tensor:
+        with torch.no_grad():
+            self.z.copy_(z)  # the operators and the noise may have moved z since the last step
+        self.z.grad = -update  # torch's optimizers descend
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return self.z.detach().clone()
+
+
 @dataclass
 class SamplerResult:
     last: torch.Tensor           # images of the last iterate, (B, 3, S, S) in [0, 1]
@@ -175,6 +196,7 @@ class Sampler:
         best_z, best_step = z.clone(), torch.zeros(len(z), dtype=torch.long, device=device)
         frames, frame_steps = [], []
         attribution = None  # with settings.transparency: the accumulated |d objective / d image|
+        adaptive = AdaptiveStep(s.optimizer, z) if s.optimizer != "sgd" else None
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         modules = [m for m in (self.space, self.prior, *self.operators) if isinstance(m, nn.Module)]
         for module in modules:
@@ -216,7 +238,7 @@ class Sampler:
                         prior_term = self.prior(z)
                     terms["prior term"] = prior_term
                     update = update + prior_weight * prior_term
-                z = z + s.lr_at(step) * update
+                z = z + s.lr_at(step) * update if adaptive is None else adaptive(z, update, s.lr_at(step))
                 noise_std = s.eps3_at(step)
                 if noise_std > 0:
                     z = z + noise_std * torch.randn(z.shape, generator=noise, device=device)

@@ -19,6 +19,9 @@ from typing import Any, Optional
 from featvis.errors import ConfigError
 
 PIXEL_SPACE = {"_target_": "featvis.synthesis.spaces.PixelSpace"}
+# The sampler's step rules (SamplerSettings.optimizer): the plain step of Eq. 11, or torch's
+# adaptive ones, whose step per element is about lr whatever the gradient's scale there.
+OPTIMIZERS = ("sgd", "adam", "nadam")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class SamplerSettings:
     eps3: float = 0.0                # noise std at the first step
     eps3_end: Optional[float] = None  # linear schedule to this std at the last step; None = constant
     normalize_gradient: bool = True  # divide the condition gradient by its mean |.| per sample
+    optimizer: str = "sgd"           # sgd: z + lr * update; adam, nadam: the update through torch's Adam/NAdam
     jitter: int = 0                  # random roll of up to this many pixels per step
     scale: float = 0.0               # random rescaling by up to this fraction per step
     rotate: float = 0.0              # random rotation by up to this many degrees per step
@@ -67,6 +71,8 @@ class SamplerSettings:
             "redirect_relu": isinstance(self.redirect_relu, int) and self.redirect_relu >= 0,
             "record_every": self.record_every >= 0,
         }
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"method.step.optimizer={self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         for name, ok in checks.items():
             value = getattr(self, name)
             # NaN fails every comparison, so it lands here too

@@ -21,7 +21,7 @@ from featvis.io import read_checkpoint
 from featvis.nets.adapters import fit_images
 from featvis.nets.codes import CodeStatistics
 from featvis.nets.encoder import Encoder
-from featvis.synthesis.parametrizations import FourierImage, MacoImage, magnitude_spectrum
+from featvis.synthesis.parametrizations import FourierImage, MacoImage, magnitude_spectrum, mean_colour
 
 
 class PixelSpace(nn.Module):
@@ -54,9 +54,14 @@ class MacoSpace(MacoImage):
     a random image with the real images' spectrum."""
 
     @classmethod
-    def from_real(cls, image_size: int, real: Any = None, magnitude: str | None = None) -> MacoSpace:
-        """The spectrum of `magnitude` (a maco_magnitude.pt a run wrote), else of the real images."""
-        return cls(maco_magnitude(magnitude, real, image_size))
+    def from_real(cls, image_size: int, real: Any = None, magnitude: str | None = None,
+                  standardize: bool = False, real_mean: bool = False) -> MacoSpace:
+        """The spectrum of `magnitude` (a maco_magnitude.pt a run wrote), else of the real images;
+        with `real_mean`, centred on the real images' mean colour (saved in the same file)."""
+        spectrum, colour = maco_magnitude(magnitude, real, image_size)
+        space = cls(spectrum, standardize, colour if real_mean else None)
+        space.real_colour = colour  # saved beside the spectrum (maco_magnitude.pt), used or not
+        return space
 
     def start(self, generator: torch.Generator) -> torch.Tensor:
         shape = (1, *self.magnitude.shape)
@@ -149,9 +154,10 @@ def multifaceted_starts(space: CodeSpace, unit_values: torch.Tensor, images: tor
     return torch.cat(starts)
 
 
-def maco_magnitude(path: str | None, real: Any, image_size: int) -> torch.Tensor:
-    """MACO's magnitude spectrum at `image_size`: read from `path` (a file that visualize.py wrote
-    as maco_magnitude.pt), or the mean over the images of `real` (batches of (images, ...))."""
+def maco_magnitude(path: str | None, real: Any, image_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MACO's magnitude spectrum at `image_size` and the real images' mean colour: read from `path`
+    (a file that visualize.py wrote as maco_magnitude.pt; files of earlier versions hold no colour,
+    None), or the means over the images of `real` (batches of (images, ...))."""
     expected = (3, image_size, image_size // 2 + 1)
     if path:
         try:
@@ -162,12 +168,16 @@ def maco_magnitude(path: str | None, real: Any, image_size: int) -> torch.Tensor
             found = tuple(magnitude.shape) if isinstance(magnitude, torch.Tensor) else type(magnitude).__name__
             raise ConfigError(f"method.space.magnitude={path} holds a magnitude of {found}; expected a spectrum of "
                               f"shape {expected} (maco_magnitude.pt of a run at {image_size} px)")
-        return magnitude
+        colour = read_checkpoint(path).get("mean_colour")
+        if colour is not None and (not isinstance(colour, torch.Tensor) or tuple(colour.shape) != (3,)):
+            raise ConfigError(f"method.space.magnitude={path} holds a mean_colour that is not 3 numbers; expected "
+                              "a maco_magnitude.pt that visualize.py wrote")
+        return magnitude, colour
     if real is None:
         raise ConfigError("method.space=MacoSpace needs the magnitude spectrum of real images; expected "
                           "method.space.magnitude=<maco_magnitude.pt> or real images (evaluation.real_images > 0; "
                           "for FeatureEvolution, validation data)")
-    return magnitude_spectrum(real, image_size)
+    return magnitude_spectrum(real, image_size), mean_colour(real, image_size)
 
 
 def record_encoder(g_record: dict[str, Any], needed_by: str) -> Encoder:
