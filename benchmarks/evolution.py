@@ -17,6 +17,10 @@ settle_step_by_layer      per layer, the step from which its syntheses stay near
                           (in the judge's feature space), on the target of seed 1
 settle_order_consistent   1 when a second target (seed 2) ranks the layers' settle steps the same
 lower_layers_settle_first and how often the bootstrap over units and seeds agrees, per seed
+unit_difference_by_layer  per layer, the mean grey RMS between two of its units' syntheses at the last
+                          frame (seed 1): units that show a feature of their own differ
+change_by_layer           per layer, the mean grey RMS between a unit's first and last frames (seed 1):
+                          how much its syntheses change over training
 
 Priors not given are trained first (tiny preset).  The last line is one JSON object.
 """
@@ -142,10 +146,16 @@ def main() -> dict:
     print(f"{'main job (minutes)':<32}{'skipped' if main_minutes is None else f'{main_minutes:.2f}':>12}")
     print(f"{'blank tiles after step 0':<32}{doc['blank_tile_fraction']:>12.3f}")
     print(f"\nsettling ({doc['settle_space']}): step from which a layer's syntheses stay near their final form")
-    print(f"{'layer':<12}{'seed 1':>8}{'80% interval':>16}{'seed 2':>8}{'80% interval':>16}")
+    print("and, grey RMS, how far apart two units of a layer are at the last frame and how much a unit moves "
+          "from the first frame to the last")
+    print(f"{'layer':<12}{'seed 1':>8}{'80% interval':>16}{'seed 2':>8}{'80% interval':>16}"
+          f"{'apart, s1':>11}{'change, s1':>12}{'apart, s2':>11}{'change, s2':>12}")
     for layer in doc["layers"]:
         cells = [(d["layers"][layer]["settle_step"], d["layers"][layer]["settle_interval"]) for d in (doc, second)]
-        print(f"{layer:<12}" + "".join(f"{str(s):>8}{str(i):>16}" for s, i in cells))
+        apart = [(figure(d["layers"][layer].get("unit_difference")), figure(d["layers"][layer].get("change")))
+                 for d in (doc, second)]
+        print(f"{layer:<12}" + "".join(f"{str(s):>8}{str(i):>16}" for s, i in cells)
+              + "".join(f"{a:>11}{c:>12}" for a, c in apart))
     for name, d in (("seed 1", doc), ("seed 2", second)):
         print(f"lower layers settle first, {name}: {d['lower_layers_settle_first']} "
               f"(bootstrap agreement {d['lower_layers_settle_first_confidence']})")
@@ -159,7 +169,15 @@ def main() -> dict:
             "settle_order_consistent": int(settle_order(settles[0]) == settle_order(settles[1])),
             "lower_layers_settle_first": [d["lower_layers_settle_first"] for d in (doc, second)],
             "lower_layers_settle_first_confidence": [d["lower_layers_settle_first_confidence"] for d in (doc, second)],
+            "unit_difference_by_layer": {layer: v.get("unit_difference") for layer, v in doc["layers"].items()},
+            "change_by_layer": {layer: v.get("change") for layer, v in doc["layers"].items()},
+            "unit_difference_by_layer_seed2": {layer: v.get("unit_difference") for layer, v in second["layers"].items()},
+            "change_by_layer_seed2": {layer: v.get("change") for layer, v in second["layers"].items()},
             "frames": len(doc["steps"]), "units": len(doc["units"]), "seeds": doc["seeds"]}
+
+
+def figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def settle_order(settles: dict[str, int | None]) -> list[int]:

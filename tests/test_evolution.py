@@ -500,3 +500,107 @@ def test_frames_that_never_change_have_no_settle_step(tmp_path):
     found = settling(doc, frames_by_unit(doc, tmp_path), embed=lambda x: x.flatten(1) + 1)
     assert [v["settle_step"] for v in found["layers"].values()] == [None, None]
     assert found["lower_layers_settle_first"] is None and found["lower_layers_settle_first_confidence"] == 0
+
+
+def test_receptive_reading_is_a_small_window_early_and_the_whole_map_late():
+    """spatial=receptive (the callback's default) reads a first conv layer over a few positions
+    about its centre, a deep one over its whole map: found from the network, on a featvis AlexNet
+    and on a plain nn.Sequential of the user's."""
+    from featvis import as_target
+    from featvis.nets import AlexNet
+    from featvis.nets.layers import tap
+    from featvis.synthesis.methods import layer_shapes, receptive_places, units_of
+    from featvis.synthesis.objectives import ObjectiveBatch, reduce_units
+
+    assert inspect_default(FeatureEvolution, "spatial") == "receptive"
+    net = AlexNet(num_classes=5, image_size=32, channels=(8, 8, 8, 8, 8), fc6_dim=16, fc7_dim=16).eval()
+    units, _ = units_of(net, ["conv1:0", "conv2:1", "conv5:0", "fc8:1", "conv1:2@mean"], None, [], "receptive",
+                        pre_relu=True)
+    # conv1 (5 px kernel, stride 2): 16x16 map, its centre unit sees 5 px, so the positions 2 px apart
+    # inside those are 3x3; conv2 sees 25 px of a 7x7 map (4.6 px apart): 5x5; conv5 sees the image.
+    assert {u.label: u.terms[0].at for u in units} == {"conv1.bn 0": "3x3", "conv1.bn 2@mean": "mean",
+                                                       "conv2.bn 1": "5x5", "conv5.bn 0": "mean", "fc8 1": None}
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    maps = tap(net, ["conv1.bn"])(image)["conv1.bn"]
+    objectives = ObjectiveBatch([units[0].terms], layer_shapes(net, ["conv1.bn"]), spatial="receptive")
+    assert torch.allclose(objectives(tap(net, ["conv1.bn"])(image[:1])), maps[:1, 0, 7:10, 7:10].mean())
+    assert torch.allclose(reduce_units(maps, "1x1"), reduce_units(maps, "center"))
+
+    own = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              *[m for _ in range(3) for m in (torch.nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                                                              torch.nn.ReLU())],
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    target = as_target(own, image_size=16, mean=[0.5] * 3, std=[0.5] * 3)
+    # layer 0 sees 3 px of a 16x16 map (1 px apart): 3x3; layer 2 5 px of 8x8 (2 px apart): 3x3;
+    # layer 4 9 px of 4x4 (4 px apart): 3x3; layer 6 (2x2) sees 17 px, the whole image; 11 is a vector.
+    assert receptive_places(target, ["0", "2", "4", "6", "11"]) == {"0": "3x3", "2": "3x3", "4": "3x3",
+                                                                    "6": "mean", "11": None}
+
+
+def inspect_default(callable_, name):
+    import inspect
+
+    return inspect.signature(callable_).parameters[name].default
+
+
+def test_receptive_place_and_windows_on_maps_and_tokens():
+    from featvis.synthesis.objectives import receptive_place, reduce_units
+
+    assert receptive_place((30, 34), (30, 34), (32, 32), 64) == "3x3"  # 5 px, positions 2 px apart
+    assert receptive_place((31, 32), (31, 32), (32, 32), 64) == "1x1"  # the centre unit alone
+    assert receptive_place((0, 63), (20, 44), (7, 7), 64) == "7x3"     # all rows; 25 columns, 9.1 px apart
+    assert receptive_place((0, 62), (0, 62), (7, 7), 64) == "mean"     # cut by one border: measured on the other
+    tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)  # a class token + 4x4 patches
+    grid = tokens[:, 1:].reshape(2, 4, 4, 3)
+    assert torch.equal(reduce_units(tokens, "2x2", prefix_tokens=1), grid[:, 1:3, 1:3].mean((1, 2)))
+    with pytest.raises(ConfigError, match=r"window 9x9 on a 4x4 map; expected 1x1 to 4x4"):
+        reduce_units(grid.permute(0, 3, 1, 2), "9x9")
+
+
+def test_a_bad_spatial_value_is_a_one_line_error():
+    from featvis.synthesis.objectives import ObjectiveBatch, Term
+
+    with pytest.raises(ConfigError) as caught:
+        FeatureEvolution({"fc8": [0]}, {"name": "dgn_am", **_method()}, spatial="centre")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("callbacks.feature_evolution.spatial='centre'; expected one of "
+                                                      "['center', 'mean', 'cls', 'receptive']")
+    # receptive depends on the layer: a term nobody resolved against the network is refused, in one line
+    with pytest.raises(ConfigError, match="spatial=receptive depends on the layer and is resolved when units are parsed"):
+        ObjectiveBatch([[Term("conv1", 0)]], {"conv1": (4, 8, 8)}, spatial="receptive")
+
+
+def test_differences_between_units_and_over_training_on_constructed_frames(tmp_path):
+    """Grey RMS: two identical units are 0 apart, a known difference gives its RMS; a unit's change
+    is its first frame's distance to its last; both reach evolution.json's figures and index.html."""
+    from featvis.evolution.report import build_reports, differences, frames_by_unit, grey_rms
+    from featvis.io import save_png
+
+    flat = {v: torch.full((3, 8, 8), v / 255) for v in (51, 102, 153)}  # 0.2, 0.4, 0.6: exact in a PNG
+    half = flat[51].clone()
+    half[:, :4] = 153 / 255  # half the image 0.4 lighter: RMS sqrt(0.4^2 / 2)
+    final = {"conv1 0": flat[102], "conv1 1": flat[102], "fc8 0": flat[51], "fc8 1": half}
+    start = {"conv1 0": flat[102], "conv1 1": flat[51], "fc8 0": flat[153], "fc8 1": flat[51]}
+    steps, units, frames = [0, 5, 10], [], []
+    for label in final:
+        layer = label.split()[0]
+        units.append({"label": label, "layer": layer, "slug": label.replace(" ", "-"), "terms": []})
+        for step in steps:
+            image = start[label] if step == 0 else final[label]
+            file = f"frames/{step}/{label.replace(' ', '-')}_seed0.png"
+            save_png(image, tmp_path / file)
+            frames.append({"step": step, "unit": label, "seed": 0, "layer": layer, "file": file, "activation": 1.0,
+                           "probability": 0.5})
+    doc = {"steps": steps, "units": units, "frames": frames, "seeds": 1, "method": "dgn_am"}
+    found = differences(doc, frames_by_unit(doc, tmp_path))
+    assert found["layers"]["conv1"] == {"unit_difference": 0.0, "change": pytest.approx(0.1, abs=1e-4)}
+    assert found["layers"]["fc8"]["unit_difference"] == pytest.approx(0.4 / 2 ** 0.5, abs=1e-4)
+    assert found["units"]["fc8 0"]["change"] == pytest.approx(0.4, abs=1e-4)
+    assert found["units"]["fc8 1"] == {"layer": "fc8", "difference": pytest.approx(0.2828, abs=1e-4),
+                                       "change": pytest.approx(0.2828, abs=1e-4)}
+    assert grey_rms(flat[51], flat[51]) == 0.0
+    summary = build_reports(tmp_path, doc)
+    assert summary["layers"]["fc8"]["unit_difference"] == found["layers"]["fc8"]["unit_difference"]
+    page = (tmp_path / "index.html").read_text()
+    assert '<td class=unit-difference>0.283</td><td class=change>0.341</td>' in page  # fc8: (0.4 + 0.283) / 2

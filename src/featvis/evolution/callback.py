@@ -40,6 +40,7 @@ from featvis.errors import ConfigError
 from featvis.nets.targets import as_target, declares_contract
 from featvis.evolution.report import grid_file
 from featvis.evolution.recorder import EvolutionRecorder
+from featvis.synthesis.objectives import check_spatial
 from featvis.synthesis.settings import SynthesisSpec
 from featvis.synthesis.real import batch_images
 
@@ -76,8 +77,12 @@ class FeatureEvolution(L.Callback):
     What each frame synthesizes (`units`, `method` (a name such as "dgn_am" or a method config),
     `generator` (a checkpoint path or {"ckpt": G}), `prior`, `judge`, `seeds`, `steps`, ...:
     conf/synthesis/'s keys) goes to featvis.evolution.recorder.EvolutionRecorder.  Conv units are
-    read as their channel's mean before its ReLU by default (`spatial`, `pre_relu`): a rectified
-    unit that is zero everywhere on the start image passes no gradient, and its tile stays blank.
+    read before their ReLU by default (`pre_relu`): a rectified unit that is zero everywhere on the
+    start image passes no gradient, and its tile stays blank.  They are read over a window that
+    depends on the layer (`spatial="receptive"`, featvis.synthesis.objectives): the centred window
+    of the size of the unit's receptive field, so a first conv layer's unit is read near the map's
+    centre (and its synthesis shows its filter, not the colour wash a channel's mean over the whole
+    map gives) and a deep one over its whole map.
 
     `target`: the attribute holding the network, or a callable pl_module -> network; `image_size`,
     `mean`, `std`, `channels`: its input contract where neither it nor the validation data says.
@@ -102,7 +107,7 @@ class FeatureEvolution(L.Callback):
         channels: int | None = None,
         seeds: int = 1,
         steps: int | None = 48,
-        spatial: str = "mean",
+        spatial: str = "receptive",
         pre_relu: bool = True,
         real_images: int = 256,
         **synthesis: Any,
@@ -114,6 +119,7 @@ class FeatureEvolution(L.Callback):
                             ("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 0:
                 raise ConfigError(f"callbacks.feature_evolution.{name}={value}; expected a non-negative integer")
+        check_spatial(spatial, "callbacks.feature_evolution.spatial")
         spec = SynthesisSpec.of(None, units=units, seeds=seeds, steps=steps, spatial=spatial, pre_relu=pre_relu,
                                 **synthesis)
         self.recorder = EvolutionRecorder(spec, method, output_dir=dirpath or "evolution", real_images=real_images)
@@ -263,10 +269,10 @@ class FeatureEvolution(L.Callback):
                                  step=step, caption=[f["unit"] for f in mine])
 
     def _log_summary(self, trainer: L.Trainer, summary: dict[str, Any]) -> None:
-        """Each layer's settle step to every logger; per unit a video of its evolution and one table
-        of the run (wandb only)."""
-        figures = {f"evolution-{layer}/settle_step": v["settle_step"] for layer, v in summary["layers"].items()
-                   if v["settle_step"] is not None}
+        """Each layer's settle step, the difference between its units and their change over training
+        to every logger; per unit a video of its evolution and one table of the run (wandb only)."""
+        figures = {f"evolution-{layer}/{key}": v[key] for layer, v in summary["layers"].items()
+                   for key in ("settle_step", "unit_difference", "change") if v.get(key) is not None}
         figures["evolution/callback_seconds"] = summary["callback_seconds"]
         if summary.get("lower_layers_settle_first_confidence") is not None:
             figures["evolution/lower_layers_settle_first_confidence"] = summary["lower_layers_settle_first_confidence"]
@@ -285,13 +291,15 @@ class FeatureEvolution(L.Callback):
             first = [f["activation"] for f in frames if f["unit"] == unit.label and f["step"] == steps[0]]
             last = [f["activation"] for f in frames if f["unit"] == unit.label and f["step"] == steps[-1]]
             settle = summary["layers"].get(unit.layer, {}).get("settle_step")
-            rows.append([unit.label, unit.layer, sum(first) / len(first), sum(last) / len(last), settle, video])
+            change = summary.get("differences", {}).get("units", {}).get(unit.label, {}).get("change")
+            rows.append([unit.label, unit.layer, sum(first) / len(first), sum(last) / len(last), settle, change,
+                         video])
             for logger in loggers:
                 logger.experiment.log({f"evolution/video/{unit.slug}": video})
         for logger in loggers:
             logger.log_table("evolution/summary", columns=["unit", "layer", f"activation@{steps[0]}",
                                                            f"activation@{steps[-1]}", "layer settle step",
-                                                           "evolution"], data=rows)
+                                                           "change (grey RMS)", "evolution"], data=rows)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,9 @@
                        step beside their top-k real images, and a table of the units
 
 Everything is rebuilt from the files, so the reports always agree with evolution.json;
-`build_reports` returns the per-layer settling figures, which go into it too.
+`build_reports` returns the per-layer settling figures and the differences (`differences`: how far
+apart a layer's units' syntheses are at the last step, and how much each unit's changes from the
+first step to the last, in grey-level RMS), which go into it too.
 """
 
 from __future__ import annotations
@@ -124,6 +126,47 @@ def in_depth_order(settles: list[int | None], steps: list[int]) -> bool | None:
     return all(a <= b for a, b in zip(settles, settles[1:]))
 
 
+def grey_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The root mean square difference of two (3, H, W) images' grey levels (the mean of their
+    channels), in [0, 1]."""
+    return float((a.float().mean(0) - b.float().mean(0)).square().mean().sqrt())
+
+
+def differences(doc: dict[str, Any], images: dict) -> dict[str, Any]:
+    """How distinct a layer's units' syntheses are and how much they move over training (grey RMS).
+
+    Per unit: `difference`, its mean grey RMS to each other unit of its layer at the last step (the
+    same seed's images; averaged over the seeds), and `change`, the grey RMS between its first and
+    its last frame (averaged over the seeds).  Per layer: `unit_difference`, the mean over every pair
+    of its units (None for a layer of one unit), and `change`, the mean over its units."""
+    steps = doc["steps"]
+    if not steps:
+        return {"units": {}, "layers": {}}
+    first, last = steps[0], steps[-1]
+
+    def mean(values: list[float]) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    units, layers = {}, {}
+    for layer in dict.fromkeys(u["layer"] for u in doc["units"]):
+        labels = [u["label"] for u in doc["units"] if u["layer"] == layer]
+        pairs: dict[tuple[str, str], float] = {}
+        for i, a in enumerate(labels):
+            for b in labels[i + 1:]:
+                seeds = sorted(set(images[a]) & set(images[b]))
+                distance = mean([grey_rms(images[a][k][last], images[b][k][last]) for k in seeds])
+                if distance is not None:
+                    pairs[a, b] = pairs[b, a] = distance
+        for label in labels:
+            by_seed = images[label]
+            units[label] = {"layer": layer,
+                            "difference": mean([pairs[label, b] for b in labels if (label, b) in pairs]),
+                            "change": mean([grey_rms(by_seed[k][first], by_seed[k][last]) for k in sorted(by_seed)])}
+        layers[layer] = {"unit_difference": mean(list(pairs.values())),  # each pair twice: the same mean
+                         "change": mean([units[label]["change"] for label in labels if units[label]["change"] is not None])}
+    return {"units": units, "layers": layers}
+
+
 def write_strip(doc: dict[str, Any], images: dict, root: Path) -> Path:
     steps, units = doc["steps"], doc["units"]
     tiles = [images[u["label"]][0][s] for u in units for s in steps]
@@ -221,6 +264,10 @@ def layer_sections(doc: dict[str, Any]) -> str:
     return "".join(sections)
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def settle_text(step: int | None, steps: list[int]) -> str:
     return "-" if step is None else "not before the last frame" if step == steps[-1] else str(step)
 
@@ -228,16 +275,21 @@ def settle_text(step: int | None, steps: list[int]) -> str:
 def index_html(doc: dict[str, Any], summary: dict[str, Any], title: str = "Feature evolution") -> str:
     steps, layers = doc["steps"], summary["layers"]
     first, last = (steps[0], steps[-1]) if steps else (None, None)
+    figures = summary.get("differences") or {"units": {}, "layers": {}}
     rows = []
     for unit in doc["units"]:
         at = {f["step"]: f for f in doc["frames"] if f["unit"] == unit["label"] and f["seed"] == 0}
         judge = [f.get("judge_correct") for f in doc["frames"] if f["unit"] == unit["label"] and f["step"] == last]
         judged = (f"{sum(bool(j) for j in judge)}/{len(judge)}" if judge and judge[0] is not None else "")
+        own = figures["units"].get(unit["label"], {})
+        read = ", ".join(t["at"] for t in unit.get("terms", []) if t.get("at"))
         rows.append(
             f"<tr><td>{html.escape(unit['label'])}</td><td>{html.escape(unit['layer'])}</td>"
+            f"<td>{html.escape(read) or '-'}</td>"
             f"<td><img class=video src=\"videos/{html.escape(unit['slug'])}.gif\" alt=\"{html.escape(unit['label'])}\"></td>"
             f"<td>{at[first]['activation']:.2f}</td><td>{at[last]['activation']:.2f}</td>"
-            f"<td>{at[last]['probability']:.3f}</td><td>{judged}</td></tr>")
+            f"<td>{at[last]['probability']:.3f}</td><td>{judged}</td>"
+            f"<td>{_figure(own.get('difference'))}</td><td>{_figure(own.get('change'))}</td></tr>")
     settle = "".join(f"<tr><td>{html.escape(k)}</td><td>{settle_text(v['settle_step'], steps)}</td>"
                      f"<td>{' to '.join(map(str, v['settle_interval'] or ['-']))}</td><td>{v['curves']}</td></tr>"
                      for k, v in layers.items())
@@ -248,6 +300,10 @@ def index_html(doc: dict[str, Any], summary: dict[str, Any], title: str = "Featu
                     False: "no, not on this run"}[verdict]
     if confidence is not None:
         verdict_text += f" (in {confidence:.0%} of {BOOTSTRAP} resamples of the units and seeds)"
+    apart = "".join(f"<tr><td>{html.escape(layer)}</td><td>{sum(u['layer'] == layer for u in doc['units'])}</td>"
+                    f"<td class=unit-difference>{_figure(v['unit_difference'])}</td>"
+                    f"<td class=change>{_figure(v['change'])}</td></tr>"
+                    for layer, v in figures["layers"].items())
     grids = json.dumps([grid_file(s) for s in steps])
     blank = blank_tile_fraction(doc)
     blank_text = ("" if blank is None else f"Blank tiles after step 0 (the start image, untouched: no "
@@ -281,12 +337,20 @@ stays within {SETTLED:.0%} of its largest value; the interval is the 10th to 90t
 step over {BOOTSTRAP} resamples of the layer's units and seeds. Do lower layers settle first?
 <b id="verdict">{verdict_text}</b>.</p>
 <table><tr><th>layer</th><th>settle step</th><th>80% interval</th><th>units x seeds</th></tr>{settle}</table>
+<h2>How distinct the units are, and how much they change</h2>
+<p>Grey-level RMS (images in [0, 1], the mean of their channels): between two units of a layer at step {last}
+(the same seed; the mean over every pair of the layer's units and the seeds), and between a unit's frames at
+step {first} and step {last} (the mean over the layer's units and seeds). Units that show nothing of their own
+(a colour wash every unit of the layer draws alike) are close to each other and barely change.</p>
+<table id="differences"><tr><th>layer</th><th>units</th><th>difference between units (step {last})</th>
+<th>change, step {first} to {last}</th></tr>{apart}</table>
 <h2>Layer by layer</h2>
 <p>{top_text}</p>
 {layer_sections(doc)}
 <h2>Units</h2>
-<table><tr><th>unit</th><th>layer</th><th>evolution</th><th>activation at step {first}</th>
-<th>activation at step {last}</th><th>probability at step {last}</th><th>judge agrees (last step)</th></tr>
+<table><tr><th>unit</th><th>layer</th><th>read at</th><th>evolution</th><th>activation at step {first}</th>
+<th>activation at step {last}</th><th>probability at step {last}</th><th>judge agrees (last step)</th>
+<th>difference from its layer's other units (step {last})</th><th>change, step {first} to {last}</th></tr>
 {''.join(rows)}</table>
 <script>
 const grids = {grids};
@@ -311,7 +375,10 @@ def build_reports(root: Path, doc: dict[str, Any], embed: Embed | None = None, s
     if not doc["frames"]:
         return {"layers": {}}
     images = frames_by_unit(doc, root)
-    summary = {**settling(doc, images, embed), "settle_space": space, "blank_tile_fraction": blank_tile_fraction(doc)}
+    summary = {**settling(doc, images, embed), "settle_space": space, "blank_tile_fraction": blank_tile_fraction(doc),
+               "differences": differences(doc, images)}
+    for layer, figures in summary["differences"]["layers"].items():
+        summary["layers"][layer].update(figures)
     write_strip(doc, images, root)
     write_videos(doc, images, root)
     save_text(settling_svg(summary["layers"], space), root / "settling.svg")

@@ -9,8 +9,11 @@ indices, class names or sums, of one layer or of a mapping of layers.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +24,12 @@ from torch import nn
 
 from featvis.errors import ConfigError
 from featvis.nets.layers import activations, frozen, layer_names, pre_activation, tap
-from featvis.synthesis.objectives import Term, direction, match
+from featvis.synthesis.objectives import Term, check_spatial, direction, match, receptive_place, reduce_units, token_grid
 from featvis.synthesis.priors import PriorTerm
 from featvis.synthesis.settings import PIXEL_SPACE, ObjectiveSettings, SamplerSettings, moved_key_message
 from featvis.synthesis.spaces import starting_points
 
+log = logging.getLogger(__name__)
 TERM = re.compile(r"\s*([+-]?)\s*(?:(\d*\.?\d+)\s*\*\s*)?([^+-]+?)\s*(?=[+-]|$)")
 
 
@@ -160,6 +164,83 @@ def layer_shapes(target: nn.Module, layers: list[str]) -> dict[str, tuple[int, .
     return {name: tuple(value.shape[1:]) for name, value in probe.items()}
 
 
+# Per network, per layer: where spatial=receptive reads it (a window "KxL", "mean", or None for a
+# vector layer), probed once.  Weak keys: a network's entry goes with it.
+_RECEPTIVE: weakref.WeakKeyDictionary[nn.Module, dict[str, str | None]] = weakref.WeakKeyDictionary()
+PROBES = 4  # random images whose gradient supports are joined: a ReLU or a max pool closed on one is open on another
+
+
+def receptive_fields(target: nn.Module, layers: list[str]) -> dict[str, tuple | None]:
+    """Per layer, the input rows and columns (first, last) the centre unit of a conv or token layer
+    sees, found from the network itself: the support of d(centre unit)/d(image), joined over all
+    channels and a few random images; and the layer's map size (H, W) (the token grid of a token
+    layer).  None for a vector layer (B, C), a token layer that is no square grid, or a centre unit
+    no gradient reaches.  One forward pass for all the layers, one backward pass each."""
+    size = target.image_size
+    device = next(target.parameters()).device
+    generator = torch.Generator(device="cpu").manual_seed(0)  # the caller's random streams are not drawn
+    images = torch.rand(PROBES, 3, size, size, generator=generator).to(device).requires_grad_(True)
+    prefix = int(getattr(target, "prefix_tokens", 0) or 0)
+    found: dict[str, tuple | None] = {}
+    with torch.inference_mode(False), torch.enable_grad(), frozen(target):
+        read = tap(target, layers)(images)
+        for layer in layers:
+            activation, grid = read[layer], None
+            if activation.ndim == 4:
+                grid = tuple(activation.shape[2:])
+            elif activation.ndim == 3 and token_grid(activation.shape[1] - prefix):
+                grid = (token_grid(activation.shape[1] - prefix),) * 2
+            found[layer] = None
+            if grid is None or not activation.requires_grad:
+                continue
+            centre = reduce_units(activation, "center", prefix).float()
+            weights = torch.randn(centre.shape[1], generator=generator).to(centre.device)
+            gradient, = torch.autograd.grad((centre * weights).sum(), images, retain_graph=True, allow_unused=True)
+            support = gradient.abs().sum((0, 1)).cpu() > 0 if gradient is not None else torch.zeros(1, dtype=torch.bool)
+            if bool(support.any()):
+                rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+                found[layer] = (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])), grid
+    return found
+
+
+def receptive_places(target: nn.Module, layers: list[str]) -> dict[str, str | None]:
+    """Where spatial=receptive reads each layer (featvis.synthesis.objectives.receptive_place): a
+    centred window the size of its centre unit's receptive field, "mean" where that covers the image,
+    None for a vector layer.  Probed once per network and layer."""
+    known = _RECEPTIVE.setdefault(target, {})
+    missing = [layer for layer in dict.fromkeys(layers) if layer not in known]
+    if missing:
+        shapes = layer_shapes(target, missing)  # one forward pass without gradients; vectors need no probe
+        maps = [layer for layer in missing if len(shapes[layer]) > 1]
+        fields = receptive_fields(target, maps) if maps else {}
+        for layer in missing:
+            if len(shapes[layer]) == 1:
+                known[layer] = None
+            elif fields[layer] is None:
+                known[layer] = "mean"
+                log.warning("spatial=receptive: no receptive field found for layer %s %s (no gradient reaches its "
+                            "centre unit, or its tokens are no square grid); reading its mean", layer, shapes[layer])
+            else:
+                rows, cols, grid = fields[layer]
+                known[layer] = receptive_place(rows, cols, grid, target.image_size)
+    return {layer: known[layer] for layer in layers}
+
+
+def resolved_places(target: nn.Module, units: list[Unit], spatial: str) -> list[Unit]:
+    """`units` with every unit or direction term read at `receptive` (its `at`, or the batch's
+    `spatial` where it has none) read at its layer's place instead (receptive_places)."""
+
+    def receptive(term: Term) -> bool:
+        return term.kind in ("unit", "direction") and (term.at or spatial) == "receptive"
+
+    layers = list(dict.fromkeys(t.layer for u in units for t in u.terms if receptive(t)))
+    if not layers:
+        return units
+    places = receptive_places(target, layers)
+    return [Unit(u.label, [dataclasses.replace(t, at=places[t.layer]) if receptive(t) else t for t in u.terms])
+            for u in units]
+
+
 def layer_sizes(target: nn.Module, layers: list[str], spatial: str = "center") -> dict[str, int]:
     """Units per named layer (conv layers: channels; token layers: features)."""
     return {name: shape[-1] if len(shape) == 2 else shape[0] for name, shape in layer_shapes(target, layers).items()}
@@ -173,8 +254,11 @@ def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[
     feature inversion ("invert=photo.png") of its layer.
 
     Labels of units of other layers than the logits carry their layer name ("conv3 5").  With
-    `pre_relu`, a layer that ends in a ReLU is read before it ("conv3" -> "conv3.bn 5").
+    `pre_relu`, a layer that ends in a ReLU is read before it ("conv3" -> "conv3.bn 5").  Units read
+    at `receptive` (`spatial`, or "@receptive") come back read at their layer's window
+    (receptive_places: `at` "3x3" for a first conv layer, "mean" for a deep one).
     """
+    check_spatial(spatial)
     built: list[tuple[int, Unit]] = []
     if not isinstance(spec, Mapping):
         spec = [spec] if isinstance(spec, (str, int, Term, Unit)) else list(spec)
@@ -215,7 +299,7 @@ def units_of(target: nn.Module, spec: Any, layer: str | None, class_names: list[
         units.insert(min(position, len(units)), unit)
     if not units:
         raise ConfigError("units=[]; expected at least one unit index or class name")
-    return units, sizes
+    return resolved_places(target, units, spatial), sizes
 
 
 def special_unit_kind(item: Any) -> str | None:

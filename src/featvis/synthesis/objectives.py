@@ -8,9 +8,18 @@ positive terms and "activate A, suppress B" a positive and a negative one.
 
 Conv maps (B, C, H, W) and token layers (B, N, C) are read at a place (`at`, or the batch's
 `spatial`): `center` (the centre pixel, or the centre patch token), `mean` (over space, or over the
-patch tokens), `cls` (a ViT's class token), `y,x` (one pixel, or one patch of the token grid) or a
-patch index.  `mode` picks the survey's three variants for units: the raw activation, its softmax
-across the layer, or the log of that softmax.  `selectivity` adds that many times the units'
+patch tokens), `cls` (a ViT's class token), `y,x` (one pixel, or one patch of the token grid), a
+patch index, or `KxL` (the mean over the centred window of K rows and L columns of the map, or of
+the token grid).  `receptive` depends on the layer: it is resolved when units are parsed
+(featvis.synthesis.methods.units_of, with the network at hand) to the centred window of the map
+positions whose centres lie inside the centre unit's receptive field (receptive_place): a window
+of a few positions, close to the centre unit, for a first conv layer whose units see a few pixels;
+`mean` for a deep one whose centre unit sees the whole image.  A first-layer channel's mean over
+space is close to linear in the image's mean colour, so its maximum is a colour wash whatever the
+filter; a small window shows the filter.
+
+`mode` picks the survey's three variants for units: the raw activation, its softmax across the
+layer, or the log of that softmax.  `selectivity` adds that many times the units'
 log-softmax to any mode, on fully connected layers (whose units compete as classes; conv channels
 do not): the term is ~0 while a unit leads its layer and pulls away from the leading unit while it
 does not, so a raw objective cannot be raised by drawing another class harder.
@@ -32,9 +41,10 @@ import torch
 from featvis.errors import ConfigError
 
 MODES = ("raw", "softmax", "log_softmax")
-SPATIAL = ("center", "mean", "cls")
+SPATIAL = ("center", "mean", "cls", "receptive")
 KINDS = ("unit", "direction", "match", "custom")
-PLACE = re.compile(r"(center|mean|cls|\d+|\d+,\d+)")
+PLACE = re.compile(r"(center|mean|cls|receptive|\d+|\d+,\d+|\d+x\d+)")
+WINDOW = re.compile(r"(\d+)x(\d+)")
 
 
 @dataclass(frozen=True)
@@ -102,10 +112,22 @@ def reduce_units(activation: torch.Tensor, spatial: str = "center", prefix_token
     (B, C) passes through."""
     if activation.ndim == 2:
         return activation
+    if spatial == "receptive" and activation.ndim in (3, 4):
+        raise ConfigError("spatial=receptive depends on the layer and is resolved when units are parsed "
+                          "(featvis.synthesis.methods.units_of); expected units parsed with the network, or a "
+                          "place: center, mean, a window KxL or a position y,x")
+    window = WINDOW.fullmatch(spatial)
     if activation.ndim == 3:
         patches = activation[:, prefix_tokens:]
         if spatial == "mean":
             return patches.mean(1)
+        if window:
+            side = token_grid(patches.shape[1])
+            if not side:
+                raise ConfigError(f"window {spatial} on {patches.shape[1]} tokens that are no square grid; "
+                                  "expected mean, center or a patch index")
+            grid = patches.reshape(len(patches), side, side, patches.shape[-1])
+            return _window_mean(grid.permute(0, 3, 1, 2), spatial, window)
         if spatial == "cls":
             if not prefix_tokens:
                 raise ConfigError("spatial=cls reads a class token, and this token layer has none; expected "
@@ -122,13 +144,53 @@ def reduce_units(activation: torch.Tensor, spatial: str = "center", prefix_token
         return activation[:, :, activation.shape[2] // 2, activation.shape[3] // 2]
     if spatial == "mean":
         return activation.mean((2, 3))
+    if window:
+        return _window_mean(activation, spatial, window)
     if "," not in spatial:
-        raise ConfigError(f"spatial={spatial!r} on a conv map; expected center, mean or a position y,x")
+        raise ConfigError(f"spatial={spatial!r} on a conv map; expected center, mean, a window KxL or a position y,x")
     y, x = (int(v) for v in spatial.split(","))
     if not (0 <= y < activation.shape[2] and 0 <= x < activation.shape[3]):
         raise ConfigError(f"position {spatial} outside a {activation.shape[2]}x{activation.shape[3]} map; "
                           f"expected y in 0..{activation.shape[2] - 1}, x in 0..{activation.shape[3] - 1}")
     return activation[:, :, y, x]
+
+
+def _window_mean(maps: torch.Tensor, place: str, window: re.Match) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): the mean over the centred window of `place` ("KxL": K rows, L columns;
+    it holds the centre pixel, H // 2, W // 2)."""
+    rows, cols = int(window[1]), int(window[2])
+    height, width = maps.shape[2], maps.shape[3]
+    if not (1 <= rows <= height and 1 <= cols <= width):
+        raise ConfigError(f"window {place} on a {height}x{width} map; expected 1x1 to {height}x{width} "
+                          "(or mean: the whole map)")
+    top, left = height // 2 - rows // 2, width // 2 - cols // 2
+    return maps[:, :, top:top + rows, left:left + cols].mean((2, 3))
+
+
+def receptive_place(rows: tuple[int, int], cols: tuple[int, int], map_size: tuple[int, int],
+                    image_size: int | tuple[int, int]) -> str:
+    """Where spatial=receptive reads a (H, W) map whose centre unit (H // 2, W // 2) sees the input
+    rows rows[0]..rows[1] and columns cols[0]..cols[1] (its receptive field, inclusive): the mean
+    over the centred window of the map positions whose centres lie inside that field, as "KxL", or
+    "mean" when the window is the whole map.
+
+    A map position is `image_size / H` input pixels from the next.  A field cut by one border of the
+    image is measured on its other side (from the unit's centre in the image); cut by both, it
+    covers the image."""
+    image = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = []
+    for (low, high), cells, pixels, centre in zip((rows, cols), map_size, image, (map_size[0] // 2, map_size[1] // 2)):
+        stride = pixels / cells
+        if low <= 0 and high >= pixels - 1:
+            size.append(cells)
+            continue
+        middle = (centre + 0.5) * stride - 0.5  # the unit's centre in input pixels
+        if low <= 0 or high >= pixels - 1:
+            half = max(middle - low, high - middle)
+        else:
+            half = (high - low) / 2
+        size.append(min(cells, 2 * int(half // stride + 1e-6) + 1))
+    return "mean" if tuple(size) == tuple(map_size) else f"{size[0]}x{size[1]}"
 
 
 def _patch_index(place: str, patches: int) -> int:
@@ -147,8 +209,17 @@ def _patch_index(place: str, patches: int) -> int:
 
 def check_place(place: str) -> str:
     if not PLACE.fullmatch(place):
-        raise ConfigError(f"spatial={place!r}; expected one of {list(SPATIAL)}, a position y,x or a patch index")
+        raise ConfigError(f"spatial={place!r}; expected one of {list(SPATIAL)}, a window KxL, a position y,x or a "
+                          "patch index")
     return place
+
+
+def check_spatial(spatial: Any, where: str = "spatial") -> str:
+    """A batch's `spatial` (one of SPATIAL), or a one-line error naming `where` it was set."""
+    if not isinstance(spatial, str) or spatial not in SPATIAL:
+        raise ConfigError(f"{where}={spatial!r}; expected one of {list(SPATIAL)} (receptive: a window the size of "
+                          "the unit's receptive field, the whole map for deep layers)")
+    return spatial
 
 
 def gram_similarity(activation: torch.Tensor, group: int) -> torch.Tensor:
@@ -193,8 +264,7 @@ class ObjectiveBatch:
             self.selectivity = float("nan")
         if not self.selectivity >= 0:  # NaN too
             raise ConfigError(f"method.objective.selectivity={selectivity}; expected a non-negative number")
-        if spatial not in SPATIAL:
-            raise ConfigError(f"objective spatial {spatial!r}; expected one of {list(SPATIAL)}")
+        check_spatial(spatial, "objective spatial")
         if not objectives or any(not terms for terms in objectives):
             raise ConfigError("objectives: an empty objective; expected at least one unit each")
         self.mode, self.spatial, self.prefix_tokens = mode, spatial, int(prefix_tokens)
