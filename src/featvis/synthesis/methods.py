@@ -179,7 +179,7 @@ def receptive_fields(target: nn.Module, layers: list[str]) -> dict[str, tuple | 
     size = target.image_size
     device = next(target.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(0)  # the caller's random streams are not drawn
-    images = torch.rand(PROBES, 3, size, size, generator=generator).to(device).requires_grad_(True)
+    images = torch.rand(PROBES, 3, size, size, generator=generator, device="cpu").to(device).requires_grad_(True)
     prefix = int(getattr(target, "prefix_tokens", 0) or 0)
     found: dict[str, tuple | None] = {}
     with torch.inference_mode(False), torch.enable_grad(), frozen(target):
@@ -194,9 +194,9 @@ def receptive_fields(target: nn.Module, layers: list[str]) -> dict[str, tuple | 
             if grid is None or not activation.requires_grad:
                 continue
             centre = reduce_units(activation, "center", prefix).float()
-            weights = torch.randn(centre.shape[1], generator=generator).to(centre.device)
+            weights = torch.randn(centre.shape[1], generator=generator, device="cpu").to(centre.device)
             gradient, = torch.autograd.grad((centre * weights).sum(), images, retain_graph=True, allow_unused=True)
-            support = gradient.abs().sum((0, 1)).cpu() > 0 if gradient is not None else torch.zeros(1, dtype=torch.bool)
+            support = gradient.abs().sum((0, 1)).cpu() > 0 if gradient is not None else torch.zeros(1, dtype=torch.bool, device="cpu")
             if bool(support.any()):
                 rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
                 found[layer] = (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1])), grid

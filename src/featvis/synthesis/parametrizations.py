@@ -111,7 +111,7 @@ class MacoImage(nn.Module):
         self.size = int(magnitude.shape[1])
         self.standardize = bool(standardize)
         self.register_buffer("magnitude", magnitude.float())
-        offset = torch.zeros(3) if mean is None else torch.logit(mean.float().clamp(0.02, 0.98))
+        offset = torch.zeros(3, device="cpu") if mean is None else torch.logit(mean.float().clamp(0.02, 0.98))
         self.register_buffer("offset", offset.view(1, 3, 1, 1))
 
     def decorrelated(self, phase: torch.Tensor) -> torch.Tensor:
