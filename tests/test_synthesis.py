@@ -625,6 +625,8 @@ def test_maco_moves_only_the_phase_of_the_real_images_spectrum(tmp_path):
 
     saved = save_tensors({"magnitude": magnitude}, tmp_path / "maco_magnitude.pt")  # as earlier versions wrote it
     assert torch.equal(maco_magnitude(str(saved), None, 32)[0], magnitude) and maco_magnitude(str(saved), None, 32)[1] is None
+    with pytest.raises(ConfigError, match="real_mean=true, and method.space.magnitude=.* holds no mean colour"):
+        MacoSpace.from_real(32, None, str(saved), real_mean=True)
     # Centred on the real images' mean colour (shapes: mostly a dark background) rather than mid-grey.
     colour = maco_magnitude(None, data.val_dataloader(), 32)[1]
     images_of = torch.cat([images for images, _ in data.val_dataloader()])

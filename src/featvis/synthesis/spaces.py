@@ -59,6 +59,9 @@ class MacoSpace(MacoImage):
         """The spectrum of `magnitude` (a maco_magnitude.pt a run wrote), else of the real images;
         with `real_mean`, centred on the real images' mean colour (saved in the same file)."""
         spectrum, colour = maco_magnitude(magnitude, real, image_size)
+        if real_mean and colour is None:
+            raise ConfigError(f"method.space.real_mean=true, and method.space.magnitude={magnitude} holds no mean colour "
+                              "(an earlier version wrote it); expected a maco_magnitude.pt of this version, or real images")
         space = cls(spectrum, standardize, colour if real_mean else None)
         space.real_colour = colour  # saved beside the spectrum (maco_magnitude.pt), used or not
         return space
@@ -161,14 +164,15 @@ def maco_magnitude(path: str | None, real: Any, image_size: int) -> tuple[torch.
     expected = (3, image_size, image_size // 2 + 1)
     if path:
         try:
-            magnitude = read_checkpoint(path).get("magnitude")
+            saved = read_checkpoint(path)
         except CheckpointError as err:
             raise ConfigError(f"method.space.magnitude: {err}") from None
+        magnitude = saved.get("magnitude")
         if not isinstance(magnitude, torch.Tensor) or tuple(magnitude.shape) != expected:
             found = tuple(magnitude.shape) if isinstance(magnitude, torch.Tensor) else type(magnitude).__name__
             raise ConfigError(f"method.space.magnitude={path} holds a magnitude of {found}; expected a spectrum of "
                               f"shape {expected} (maco_magnitude.pt of a run at {image_size} px)")
-        colour = read_checkpoint(path).get("mean_colour")
+        colour = saved.get("mean_colour")
         if colour is not None and (not isinstance(colour, torch.Tensor) or tuple(colour.shape) != (3,)):
             raise ConfigError(f"method.space.magnitude={path} holds a mean_colour that is not 3 numbers; expected "
                               "a maco_magnitude.pt that visualize.py wrote")
