@@ -102,7 +102,8 @@ TARGETS = {"judge_reconstruction_accuracy": ">= 0.95", "dgn_am_judge_transfer": 
            "grid_artifact_ratio": "<= 1.5", "generator_train_minutes": "<= 15",
            "pixel_maco_transfer_vs_fft": ">= 0", "pixel_maco_kid_vs_fft": "< 1",
            "pixel_fft_transfer_vs_lucent": ">= 0", "pixel_maco_transfer_vs_lucent": ">= 0",
-           "ppgn+multifaceted_diversity_gain": ">= 1.2", "ppgn+multifaceted_transfer_change": ">= -0.05"}
+           "ppgn+multifaceted_diversity_gain": ">= 1.2", "ppgn+multifaceted_transfer_change": ">= -0.05",
+           "generator_selection_transfer_gain": ">= 0", "generator_selection_minutes": "<= 20 with G's minutes"}
 
 
 def compose_cfg(name: str, *overrides: str):
@@ -114,30 +115,68 @@ def trained(out: Path, *overrides: str) -> str:
     return train(compose_cfg("config", f"output_dir={out}", "logger=csv", *overrides))["best_checkpoint"]
 
 
+def kept_by(out: Path, monitor: str, mode: str, end: int | None = None) -> str:
+    """The checkpoint ModelCheckpoint would keep by `monitor` (`mode` min or max) from a G run that
+    kept every validation (save_top_k=-1): the best value among the validations up to step `end`
+    (None: all), the first of equals."""
+    rows = [r for r in csv.DictReader(next(out.rglob("metrics.csv")).open()) if r.get(monitor)]
+    sign = 1.0 if mode == "max" else -1.0
+    # one checkpoint a validation, its file named by its step: in step order, as the rows
+    kept = sorted((out / "checkpoints").glob("epoch*-step*.ckpt"))
+    if len(rows) != len(kept):
+        raise SystemExit(f"{out}: {len(rows)} validations logged {monitor} and {len(kept)} checkpoints were kept; "
+                         "expected one checkpoint a validation")
+    value = {int(p.stem.rsplit("step", 1)[1]): (sign * float(r[monitor]), p) for r, p in zip(rows, kept)}
+    best = max([s for s in value if end is None or s <= end] or [min(value)], key=lambda s: (value[s][0], -s))
+    return str(value[best][1])
+
+
 def generators_by_budget(out: Path, budgets: list[int], cfg) -> dict[int, str]:
     """The checkpoint a G run of each budget would keep, from one run of the largest budget that
     kept every validation: the best `task.monitor` among the validations up to the budget's end (as
-    step_budget rounds it), the first of equals, as ModelCheckpoint keeps it."""
-    task = cfg.task
-    rows = [r for r in csv.DictReader(next(out.rglob("metrics.csv")).open()) if r.get(task.monitor)]
-    sign = 1.0 if task.monitor_mode == "max" else -1.0
-    # one checkpoint a validation (save_top_k=-1), its file named by its step: in step order, as the rows
-    kept = sorted((out / "checkpoints").glob("epoch*-step*.ckpt"))
-    value = {int(p.stem.rsplit("step", 1)[1]): (sign * float(r[task.monitor]), p) for r, p in zip(rows, kept)}
-    found = {}
-    for budget in budgets:
-        end = step_budget(OmegaConf.merge(cfg, {"task": {"train_steps": budget}}))["max_steps"]
-        best = max([s for s in value if s <= end] or [min(value)], key=lambda s: (value[s][0], -s))
-        found[budget] = str(value[best][1])
-    return found
+    step_budget rounds it)."""
+    return {budget: kept_by(out, cfg.task.monitor, cfg.task.monitor_mode,
+                            step_budget(OmegaConf.merge(cfg, {"task": {"train_steps": budget}}))["max_steps"])
+            for budget in budgets}
+
+
+def generator_seeds(repeat: int, count: int) -> list[int]:
+    """G's seeds in set `repeat`: the set's own (100 r), then 100 r + 51, + 52, ..."""
+    return [100 * repeat, *(100 * repeat + 50 + k for k in range(1, count))]
+
+
+def selection_runs(out: Path, repeat: int, data: list[str], checkpoints: dict[str, str], comparator: str,
+                   generator_overrides: list[str], count: int) -> list[dict]:
+    """`count` G runs of set `repeat` (its seeds: generator_seeds) with GeneratorSelection on (two
+    selector classifiers, seeds 100 r + 3 and + 4) and every validation kept; per run, the
+    checkpoint today's monitor keeps and the one val/selection keeps."""
+    seed = 100 * repeat
+    selectors = [trained(out / f"selector{k}", "task=classifier", f"seed={seed + k}", *data) for k in (3, 4)]
+    runs = []
+    for g_seed in generator_seeds(repeat, count):
+        folder = out / f"generator-seed{g_seed}"
+        cfg = compose_cfg("config", f"output_dir={folder}", "logger=csv", "task=generator", f"seed={g_seed}", *data,
+                          f"encoder.ckpt={checkpoints['encoder']}", f"task.comparators=[{comparator}]",
+                          f"task.selectors=[{','.join(selectors)}]", "callbacks.model_checkpoint.save_top_k=-1",
+                          *generator_overrides)
+        start = time.perf_counter()
+        train(cfg)
+        minutes = (time.perf_counter() - start) / 60
+        rows = [r for r in csv.DictReader(next(folder.rglob("metrics.csv")).open()) if r.get("val/selection_seconds")]
+        runs.append({"seed": g_seed, "minutes": minutes, "selection_minutes": float(rows[-1]["val/selection_seconds"]) / 60,
+                     "monitor": kept_by(folder, cfg.task.monitor, cfg.task.monitor_mode),
+                     "selection": kept_by(folder, "val/selection", "max")})
+    return runs
 
 
 def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str | None],
                    comparator: str | None, generator_overrides: list[str],
-                   budgets: list[int], priors: bool = True) -> tuple[dict[str, str], dict[int, str], float | None]:
+                   budgets: list[int], priors: bool = True,
+                   generator: bool = True) -> tuple[dict[str, str], dict[int, str], float | None]:
     """One independent set of checkpoints (seeds 100 * repeat + ...), G's checkpoint for each of
     `budgets` (G steps; none: the configured budget alone) and G's training minutes.  Without
-    `priors` (only pixel methods asked for) no comparator, G or DAE is trained."""
+    `priors` (only pixel methods asked for) no comparator, G or DAE is trained; without
+    `generator` (selection_runs trains G) the comparator is but G is not."""
     seed = 100 * repeat
     found = dict(given)
     found["encoder"] = given["encoder"] or trained(out / "classifier", "task=classifier", f"seed={seed}", *data)
@@ -148,6 +187,8 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
         return found, by_budget, minutes
     if not given["generator"]:
         comparator = comparator or trained(out / "comparator", "task=classifier", f"seed={seed + 2}", *data)
+        found["comparator"] = comparator
+    if not given["generator"] and generator:
         every_epoch = [f"task.train_steps={max(budgets)}", "callbacks.model_checkpoint.save_top_k=-1"] if budgets else []
         cfg = compose_cfg("config", f"output_dir={out / 'generator'}", "logger=csv", "task=generator",
                           f"seed={seed}", *data, f"encoder.ckpt={found['encoder']}",
@@ -163,6 +204,44 @@ def checkpoint_set(out: Path, repeat: int, data: list[str], given: dict[str, str
     found["judge"] = given["judge"] or trained(out / "judge", "task=classifier", f"seed={seed + 1}",
                                                "model.fc6_dim=512", *data)
     return found, by_budget, minutes
+
+
+def selection_figures(out: Path, repeat: int, data: list[str], checkpoints: dict[str, str], args,
+                      methods: list[str], method_overrides: dict[str, list[str]]) -> dict[str, float]:
+    """Set `repeat`'s G runs with GeneratorSelection (selection_runs), each measured on the G that
+    today's monitor keeps and on the G that val/selection keeps (once where they are the same):
+    the worst case over the G seeds of the selected G's figures, and per code method
+    <method>_selection_transfer_gain (dgn_am's: generator_selection_transfer_gain), the worst
+    judge transfer over the seeds with the selected G minus that with today's."""
+    runs = selection_runs(out, repeat, data, checkpoints, checkpoints["comparator"], args.generator_override,
+                          args.generator_seeds)
+    measured: dict[str, dict[str, float]] = {}
+
+    def figures_of(path: str) -> dict[str, float]:
+        if path not in measured:
+            print(f"\n-- G {path}")
+            measured[path], _ = measure({**checkpoints, "generator": path}, out / f"measured{len(measured)}", data,
+                                        args.seeds, methods, args.code_method_override, method_overrides)
+        return measured[path]
+
+    pairs = [(run, figures_of(run["monitor"]), figures_of(run["selection"])) for run in runs]
+    code_methods = [m for m in CODE_METHODS if m in methods]
+    print(f"\n{'G seed':<8}{'kept by':<18}{'checkpoint':<28}" + "".join(f"{m + ' transfer':>17}" for m in code_methods)
+          + f"{'G minutes':>11}{'selecting':>11}")
+    for run, today, chosen in pairs:
+        for label, path, figures in (("val/loss_feature", run["monitor"], today), ("val/selection", run["selection"], chosen)):
+            print(f"{run['seed']:<8}{label:<18}{Path(path).name:<28}"
+                  + "".join(f"{figures[f'{m}_judge_transfer']:>17.3f}" for m in code_methods)
+                  + f"{run['minutes']:>11.2f}{run['selection_minutes']:>11.2f}")
+    found = worst_case([chosen for _, _, chosen in pairs])
+    for method in code_methods:
+        key = f"{method}_judge_transfer"
+        gain = min(c[key] for _, _, c in pairs) - min(t[key] for _, t, _ in pairs)
+        found["generator_selection_transfer_gain" if method == "dgn_am" else f"{method}_selection_transfer_gain"] = round(gain, 4)
+        found[f"monitor_{key}"] = min(t[key] for _, t, _ in pairs)
+    found["generator_train_minutes"] = round(max(run["minutes"] for run in runs), 2)
+    found["generator_selection_minutes"] = round(max(run["selection_minutes"] for run in runs), 2)
+    return found
 
 
 def measure(checkpoints: dict[str, str], out: Path, data: list[str], seeds: int, methods: list[str],
@@ -399,6 +478,11 @@ def main() -> dict:
     parser.add_argument("--budgets", type=int, nargs="+", default=[], metavar="STEPS",
                         help="G step budgets to compare (one G run of the largest keeps every validation; "
                              "each budget's figures come from the checkpoint a run of that length keeps)")
+    parser.add_argument("--selection", action="store_true",
+                        help="train G with GeneratorSelection (two selector classifiers a set) and measure the G it "
+                             "keeps against the G today's monitor keeps: generator_selection_transfer_gain")
+    parser.add_argument("--generator-seeds", type=int, default=3, metavar="K",
+                        help="with --selection: G runs a set, seeds 100 r, 100 r + 51, + 52, ... (default 3)")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--docs", action="store_true")
     parser.add_argument("--methods", nargs="+", choices=CHOICES, default=None,
@@ -435,6 +519,9 @@ def main() -> dict:
                          f"{', '.join(m for m in methods if m != 'lucent')}")
         method_overrides.setdefault(method, []).append(override)
     priors = any(m.partition("+")[0] in CODE_METHODS for m in methods)
+    if args.selection and (not {"dgn_am"} <= set(methods) or args.budgets or args.generator or args.generator_seeds < 1):
+        parser.error("--selection trains G and measures DGN-AM on it; expected dgn_am among --methods, "
+                     "--generator-seeds >= 1, and no --budgets or --generator")
     out = Path(tempfile.mkdtemp(prefix="featvis-bench-quality-"))
     budgets = sorted(set(args.budgets))
     sets: dict[int | None, list[dict[str, float]]] = {b: [] for b in budgets or [None]}
@@ -442,8 +529,12 @@ def main() -> dict:
     for repeat in sets_run:
         folder = out / f"set{repeat}"
         checkpoints, by_budget, minutes = checkpoint_set(folder, repeat, data, given, args.comparator,
-                                                         args.generator_override, budgets, priors)
+                                                         args.generator_override, budgets, priors,
+                                                         generator=not args.selection)
         print(f"\n== set {repeat} (seeds {100 * repeat}+): {json.dumps(checkpoints)}")
+        if args.selection:
+            sets[None].append(selection_figures(folder, repeat, data, checkpoints, args, methods, method_overrides))
+            continue
         for budget in sets:
             if budget is not None:
                 checkpoints = {**checkpoints, "generator": by_budget[budget]}

@@ -1,4 +1,4 @@
-"""The pipeline task: encoder [-> comparators] -> generator -> DAE prior -> target with feature evolution.
+"""The pipeline task: encoder [-> comparators, selectors] -> generator -> DAE prior -> target with feature evolution.
 
 Each stage trains once per config in a folder of its own (`<stages_dir>/<name>-<hash>`), is
 reused when asked for again and resumed when interrupted.
@@ -137,40 +137,53 @@ def _run_stage(folder: Path, name: str, overrides: list[str], record: dict[str, 
     return checkpoint
 
 
-def comparator_seeds(cfg: DictConfig) -> list[int]:
-    """The pipeline's comparator classifiers' seeds: each a network other than the encoder and the target."""
-    seeds = list(cfg.task.get("comparator_seeds") or [])
+def classifier_seeds(cfg: DictConfig) -> dict[str, list[int]]:
+    """The seeds of the pipeline's comparator and selector classifiers (task.comparator_seeds,
+    task.selector_seeds): each a network other than the encoder, the target and one another."""
     taken = {int(cfg.seed): "the encoder's seed", int(cfg.task.target_seed): "task.target_seed"}
-    for i, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"task.comparator_seeds={seeds}: {seed!r} is not an integer; expected seeds")
-        if seed in taken or seed in seeds[:i]:
-            raise ConfigError(f"task.comparator_seeds={seeds}: {seed} is "
-                              f"{taken.get(seed, 'given twice')}; expected other seeds")
-    return seeds
+    found = {}
+    for key in ("comparator_seeds", "selector_seeds"):
+        seeds = list(cfg.task.get(key) or [])
+        for i, seed in enumerate(seeds):
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ConfigError(f"task.{key}={seeds}: {seed!r} is not an integer; expected seeds")
+            if seed in taken or seed in seeds[:i]:
+                raise ConfigError(f"task.{key}={seeds}: {seed} is "
+                                  f"{taken.get(seed, 'given twice')}; expected other seeds")
+        taken.update({seed: f"in task.{key}" for seed in seeds})
+        found[key] = seeds
+    return found
 
 
 def train_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    """Encoder [-> comparators] -> generator -> DAE prior -> target classifier with the FeatureEvolution callback."""
+    """Encoder [-> comparators, selectors] -> generator -> DAE prior -> target classifier with the FeatureEvolution callback."""
     task, stages = cfg.task, Path(cfg.task.stages_dir)
-    seeds = comparator_seeds(cfg)  # checked before any stage trains
+    seeds = classifier_seeds(cfg)  # checked before any stage trains
     forwarded = forwarded_overrides(cfg)
     shared = [o for o in forwarded if _key(o) not in TARGET_ONLY]
     stage_logger = f"logger={task.stage_logger}"
     prior_stage = [*shared, stage_logger, f"seed={cfg.seed}"]
     # One banner per stage, "[k/n] name: ...": the stages given as checkpoints do not count.
-    trained = [not task.encoder.ckpt, *[not task.generator.ckpt] * (len(seeds) + 1), not task.prior.ckpt, True]
+    extra = len(seeds["comparator_seeds"]) + len(seeds["selector_seeds"])
+    trained = [not task.encoder.ckpt, *[not task.generator.ckpt] * (extra + 1), not task.prior.ckpt, True]
     total = sum(trained)
     banners = iter(f"[{k}/{total}]" for k in range(1, total + 1))
     encoder = task.encoder.ckpt or run_stage(stages, "encoder", [*prior_stage, "task=classifier"], next(banners))
     on_encoder = f"encoder.ckpt={encoder}"
     generator = task.generator.ckpt
     if not generator:
-        comparators = [run_stage(stages, f"comparator-{seed}", [*shared, stage_logger, f"seed={seed}",
-                                                               "task=classifier"], next(banners)) for seed in seeds]
-        name = "-".join(["generator", *(f"c{seed}" for seed in seeds)])
+        def classifiers(kind: str) -> list[str]:
+            return [run_stage(stages, f"{kind}-{seed}", [*shared, stage_logger, f"seed={seed}", "task=classifier"],
+                              next(banners)) for seed in seeds[f"{kind}_seeds"]]
+
+        comparators, selectors = classifiers("comparator"), classifiers("selector")
+        # G kept for what it draws, as the selectors see it (featvis.callbacks.GeneratorSelection)
+        selection = [f"task.selectors=[{','.join(selectors)}]", "task.monitor=val/selection",
+                     "task.monitor_mode=max"] if selectors else []
+        name = "-".join(["generator", *(f"c{seed}" for seed in seeds["comparator_seeds"]),
+                         *(f"s{seed}" for seed in seeds["selector_seeds"])])
         generator = run_stage(stages, name, [*prior_stage, "task=generator", on_encoder,
-                                             f"task.comparators=[{','.join(comparators)}]"], next(banners))
+                                             f"task.comparators=[{','.join(comparators)}]", *selection], next(banners))
     prior = task.prior.ckpt or run_stage(stages, "prior", [*prior_stage, "task=prior", on_encoder], next(banners))
     evolution = "callbacks.feature_evolution"
     target = compose_stage([

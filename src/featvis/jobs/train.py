@@ -154,7 +154,21 @@ def _encoded_data(cfg: DictConfig) -> tuple[Encoder, dict[str, Any], Any, CodeSt
     return encoder, record, datamodule, CodeStatistics(encoder.code_dim).fit(codes)
 
 
+def check_selectors(task: DictConfig) -> None:
+    """GeneratorSelection's selectors: given when G is kept by them, and none of them in G's losses."""
+    selectors = [str(s) for s in task.get("selectors") or []]
+    if task.monitor.startswith("val/selection") and not selectors:
+        raise ConfigError(f"task.monitor={task.monitor} and task.selectors is empty; expected classifier "
+                          "checkpoints to score G's syntheses (task=classifier seed=3, ...), or "
+                          "task.monitor=val/loss_feature")
+    in_losses = sorted(set(selectors) & {str(c) for c in task.get("comparators") or []})
+    if in_losses:
+        raise ConfigError(f"task.selectors: {in_losses[0]} is also in task.comparators (G's feature loss); "
+                          "expected classifiers outside G's losses")
+
+
 def train_generator(cfg: DictConfig) -> dict[str, Any]:
+    check_selectors(cfg.task)
     L.seed_everything(cfg.seed, workers=True)
     encoder, record, datamodule, stats = _encoded_data(cfg)
     generator = instantiate(cfg.generator.net, code_dim=encoder.code_dim)

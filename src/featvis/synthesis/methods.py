@@ -404,17 +404,18 @@ class Method:
 
 
 def load_method(method: Mapping[str, Any], generator_ckpt: str | None, prior_ckpt: str | None,
-                image_size: int, real: Any = None) -> Method:
+                image_size: int, real: Any = None, space: nn.Module | None = None) -> Method:
     """Build a method's parts from its config blocks: the space (G loaded from `generator_ckpt`
     for code methods; MACO's magnitude spectrum from `real`, batches of real images, when its file
-    is not given), the prior term (a DAE from `prior_ckpt`) and the operators, in order."""
+    is not given; or `space`, one built already, such as a CodeSpace of a G in training), the
+    prior term (a DAE from `prior_ckpt`) and the operators, in order."""
     config = dict(method)
     for key, value in config.items():  # a method config of the flat earlier form
         moved = None if key == "objective" and isinstance(value, Mapping) else moved_key_message(key)
         if moved:
             raise ConfigError(moved)
     available = {"image_size": image_size, "generator_ckpt": generator_ckpt, "prior_ckpt": prior_ckpt, "real": real}
-    space = build(config.get("space") or PIXEL_SPACE, "method.space", **available)
+    space = space if space is not None else build(config.get("space") or PIXEL_SPACE, "method.space", **available)
     prior = build(config["prior"], "method.prior", space=space, **available) if config.get("prior") else None
     operators = [build(block, f"method.operators.{name}", space=space, **available)
                  for name, block in (config.get("operators") or {}).items() if block]
