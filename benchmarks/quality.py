@@ -5,6 +5,7 @@ checkpoint sets.
                                  [--methods ...] [--docs] [--generator-override KEY=VALUE ...]
                                  [--code-method-override KEY=VALUE ...] [--method-override M:KEY=VALUE ...]
     python benchmarks/quality.py --encoder C.ckpt --generator G.ckpt --prior R.ckpt --judge J.ckpt
+    python benchmarks/quality.py --selection [--generator-seeds 3] --methods dgn_am [--repeats 2]
 
 Each repeat trains one independent checkpoint set, with its own seed for every network: the
 classifier (also the target), a comparator classifier whose features G's feature loss reads
@@ -50,6 +51,12 @@ pixel_*_transfer_vs_lucent >= 0.  On real folders: ppgn_seed_spread_vs_real >= 0
 dgn_am+multifaceted, ppgn+multifaceted (method=dgn_am_multifaceted, ppgn_multifaceted), reported beside the plain ones
 with <variant>_diversity_gain (its diversity / the plain method's) and <variant>_transfer_change
 (its judge transfer - the plain method's); targets for ppgn+multifaceted: >= 1.2 and >= -0.05.
+--selection trains, per set, two selector classifiers (seeds 100 r + 3, + 4) and --generator-seeds K
+G runs (seeds 100 r, 100 r + 51, + 52, ...) with GeneratorSelection on and every validation kept; each
+G run is measured on the checkpoint today's monitor (val/loss_feature) keeps and on the one
+val/selection keeps: generator_selection_transfer_gain (target >= 0) is the worst DGN-AM judge
+transfer over the G seeds with the selected G minus that with today's, and
+generator_selection_minutes the selection's own minutes in the longest G run.
 --docs writes the first set's contact sheet (rows = methods, columns = classes) to docs/methods.png.
 """
 

@@ -35,7 +35,9 @@ def test_generator_is_kept_by_what_the_selectors_name_in_its_syntheses(small_cla
                               "performance.channels_last=false"))
     rows = validations(out)
     assert [int(r["step"]) + 1 for r in rows] == [2, 4]  # every validation scored
-    assert all(r["val/selection"] == r["val/selection_transfer"] for r in rows)  # no gate: the transfer itself
+    # No gate: the transfer itself, and a tie-break below its resolution (30 images, one selector) for the later G.
+    later = [r["val/selection"] - r["val/selection_transfer"] for r in rows]
+    assert 0 < later[0] < later[1] <= 0.5 / 30 + 1e-6, later
     assert all(r["val/selection_seconds"] > 0 for r in rows) and rows[1]["val/selection_seconds"] > rows[0]["val/selection_seconds"]
     best = max(rows, key=lambda r: (r["val/selection"], -r["step"]))
     kept = read_checkpoint(result["best_checkpoint"])
@@ -60,7 +62,7 @@ def test_a_failed_gate_ranks_a_generator_below_every_one_that_passes(small_class
     train(compose_in(out, "task=generator", f"encoder.ckpt={encoder}", *TWO_VALIDATIONS,
                      f"task.selectors=[{selector}]", "task.callbacks.selection.max_grid_ratio=0.0"))
     rows = validations(out)
-    assert rows and all(r["val/selection"] == pytest.approx(r["val/selection_transfer"] - 1) for r in rows)
+    assert rows and all(r["val/selection"] == pytest.approx(r["val/selection_transfer"] - 1, abs=0.5 / 30) for r in rows)
     assert all(r["val/selection_grid_ratio"] > 0 for r in rows)
 
 

@@ -3,6 +3,7 @@ units through the training G, scored by held-out classifiers, for ModelCheckpoin
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +34,9 @@ class GeneratorSelection(L.Callback):
     encoder's agreement on G(E(x)) (`val/agreement` >= `min_agreement`) and the grid artefacts of
     the syntheses over the real validation images' (`val/selection_grid_ratio` <=
     `max_grid_ratio`; null: no gate).  `val/selection` is the transfer where both hold and the
-    transfer - 1 where one fails, so any G that passes ranks above every G that does not:
-    monitor it with mode max (`val/selection_seconds`: the time it took so far).  Each
+    transfer - 1 where one fails, so any G that passes ranks above every G that does not, plus a
+    tie-break below the transfer's resolution that keeps the later of equal G's: monitor it with
+    mode max (`val/selection_seconds`: the time it took so far).  Each
     validation's syntheses go to `<run dir>/selection/` and to wandb (rows: seeds, columns:
     classes).  No selectors: the callback does nothing.
     """
@@ -98,13 +100,19 @@ class GeneratorSelection(L.Callback):
             named = [float((net.to(device)(fit_images(images.to(device), net.image_size)).argmax(1).cpu() == labels)
                            .float().mean()) for net in self.selectors]
         transfer = sum(named) / len(named)
+        # The selectors' shares move in steps of 1 / (images x selectors) and often tie (all named
+        # right at most validations); among equals the later G, which has trained longer: a
+        # tie-break below half that step, growing with the share of the step budget done.
+        budget = trainer.estimated_stepping_batches
+        done = min(trainer.global_step / budget, 1.0) if math.isfinite(budget) and budget > 0 else 0.0
+        later = 0.5 * done / (len(labels) * len(named))
         grid_ratio = grid_artifact_score(images) / grid_artifact_score(pl_module.sample_images)
         agreement = float(trainer.callback_metrics.get("val/agreement", float("nan")))
         passed = agreement >= self.min_agreement and (self.max_grid_ratio is None or grid_ratio <= self.max_grid_ratio)
         if trainer.is_global_zero:
             self.save_grid(trainer, images)
         self.seconds += time.perf_counter() - start
-        pl_module.log_dict({"val/selection": transfer if passed else transfer - 1.0,
+        pl_module.log_dict({"val/selection": (transfer if passed else transfer - 1.0) + later,
                             "val/selection_transfer": transfer, "val/selection_grid_ratio": grid_ratio,
                             "val/selection_seconds": self.seconds}, sync_dist=True)
 
