@@ -190,6 +190,30 @@ def test_one_batched_step_equals_one_unit_at_a_time(target):
         assert torch.allclose(alone.last_z, batched.last_z[row:row + 1], atol=1e-5)
 
 
+def test_peak_gradient_scale_fades_the_condition_where_the_unit_is_met(target):
+    """gradient_scale=peak divides by the largest gradient a chain has met, so the step shrinks as
+    the gradient of log p(y|x) does; the current scale keeps stepping lr per element."""
+    net, _ = target
+    z0 = torch.full((2, 3, 32, 32), 0.5)
+    objectives = ObjectiveBatch([[Term("fc8", 0)], [Term("fc8", 5)]], {"fc8": 15}, mode="log_softmax")
+
+    def last_move(scale, steps=12):
+        settings = dict(lr=0.02, normalize_gradient=True, gradient_scale=scale, redirect_relu=0)
+        before = Sampler(net, objectives, SamplerSettings(steps=steps - 1, **settings)).run(z0)
+        after = Sampler(net, objectives, SamplerSettings(steps=steps, **settings)).run(z0)
+        return (after.last_z - before.last_z).abs().flatten(1).mean(1), after
+
+    current, _ = last_move("current")
+    peak, faded = last_move("peak")
+    assert torch.allclose(current, torch.full_like(current, 0.02), rtol=1e-3), current
+    assert (peak < 0.5 * 0.02).all(), peak
+    with torch.no_grad():
+        start = objectives({"fc8": net.eval()(z0)})
+    assert (faded.last_value > start + 1.0).all(), (start, faded.last_value)  # the chain still climbed
+    with pytest.raises(ConfigError, match="gradient_scale='max'; expected one of current, peak"):
+        SamplerSettings(gradient_scale="max")
+
+
 def test_dgn_am_keeps_codes_clipped_and_ppgn_noise_diversifies(target, small_priors):
     net, _ = target
     generator, stats, _ = load_generator(small_priors["generator"][1]["last_checkpoint"])

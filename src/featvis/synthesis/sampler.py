@@ -197,6 +197,7 @@ class Sampler:
         frames, frame_steps = [], []
         attribution = None  # with settings.transparency: the accumulated |d objective / d image|
         adaptive = AdaptiveStep(s.optimizer, z) if s.optimizer != "sgd" else None
+        peak = None  # with settings.gradient_scale=peak: each row's largest gradient scale so far
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         modules = [m for m in (self.space, self.prior, *self.operators) if isinstance(m, nn.Module)]
         for module in modules:
@@ -230,6 +231,9 @@ class Sampler:
 
                 if s.normalize_gradient:
                     scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12)
+                    if s.gradient_scale == "peak":
+                        peak = scale if peak is None else torch.maximum(peak, scale)
+                        scale = peak
                     grad = grad / scale.view(-1, *([1] * (grad.ndim - 1)))
                 update = s.eps1 * grad
                 prior_weight = s.eps2_at(step)

@@ -22,6 +22,7 @@ PIXEL_SPACE = {"_target_": "featvis.synthesis.spaces.PixelSpace"}
 # The sampler's step rules (SamplerSettings.optimizer): the plain step of Eq. 11, or torch's
 # adaptive ones, whose step per element is about lr whatever the gradient's scale there.
 OPTIMIZERS = ("sgd", "adam", "nadam")
+GRADIENT_SCALES = ("current", "peak")
 
 
 @dataclass
@@ -48,6 +49,10 @@ class SamplerSettings:
     eps3: float = 0.0                # noise std at the first step
     eps3_end: Optional[float] = None  # linear schedule to this std at the last step; None = constant
     normalize_gradient: bool = True  # divide the condition gradient by its mean |.| per sample
+    # current: by this step's mean |.|, so every step moves ~lr however well the objective is met;
+    # peak: by the largest the chain has met, so the condition's pull fades where the objective
+    # saturates (log p(y|h) as p -> 1) and the prior and noise move the chain (PPGN's mixing)
+    gradient_scale: str = "current"
     optimizer: str = "sgd"           # sgd: z + lr * update; adam, nadam: the update through torch's Adam/NAdam
     jitter: int = 0                  # random roll of up to this many pixels per step
     scale: float = 0.0               # random rescaling by up to this fraction per step
@@ -71,6 +76,9 @@ class SamplerSettings:
             "redirect_relu": isinstance(self.redirect_relu, int) and self.redirect_relu >= 0,
             "record_every": self.record_every >= 0,
         }
+        if self.gradient_scale not in GRADIENT_SCALES:
+            raise ConfigError(f"method.step.gradient_scale={self.gradient_scale!r}; expected one of "
+                              f"{', '.join(GRADIENT_SCALES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"method.step.optimizer={self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         for name, ok in checks.items():
