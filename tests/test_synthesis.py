@@ -190,7 +190,7 @@ def test_one_batched_step_equals_one_unit_at_a_time(target):
         assert torch.allclose(alone.last_z, batched.last_z[row:row + 1], atol=1e-5)
 
 
-def test_peak_gradient_scale_fades_the_condition_where_the_unit_is_met(target):
+def test_peak_gradient_scale_shrinks_the_step_as_the_gradient_falls(target):
     """gradient_scale=peak divides by the largest gradient a chain has met, so the step shrinks as
     the gradient of log p(y|x) does; the current scale keeps stepping lr per element."""
     net, _ = target
@@ -209,7 +209,7 @@ def test_peak_gradient_scale_fades_the_condition_where_the_unit_is_met(target):
     assert (peak < 0.5 * 0.02).all(), peak
     with torch.no_grad():
         start = objectives({"fc8": net.eval()(z0)})
-    assert (faded.last_value > start + 1.0).all(), (start, faded.last_value)  # the chain still climbed
+    assert (faded.last_value > start + 0.5).all(), (start, faded.last_value)  # the chain still climbed
     with pytest.raises(ConfigError, match="gradient_scale='max'; expected one of current, peak"):
         SamplerSettings(gradient_scale="max")
 

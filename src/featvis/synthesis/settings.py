@@ -50,8 +50,8 @@ class SamplerSettings:
     eps3_end: Optional[float] = None  # linear schedule to this std at the last step; None = constant
     normalize_gradient: bool = True  # divide the condition gradient by its mean |.| per sample
     # current: by this step's mean |.|, so every step moves ~lr however well the objective is met;
-    # peak: by the largest the chain has met, so the condition's pull fades where the objective
-    # saturates (log p(y|h) as p -> 1) and the prior and noise move the chain (PPGN's mixing)
+    # peak: by the largest the chain has met, so the condition's pull fades as its gradient falls
+    # from that peak and the prior and noise move the chain (toward PPGN's mixing chains)
     gradient_scale: str = "current"
     optimizer: str = "sgd"           # sgd: z + lr * update; adam, nadam: the update through torch's Adam/NAdam
     jitter: int = 0                  # random roll of up to this many pixels per step
