@@ -15,7 +15,7 @@ from featvis.checkpoints import load_classifier, load_generator
 from featvis.errors import CheckpointError, ConfigError
 from featvis.synthesis.objectives import ObjectiveBatch, Term
 from featvis.synthesis.sampler import Sampler, SamplerSettings
-from featvis.synthesis.priors import ClipCodes, Decay, GaussianPrior
+from featvis.synthesis.priors import ClipCodes, Decay, GaussianPrior, robustness_transform
 from featvis.synthesis.spaces import CodeSpace
 from featvis.jobs.visualize import parse_units, visualize
 
@@ -212,6 +212,49 @@ def test_peak_gradient_scale_shrinks_the_step_as_the_gradient_falls(target):
     assert (faded.last_value > start + 0.5).all(), (start, faded.last_value)  # the chain still climbed
     with pytest.raises(ConfigError, match="gradient_scale='max'; expected one of current, peak"):
         SamplerSettings(gradient_scale="max")
+
+
+def test_burn_in_takes_the_current_scale_before_the_peak_is_met(target):
+    """With burn_in, the first steps are the current scale's; the peak is met after them, so later
+    steps move at most lr per element, and the best iterate is kept from the mixing phase only."""
+    net, _ = target
+    z0 = torch.full((2, 3, 32, 32), 0.5)
+    objectives = ObjectiveBatch([[Term("fc8", 0)], [Term("fc8", 5)]], {"fc8": 15}, mode="log_softmax")
+    settings = dict(steps=12, lr=0.02, normalize_gradient=True, redirect_relu=0, record_every=1)
+    current = Sampler(net, objectives, SamplerSettings(**settings)).run(z0)
+    burnt = Sampler(net, objectives, SamplerSettings(gradient_scale="peak", burn_in=0.5, **settings)).run(z0)
+    for step in range(7):  # 6 of the 12 steps burn in: the images after each are the current scale's
+        assert torch.equal(burnt.frames[step], current.frames[step]), step
+    assert not torch.equal(burnt.frames[-1], current.frames[-1])
+    moves = [(b - a).abs().flatten(1).mean(1) for a, b in zip(burnt.frames[6:], burnt.frames[7:])]
+    assert all((m <= 0.02 * (1 + 1e-3)).all() for m in moves), moves
+    assert (burnt.best_step >= 6).all(), burnt.best_step
+    with pytest.raises(ConfigError, match="burn_in=0.5 with gradient_scale='current'; expected burn_in=0"):
+        SamplerSettings(burn_in=0.5)
+    with pytest.raises(ConfigError, match=r"burn_in=1.0; expected a fraction of the steps in \[0, 1\)"):
+        SamplerSettings(gradient_scale="peak", burn_in=1.0)
+
+
+def test_views_average_the_objective_over_independently_transformed_images(target):
+    """views=K reads K transformed copies of each image a step, each with its own roll, zoom and
+    noise, and the objective is their mean (MACO's several random crops per step)."""
+    net, _ = target
+    z = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(3))
+    objectives = ObjectiveBatch([[Term("fc8", 0)], [Term("fc8", 5)]], {"fc8": 15})
+    settings = SamplerSettings(views=3, jitter=3, scale=0.1, image_noise=0.1)
+    sampler = Sampler(net.eval(), objectives, settings)
+    with torch.no_grad():
+        values, first, _ = sampler._values(z, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2),
+                                           sampler.taps)
+        transforms, noise, by_hand = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2), []
+        for _ in range(3):
+            view = robustness_transform(z, 3, 0.1, 0.0, transforms)
+            view = view + 0.1 * torch.randn(view.shape, generator=noise)
+            by_hand.append(objectives(sampler.taps(view)))
+    assert torch.allclose(values, torch.stack(by_hand).mean(0), atol=1e-5), (values, by_hand)
+    assert not torch.allclose(by_hand[0], by_hand[1])  # the views differ
+    with pytest.raises(ConfigError, match="views=0; expected a positive integer"):
+        SamplerSettings(views=0)
 
 
 def test_dgn_am_keeps_codes_clipped_and_ppgn_noise_diversifies(target, small_priors):

@@ -170,13 +170,16 @@ class Sampler:
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             s = self.settings
             rendered = self.render(z)
-            images = robustness_transform(rendered, s.jitter, s.scale, s.rotate, transforms)
-            if s.target_blur > 0:
-                images = low_pass(images, s.target_blur)
-            if s.image_noise > 0:
-                images = images + s.image_noise * torch.randn(images.shape, generator=noise, device=z.device)
-            values = self.objectives(taps(images.contiguous(memory_format=self.memory_format)))
-        return values.float(), images.float(), rendered
+            values, first = 0.0, None
+            for _ in range(s.views):  # each view its own transform and noise: features must survive all of them
+                images = robustness_transform(rendered, s.jitter, s.scale, s.rotate, transforms)
+                if s.target_blur > 0:
+                    images = low_pass(images, s.target_blur)
+                if s.image_noise > 0:
+                    images = images + s.image_noise * torch.randn(images.shape, generator=noise, device=z.device)
+                values = values + self.objectives(taps(images.contiguous(memory_format=self.memory_format)))
+                first = images if first is None else first
+        return values.float() / s.views, first.float(), rendered
 
     def run(self, z0: torch.Tensor, seed: int = 0, progress: bool = False) -> SamplerResult:
         """Optimize every row of z0 for `settings.steps` steps; nets and global RNG untouched.
@@ -197,7 +200,8 @@ class Sampler:
         frames, frame_steps = [], []
         attribution = None  # with settings.transparency: the accumulated |d objective / d image|
         adaptive = AdaptiveStep(s.optimizer, z) if s.optimizer != "sgd" else None
-        peak = None  # with settings.gradient_scale=peak: each row's largest gradient scale so far
+        burn_in = s.burn_in_steps()
+        peak = None  # with settings.gradient_scale=peak: each row's largest gradient scale since the burn-in
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         modules = [m for m in (self.space, self.prior, *self.operators) if isinstance(m, nn.Module)]
         for module in modules:
@@ -224,14 +228,15 @@ class Sampler:
                 z = z.detach()
                 values = values.detach()
                 terms = {"objective": values, "gradient": grad}  # checked together at the end of the step
-                keep_best(values, z, step)
+                if step >= burn_in:
+                    keep_best(values, z, step)
                 if s.record_every and step % s.record_every == 0:
                     frames.append(to_host(images))
                     frame_steps.append(step)
 
                 if s.normalize_gradient:
                     scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12)
-                    if s.gradient_scale == "peak":
+                    if s.gradient_scale == "peak" and step >= burn_in:
                         peak = scale if peak is None else torch.maximum(peak, scale)
                         scale = peak
                     grad = grad / scale.view(-1, *([1] * (grad.ndim - 1)))

@@ -11,6 +11,7 @@ line composes configs before torch is imported.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from os import PathLike
 from dataclasses import dataclass, field, fields, replace
@@ -53,11 +54,15 @@ class SamplerSettings:
     # peak: by the largest the chain has met, so the condition's pull fades as its gradient falls
     # from that peak and the prior and noise move the chain (toward PPGN's mixing chains)
     gradient_scale: str = "current"
+    # with gradient_scale=peak: this fraction of the steps first takes the current scale, so a chain
+    # reaches its unit before the pull fades; the peak and the best iterate are met after it
+    burn_in: float = 0.0
     optimizer: str = "sgd"           # sgd: z + lr * update; adam, nadam: the update through torch's Adam/NAdam
     jitter: int = 0                  # random roll of up to this many pixels per step
     scale: float = 0.0               # random rescaling by up to this fraction per step
     rotate: float = 0.0              # random rotation by up to this many degrees per step
     image_noise: float = 0.0         # std of Gaussian noise added to what the target reads per step
+    views: int = 1                   # transformed views of each image the target reads per step; the objective is their mean
     target_blur: float = 0.0         # std (pixels) of a Gaussian blur on what the target reads
     transparency: bool = False       # accumulate |d objective / d image| into an alpha mask (MACO)
     redirect_relu: int = 16          # first steps in which a ReLU that passes no gradient for an image lets it through
@@ -74,11 +79,16 @@ class SamplerSettings:
             "jitter": self.jitter >= 0, "scale": 0 <= self.scale < 1, "rotate": self.rotate >= 0,
             "image_noise": self.image_noise >= 0, "target_blur": self.target_blur >= 0,
             "redirect_relu": isinstance(self.redirect_relu, int) and self.redirect_relu >= 0,
+            "burn_in": 0 <= self.burn_in < 1,
             "record_every": self.record_every >= 0,
+            "views": isinstance(self.views, int) and self.views >= 1,
         }
         if self.gradient_scale not in GRADIENT_SCALES:
             raise ConfigError(f"method.step.gradient_scale={self.gradient_scale!r}; expected one of "
                               f"{', '.join(GRADIENT_SCALES)}")
+        if self.burn_in and self.gradient_scale != "peak":
+            raise ConfigError(f"method.step.burn_in={self.burn_in} with gradient_scale={self.gradient_scale!r}; "
+                              "expected burn_in=0, or gradient_scale=peak (the burn-in ends the current scale)")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"method.step.optimizer={self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         for name, ok in checks.items():
@@ -86,13 +96,18 @@ class SamplerSettings:
             # NaN fails every comparison, so it lands here too
             if not ok or (isinstance(value, float) and value != value):
                 raise ConfigError(f"method.step.{name}={value}; expected "
-                                  + ("a positive integer" if name == "steps" else
-                                     "a non-negative integer" if name == "redirect_relu" else "a non-negative number"))
+                                  + ("a positive integer" if name in ("steps", "views") else
+                                     "a non-negative integer" if name == "redirect_relu" else
+                                     "a fraction of the steps in [0, 1)" if name == "burn_in" else
+                                     "a non-negative number"))
 
     def _linear(self, start: float, end: float | None, step: int) -> float:
         if end is None or self.steps == 1:
             return start
         return start + (end - start) * step / (self.steps - 1)
+
+    def burn_in_steps(self) -> int:
+        return math.ceil(self.burn_in * self.steps)
 
     def lr_at(self, step: int) -> float:
         return self._linear(self.lr, self.lr_end, step)
