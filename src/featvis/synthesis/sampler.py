@@ -170,16 +170,21 @@ class Sampler:
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             s = self.settings
             rendered = self.render(z)
-            values, first = 0.0, None
-            for _ in range(s.views):  # each view its own transform and noise: features must survive all of them
-                images = robustness_transform(rendered, s.jitter, s.scale, s.rotate, transforms)
-                if s.target_blur > 0:
-                    images = low_pass(images, s.target_blur)
-                if s.image_noise > 0:
-                    images = images + s.image_noise * torch.randn(images.shape, generator=noise, device=z.device)
-                values = values + self.objectives(taps(images.contiguous(memory_format=self.memory_format)))
-                first = images if first is None else first
-        return values.float() / s.views, first.float(), rendered
+            # each view its own transform and noise: the features must survive all of them
+            views = [self._view(rendered, transforms, noise) for _ in range(s.views)]
+            values = torch.stack([self.objectives(taps(v.contiguous(memory_format=self.memory_format)))
+                                  for v in views]).mean(0)
+        return values.float(), views[0].float(), rendered
+
+    def _view(self, rendered: torch.Tensor, transforms: torch.Generator, noise: torch.Generator) -> torch.Tensor:
+        """What the target reads of the rendered images at one step: transformed, blurred, noised."""
+        s = self.settings
+        images = robustness_transform(rendered, s.jitter, s.scale, s.rotate, transforms)
+        if s.target_blur > 0:
+            images = low_pass(images, s.target_blur)
+        if s.image_noise > 0:
+            images = images + s.image_noise * torch.randn(images.shape, generator=noise, device=rendered.device)
+        return images
 
     def run(self, z0: torch.Tensor, seed: int = 0, progress: bool = False) -> SamplerResult:
         """Optimize every row of z0 for `settings.steps` steps; nets and global RNG untouched.
