@@ -120,6 +120,15 @@ def test_callback_records_every_scheduled_frame_with_reports(evolution_run):
     assert "evolution-conv5.bn/conv5.bn-1/activation" in metrics
     assert "evolution/blank_tile_fraction" in metrics
     assert "evolution-conv1.bn/settle_step" in metrics and "evolution/lower_layers_settle_first_confidence" in metrics
+    # conv1 read before its ReLU is affine in the image: each frame says how well it shows its filter
+    for frame in doc["frames"]:
+        if frame["layer"] == "conv1.bn":
+            assert -1 <= frame["filter_match"] <= 1 and frame["filter_match_other"] is None  # its layer's only unit
+        else:
+            assert "filter_match" not in frame
+    last = [f["filter_match"] for f in doc["frames"] if f["layer"] == "conv1.bn" and f["step"] == doc["steps"][-1]]
+    assert doc["layers"]["conv1.bn"]["filter_match"] == pytest.approx(sum(last) / len(last), abs=1e-4)
+    assert "filter_match" not in doc["layers"]["fc8"] and "evolution-conv1.bn/filter_match" in metrics
 
 
 def test_a_tile_is_blank_when_it_shows_its_start_image_or_one_colour():
@@ -556,6 +565,47 @@ def test_receptive_place_and_windows_on_maps_and_tokens():
     assert torch.equal(reduce_units(tokens, "2x2", prefix_tokens=1), grid[:, 1:3, 1:3].mean((1, 2)))
     with pytest.raises(ConfigError, match=r"window 9x9 on a 4x4 map; expected 1x1 to 4x4"):
         reduce_units(grid.permute(0, 3, 1, 2), "9x9")
+
+
+def test_a_first_layer_units_filter_is_read_from_the_network_and_matched_against_its_synthesis():
+    """conv1 before its ReLU is affine in the image: its centre unit's filter, read as a gradient,
+    is the conv weight with batch norm and the input normalization folded in (a featvis AlexNet, a
+    torchvision ResNet); a rectified, pooled or deeper layer has none.  An image that holds a unit's
+    filter at the centre matches it perfectly and its neighbours' less; a flat one matches none."""
+    import torchvision
+
+    from featvis import as_target
+    from featvis.nets import AlexNet
+    from featvis.synthesis.filters import correlation, filter_matches, linear_filters
+    from featvis.synthesis.methods import units_of
+
+    net = AlexNet(num_classes=5, image_size=32, channels=(8, 8, 8, 8, 8), fc6_dim=16, fc7_dim=16).eval()
+    with torch.no_grad():
+        net.conv1.bn.running_var.uniform_(0.5, 2.0)
+        net.conv1.bn.weight.uniform_(0.5, 2.0)
+    filters = linear_filters(net, "conv1.bn", [2, 0])
+    scale = net.conv1.bn.weight / (net.conv1.bn.running_var + net.conv1.bn.eps).sqrt()
+    assert filters.weights.shape == (2, 3, 5, 5) and (filters.rows, filters.cols) == (slice(14, 19), slice(14, 19))
+    assert torch.allclose(filters.of(0), net.conv1.conv.weight[0] * scale[0] / net.input_std[0], atol=1e-6)
+    assert linear_filters(net, "conv1.conv", [0]) is not None
+    for layer in ("conv1", "pool1", "conv2.bn", "fc8"):  # after the ReLU, a max pool, a second conv; a vector
+        assert linear_filters(net, layer, [0]) is None, layer
+
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    target = as_target(resnet, image_size=64, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    folded = resnet.bn1.weight[3] / (resnet.bn1.running_var[3] + resnet.bn1.eps).sqrt()
+    expected = resnet.conv1.weight[3] * folded / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    assert torch.allclose(linear_filters(target, "bn1", [3]).of(3), expected, atol=1e-5)
+    assert linear_filters(target, "relu", [3]) is None
+
+    units, _ = units_of(net, ["conv1:0", "conv1:2", "conv2:1", "fc8:1"], None, [], "receptive", pre_relu=True)
+    images = torch.full((8, 3, 32, 32), 0.5)
+    images[0][:, 14:19, 14:19] += 0.4 * filters.of(0) / filters.of(0).abs().max()  # unit conv1 0, seed 0
+    found = filter_matches(net, units, images, seeds=2)
+    assert found[0]["filter_match"] == pytest.approx(1.0, abs=1e-4)
+    assert found[0]["filter_match_other"] == pytest.approx(correlation(filters.of(0), filters.of(2)), abs=1e-4)
+    assert found[1] == {"filter_match": 0.0, "filter_match_other": 0.0}  # flat: no pattern
+    assert found[4:] == [None] * 4  # conv2 and fc8 are not affine in the image
 
 
 def test_a_bad_spatial_value_is_a_one_line_error():

@@ -272,7 +272,8 @@ class FeatureEvolution(L.Callback):
         """Each layer's settle step, the difference between its units and their change over training
         to every logger; per unit a video of its evolution and one table of the run (wandb only)."""
         figures = {f"evolution-{layer}/{key}": v[key] for layer, v in summary["layers"].items()
-                   for key in ("settle_step", "unit_difference", "change") if v.get(key) is not None}
+                   for key in ("settle_step", "unit_difference", "change", "filter_match", "filter_match_other")
+                   if v.get(key) is not None}
         figures["evolution/callback_seconds"] = summary["callback_seconds"]
         if summary.get("lower_layers_settle_first_confidence") is not None:
             figures["evolution/lower_layers_settle_first_confidence"] = summary["lower_layers_settle_first_confidence"]

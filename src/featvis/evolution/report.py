@@ -9,7 +9,8 @@
 Everything is rebuilt from the files, so the reports always agree with evolution.json;
 `build_reports` returns the per-layer settling figures and the differences (`differences`: how far
 apart a layer's units' syntheses are at the last step, and how much each unit's changes from the
-first step to the last, in grey-level RMS), which go into it too.
+first step to the last, in grey-level RMS; for units affine in the image, how well the last
+step's syntheses show the unit's filter), which go into it too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from featvis.reports.grids import labelled_grid
 # A layer has settled once its frames stay within this fraction of their largest distance to their
 # final form.
 SETTLED = 0.25
+FILTER_KEYS = ("filter_match", "filter_match_other")
 UNMOVED = 1e-4    # a largest distance below this is rounding noise: the frames did not change
 BOOTSTRAP = 1000  # resamples of a layer's (unit, seed) curves behind its settle step's interval
 Embed = Callable[[torch.Tensor], torch.Tensor]
@@ -138,7 +140,9 @@ def differences(doc: dict[str, Any], images: dict) -> dict[str, Any]:
     Per unit: `difference`, its mean grey RMS to each other unit of its layer at the last step (the
     same seed's images; averaged over the seeds), and `change`, the grey RMS between its first and
     its last frame (averaged over the seeds).  Per layer: `unit_difference`, the mean over every pair
-    of its units (None for a layer of one unit), and `change`, the mean over its units."""
+    of its units (None for a layer of one unit), and `change`, the mean over its units.  Where the
+    frames carry them (units affine in the image: featvis.synthesis.filters), `filter_match` and
+    `filter_match_other` at the last step, averaged over the seeds, and per layer over its units."""
     steps = doc["steps"]
     if not steps:
         return {"units": {}, "layers": {}}
@@ -162,8 +166,17 @@ def differences(doc: dict[str, Any], images: dict) -> dict[str, Any]:
             units[label] = {"layer": layer,
                             "difference": mean([pairs[label, b] for b in labels if (label, b) in pairs]),
                             "change": mean([grey_rms(by_seed[k][first], by_seed[k][last]) for k in sorted(by_seed)])}
+            for key in FILTER_KEYS:  # units affine in the image (featvis.synthesis.filters)
+                found = [f[key] for f in doc["frames"] if f["unit"] == label and f["step"] == last
+                         and f.get(key) is not None]
+                if found:
+                    units[label][key] = mean(found)
         layers[layer] = {"unit_difference": mean(list(pairs.values())),  # each pair twice: the same mean
                          "change": mean([units[label]["change"] for label in labels if units[label]["change"] is not None])}
+        for key in FILTER_KEYS:
+            found = [units[label][key] for label in labels if key in units[label]]
+            if found:
+                layers[layer][key] = mean(found)
     return {"units": units, "layers": layers}
 
 
@@ -268,6 +281,13 @@ def _figure(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _filter_text(figures: dict[str, Any]) -> str:
+    """"own / others" for a layer affine in the image, "-" for any other."""
+    if figures.get("filter_match") is None:
+        return "-"
+    return f"{_figure(figures['filter_match'])} / {_figure(figures.get('filter_match_other'))}"
+
+
 def settle_text(step: int | None, steps: list[int]) -> str:
     return "-" if step is None else "not before the last frame" if step == steps[-1] else str(step)
 
@@ -302,7 +322,8 @@ def index_html(doc: dict[str, Any], summary: dict[str, Any], title: str = "Featu
         verdict_text += f" (in {confidence:.0%} of {BOOTSTRAP} resamples of the units and seeds)"
     apart = "".join(f"<tr><td>{html.escape(layer)}</td><td>{sum(u['layer'] == layer for u in doc['units'])}</td>"
                     f"<td class=unit-difference>{_figure(v['unit_difference'])}</td>"
-                    f"<td class=change>{_figure(v['change'])}</td></tr>"
+                    f"<td class=change>{_figure(v['change'])}</td>"
+                    f"<td class=filter-match>{_filter_text(v)}</td></tr>"
                     for layer, v in figures["layers"].items())
     grids = json.dumps([grid_file(s) for s in steps])
     blank = blank_tile_fraction(doc)
@@ -341,9 +362,13 @@ step over {BOOTSTRAP} resamples of the layer's units and seeds. Do lower layers 
 <p>Grey-level RMS (images in [0, 1], the mean of their channels): between two units of a layer at step {last}
 (the same seed; the mean over every pair of the layer's units and the seeds), and between a unit's frames at
 step {first} and step {last} (the mean over the layer's units and seeds). Units that show nothing of their own
-(a colour wash every unit of the layer draws alike) are close to each other and barely change.</p>
+(a colour wash every unit of the layer draws alike) are close to each other and barely change.
+For a layer affine in the image (a first conv layer read before its ReLU), a unit's preferred image is its
+filter: the correlation, at step {last}, between the patch its centre unit sees and its own filter / the
+other units' filters of the layer (the mean over units and seeds). A synthesis that shows its filter
+matches its own far better than the others.</p>
 <table id="differences"><tr><th>layer</th><th>units</th><th>difference between units (step {last})</th>
-<th>change, step {first} to {last}</th></tr>{apart}</table>
+<th>change, step {first} to {last}</th><th>filter match: own / others (step {last})</th></tr>{apart}</table>
 <h2>Layer by layer</h2>
 <p>{top_text}</p>
 {layer_sections(doc)}
