@@ -33,7 +33,6 @@ from featvis.nets.adapters import fit_images
 from featvis.nets.layers import activations, frozen
 from featvis.evolution.report import build_reports, grid_file, step_name
 from featvis.reports.grids import labelled_grid
-from featvis.synthesis.filters import filter_matches
 from featvis.synthesis.methods import (Method, Unit, load_method, method_config, needs_real_spectrum, sampler_settings,
                                       units_of)
 from featvis.synthesis.real import RealImages
@@ -121,13 +120,10 @@ class EvolutionRecorder:
             target = copy.deepcopy(net).eval()  # the training network's BN statistics and hooks stay its own
         found = synthesize(target, [self.units[u] for u in indices], self.parts, self.spec, start=self.z0[rows],
                            judge=self.judge, evaluation=False)
-        keys = ("unit", "layer", "seed", "blank", "judge_correct")
+        keys = ("unit", "layer", "seed", "blank", "judge_correct", "filter_match", "filter_match_other")
         metric_rows = [{**{k: row[k] for k in keys if k in row},
                         **{k: row[self.spec.keep][k] for k in ("activation", "probability", "rank")}}
                        for row in found.rows]
-        for row, match in zip(metric_rows, filter_matches(target, [self.units[u] for u in indices], found.images,
-                                                          self.spec.seeds)):
-            row.update(match or {})
         if self.real is not None:
             top = self.top_real(target, [self.units[u] for u in indices])
             for b, row in enumerate(metric_rows):

@@ -45,7 +45,9 @@ class Filters:
 
 def linear_filters(target: nn.Module, layer: str, channels: list[int]) -> Filters | None:
     """The filters of `channels` of `layer` (a conv map, or a token grid) at its centre unit, or
-    None when the layer is not affine in the image or no gradient reaches its centre unit."""
+    None when the layer is not affine in the image or no gradient reaches its centre unit.  One
+    forward and backward pass of two images decides; an affine layer then costs one more, of one
+    image per channel."""
     channels = list(dict.fromkeys(int(c) for c in channels))
     size = target.image_size
     device = next(target.parameters()).device
@@ -53,26 +55,32 @@ def linear_filters(target: nn.Module, layer: str, channels: list[int]) -> Filter
     # An image and its negative, far outside [0, 1]: a rectified or max-pooled unit is closed on one
     # of them (its bias is small beside the input), so its gradients there differ; an affine one's agree.
     probe = torch.randn(1, 3, size, size, generator=generator) * PROBE_SCALE
-    probes = torch.cat([probe, -probe])
-    images = probes.repeat_interleave(len(channels), 0).to(device).requires_grad_(True)
     prefix = int(getattr(target, "prefix_tokens", 0) or 0)
+    read = tap(target, [layer])
     with torch.inference_mode(False), torch.enable_grad(), frozen(target):
-        activation = tap(target, [layer])(images)[layer]
+        images = torch.cat([probe, -probe]).to(device).requires_grad_(True)
+        activation = read(images)[layer]
         if activation.ndim == 2 or not activation.requires_grad:
             return None  # a vector layer has no centre unit; a layer no gradient reaches has no filter
         centre = reduce_units(activation, "center", prefix).float()
-        picked = centre[torch.arange(len(images), device=device), torch.tensor(channels * 2, device=device)]
-        gradient, = torch.autograd.grad(picked.sum(), images, allow_unused=True)
-    if gradient is None:
-        return None
-    first, second = gradient.detach().float().cpu().view(2, len(channels), 3, size, size)
-    scale = float(first.abs().max())
-    if scale == 0 or float((first - second).abs().max()) > AFFINE_TOLERANCE * scale:
-        return None
-    support = first.abs().sum((0, 1)) > 0
+        weights = torch.randn(centre.shape[1], generator=generator).to(device)  # every channel at once
+        gradient, = torch.autograd.grad((centre * weights).sum(), images, allow_unused=True)
+        if gradient is None:
+            return None
+        first, second = gradient.detach().float().cpu()
+        scale = float(first.abs().max())
+        if scale == 0 or float((first - second).abs().max()) > AFFINE_TOLERANCE * scale:
+            return None
+        # Affine: each channel's gradient, one image per channel, is its filter.
+        images = probe.repeat(len(channels), 1, 1, 1).to(device).requires_grad_(True)
+        centre = reduce_units(read(images)[layer], "center", prefix).float()
+        picked = centre[torch.arange(len(channels), device=device), torch.tensor(channels, device=device)]
+        gradient, = torch.autograd.grad(picked.sum(), images)
+    found = gradient.detach().float().cpu()
+    support = found.abs().sum((0, 1)) > 0
     rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
     window = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-    return Filters(channels, first[:, :, window[0], window[1]], *window)
+    return Filters(channels, found[:, :, window[0], window[1]], *window)
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:

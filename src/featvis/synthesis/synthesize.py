@@ -28,6 +28,7 @@ from featvis.errors import ConfigError
 from featvis.nets.adapters import fit_images
 from featvis.nets.layers import frozen, layer_names
 from featvis.synthesis.evaluation import evaluate
+from featvis.synthesis.filters import filter_matches
 from featvis.nets.targets import as_target
 from featvis.synthesis.methods import (Method, Unit, layer_shapes, load_method, method_config, needs_real_spectrum,
                                       units_of)
@@ -181,6 +182,7 @@ def synthesize(target: nn.Module, units: Any, method: str | Mapping[str, Any] | 
             judged = None
             if asked:
                 judged = judge_net.to(device)(fit_images(shown.to(device), judge_net.image_size)).argmax(1).cpu()
+        matches = filter_matches(target, units, shown, seeds)  # units affine in the image: their filter
         rows = []
         for b in range(len(units) * seeds):
             unit = units[b // seeds]
@@ -192,6 +194,7 @@ def synthesize(target: nn.Module, units: Any, method: str | Mapping[str, Any] | 
                    "blank": bool(blank[b])}
             if judged is not None and is_class_unit(unit, logits_layer):
                 row["judge_correct"] = bool(judged[b] == unit.terms[0].unit)
+            row.update(matches[b] or {})
             rows.append(row)
         found = Synthesis(units, seeds, keep, sampler.settings, result, rows, None)
         evaluated = spec.evaluation if spec.evaluation is not None else (judge is not None or real is not None)
