@@ -54,7 +54,7 @@ def linear_filters(target: nn.Module, layer: str, channels: list[int]) -> Filter
     generator = torch.Generator(device="cpu").manual_seed(0)  # the caller's random streams are not drawn
     # An image and its negative, far outside [0, 1]: a rectified or max-pooled unit is closed on one
     # of them (its bias is small beside the input), so its gradients there differ; an affine one's agree.
-    probe = torch.randn(1, 3, size, size, generator=generator) * PROBE_SCALE
+    probe = torch.randn(1, 3, size, size, generator=generator, device="cpu") * PROBE_SCALE
     prefix = int(getattr(target, "prefix_tokens", 0) or 0)
     read = tap(target, [layer])
     with torch.inference_mode(False), torch.enable_grad(), frozen(target):
@@ -63,7 +63,7 @@ def linear_filters(target: nn.Module, layer: str, channels: list[int]) -> Filter
         if activation.ndim == 2 or not activation.requires_grad:
             return None  # a vector layer has no centre unit; a layer no gradient reaches has no filter
         centre = reduce_units(activation, "center", prefix).float()
-        weights = torch.randn(centre.shape[1], generator=generator).to(device)  # every channel at once
+        weights = torch.randn(centre.shape[1], generator=generator, device="cpu").to(device)  # every channel at once
         gradient, = torch.autograd.grad((centre * weights).sum(), images, allow_unused=True)
         if gradient is None:
             return None
